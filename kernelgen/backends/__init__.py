@@ -1,0 +1,1 @@
+"""Where kernels run: Kaggle through the official client, or this machine."""

@@ -1,0 +1,90 @@
+"""The one interface the chain talks to; Kaggle and local backends implement it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+
+class RunStatus(str, Enum):
+    """A kernel run's state, the same for every backend."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETE, RunStatus.ERROR, RunStatus.CANCELLED)
+
+
+class DatasetStatus(str, Enum):
+    PROCESSING = "processing"
+    READY = "ready"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """A pushed kernel: `kernel` is `owner/slug`, `version` the new version number."""
+
+    kernel: str
+    version: int | None
+    url: str
+
+
+@dataclass(frozen=True)
+class KernelState:
+    status: RunStatus
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class KernelOutput:
+    """Files downloaded from a finished run, and its log text."""
+
+    files: list[Path] = field(default_factory=list)
+    log: str = ""
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """A created or versioned dataset: `dataset` is `owner/slug`."""
+
+    dataset: str
+    created: bool
+    url: str = ""
+
+
+class Backend(Protocol):
+    """Push kernels, follow them, collect their outputs, publish datasets, submit."""
+
+    name: str
+
+    def push(self, folder: Path) -> PushResult:
+        """Push the rendered kernel in `folder` (kernel-metadata.json + notebook)."""
+        ...
+
+    def status(self, kernel: str) -> KernelState:
+        """The latest run of `owner/slug`."""
+        ...
+
+    def output(self, kernel: str, dest: Path) -> KernelOutput:
+        """Download every output file of the latest run into `dest`, and its log."""
+        ...
+
+    def publish(self, folder: Path) -> PublishResult:
+        """Create the dataset in `folder` (dataset-metadata.json + files) or add a version."""
+        ...
+
+    def dataset_status(self, dataset: str) -> DatasetStatus:
+        """Processing state of `owner/slug`'s latest version."""
+        ...
+
+    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
+        """Submit a code-competition kernel version; returns the backend's message."""
+        ...

@@ -1,0 +1,1 @@
+"""The Severstal pipeline's stage modules; rendered into Kaggle kernels by kernelgen."""

@@ -1,0 +1,1 @@
+"""Code shared by the stages; rendering inlines the modules a stage imports."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: no test ever sees real Kaggle credentials or the user's HOME."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    home = tmp_path_factory.mktemp("home")
+    tmp = tmp_path_factory.mktemp("tmpdir")
+    for name in list(os.environ):
+        if name.startswith("KAGGLE_") or name == "KERNELGEN_ROOT":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    yield
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
