@@ -2,7 +2,8 @@
 # ## Input layout
 # Kaggle mounts inputs under `/kaggle/input` in several shapes; resolve a slug
 # by trying each known one. Locally the root is any folder of the same shape,
-# named by the `KERNELGEN_ROOT` environment variable.
+# named by the `KERNELGEN_ROOT` environment variable (and `KERNELGEN_WORKING`
+# may put the outputs elsewhere).
 
 # %%
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 from stages.lib.errors import InputError
 
 ROOT_ENV = "KERNELGEN_ROOT"
+WORKING_ENV = "KERNELGEN_WORKING"
 KAGGLE_ROOT = "/kaggle"
 
 
@@ -25,7 +27,11 @@ class Layout:
     @classmethod
     def kaggle(cls) -> "Layout":
         """The layout of a running kernel: `/kaggle`, or `$KERNELGEN_ROOT` when set."""
-        return cls(Path(os.environ.get(ROOT_ENV) or KAGGLE_ROOT))
+        working = os.environ.get(WORKING_ENV)
+        return cls(
+            Path(os.environ.get(ROOT_ENV) or KAGGLE_ROOT),
+            working_dir=Path(working) if working else None,
+        )
 
     @property
     def working(self) -> Path:

@@ -1,0 +1,187 @@
+"""A backend on this machine: pushed kernels run here, datasets are versioned folders.
+
+Layout of the store folder:
+    kernels/<owner>/<slug>/<version>/   the pushed kernel, its run root and status.json
+    datasets/<owner>/<slug>/<version>/  published files
+    submissions.jsonl                   one line per submission
+Runs execute in background threads (each in its own Python kernel), so the chain
+can follow several at once, as it does on Kaggle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from kernelgen.backends.base import (
+    DatasetStatus,
+    KernelOutput,
+    KernelState,
+    PublishResult,
+    PushResult,
+    RunStatus,
+)
+from kernelgen.errors import BackendError
+from kernelgen.execute import execute_notebook
+
+STATUS_FILE = "status.json"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{path}: cannot read ({exc})") from None
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+
+
+def _versions(folder: Path) -> list[int]:
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+class LocalBackend:
+    """Runs pushed notebooks here; `competition_dirs` maps competition slugs to data folders."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        store: Path,
+        competition_dirs: dict[str, Path],
+        *,
+        workers: int = 2,
+        timeout: int | None = None,
+    ) -> None:
+        self.store = store
+        self.competition_dirs = competition_dirs
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernelgen-local")
+        self._futures: dict[Path, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _kernel_dir(self, kernel: str) -> Path:
+        owner, slug = kernel.split("/")[:2]
+        return self.store / "kernels" / owner / slug
+
+    def _dataset_dir(self, dataset: str) -> Path:
+        owner, slug = dataset.split("/")[:2]
+        return self.store / "datasets" / owner / slug
+
+    def _latest_run(self, kernel: str) -> Path:
+        versions = _versions(self._kernel_dir(kernel))
+        if not versions:
+            raise BackendError(f"kernel {kernel} has never been pushed")
+        return self._kernel_dir(kernel) / str(versions[-1])
+
+    def _mount(self, root: Path, meta: dict) -> None:
+        inputs = root / "input"
+        inputs.mkdir(parents=True)
+        for slug in meta.get("competition_sources", []):
+            if slug not in self.competition_dirs:
+                raise BackendError(f"no local data for competition {slug!r}")
+            (inputs / slug).symlink_to(self.competition_dirs[slug].resolve(), target_is_directory=True)
+        for ref in meta.get("dataset_sources", []):
+            parts = ref.split("/")
+            folder = self._dataset_dir(ref)
+            versions = _versions(folder)
+            version = int(parts[2]) if len(parts) > 2 else (versions[-1] if versions else None)
+            if version is None or version not in versions:
+                raise BackendError(f"dataset {ref} does not exist in {self.store}")
+            (inputs / parts[1]).symlink_to((folder / str(version)).resolve(), target_is_directory=True)
+
+    def push(self, folder: Path) -> PushResult:
+        meta = _read_json(folder / "kernel-metadata.json")
+        kernel = meta["id"]
+        with self._lock:
+            base = self._kernel_dir(kernel)
+            version = (_versions(base) or [0])[-1] + 1
+            run_dir = base / str(version)
+            run_dir.mkdir(parents=True)
+        shutil.copytree(folder, run_dir / "kernel")
+        root = run_dir / "root"
+        try:
+            self._mount(root, meta)
+        except BackendError as exc:
+            _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})
+            raise
+        _write_json(run_dir / STATUS_FILE, {"status": RunStatus.QUEUED.value, "message": ""})
+        notebook = (folder / meta["code_file"]).read_bytes()
+        self._futures[run_dir] = self._pool.submit(self._execute, run_dir, root, notebook, kernel)
+        return PushResult(kernel=kernel, version=version, url=run_dir.as_uri())
+
+    def _execute(self, run_dir: Path, root: Path, notebook: bytes, kernel: str) -> None:
+        _write_json(run_dir / STATUS_FILE, {"status": RunStatus.RUNNING.value, "message": ""})
+        try:
+            result = execute_notebook(notebook, root, working=root / "working", timeout=self.timeout)
+        except Exception as exc:
+            (run_dir / "log.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
+            _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})
+            return
+        (run_dir / "log.txt").write_text(result.log, encoding="utf-8")
+        status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
+        _write_json(run_dir / STATUS_FILE, {"status": status.value, "message": result.error})
+
+    def status(self, kernel: str) -> KernelState:
+        run_dir = self._latest_run(kernel)
+        record = _read_json(run_dir / STATUS_FILE)
+        status = RunStatus(record["status"])
+        if not status.finished and run_dir not in self._futures:
+            return KernelState(RunStatus.ERROR, "the local run was interrupted (its process ended)")
+        return KernelState(status, record.get("message", ""))
+
+    def output(self, kernel: str, dest: Path) -> KernelOutput:
+        run_dir = self._latest_run(kernel)
+        dest.mkdir(parents=True, exist_ok=True)
+        files = []
+        working = run_dir / "root" / "working"
+        if working.is_dir():
+            for path in sorted(working.rglob("*")):
+                if path.is_file():
+                    target = dest / path.relative_to(working)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, target)
+                    files.append(target)
+        log_file = run_dir / "log.txt"
+        log = log_file.read_text(encoding="utf-8") if log_file.is_file() else ""
+        (dest / f"{kernel.split('/')[1]}.log").write_text(log, encoding="utf-8")
+        return KernelOutput(files=files, log=log)
+
+    def publish(self, folder: Path) -> PublishResult:
+        meta = _read_json(folder / "dataset-metadata.json")
+        dataset = meta["id"]
+        with self._lock:
+            base = self._dataset_dir(dataset)
+            version = (_versions(base) or [0])[-1] + 1
+            target = base / str(version)
+            target.mkdir(parents=True)
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name != "dataset-metadata.json":
+                shutil.copy2(path, target / path.name)
+        return PublishResult(dataset=dataset, created=version == 1, url=target.as_uri())
+
+    def dataset_status(self, dataset: str) -> DatasetStatus:
+        return DatasetStatus.READY if _versions(self._dataset_dir(dataset)) else DatasetStatus.ERROR
+
+    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
+        run_dir = self._kernel_dir(kernel) / str(version)
+        output = run_dir / "root" / "working" / file_name
+        if not output.is_file():
+            raise BackendError(f"kernel {kernel} version {version} has no output {file_name}")
+        record = {"competition": competition, "kernel": kernel, "version": version, "file": file_name, "message": message}
+        with (self.store / "submissions.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+        return f"recorded a local submission of {kernel} version {version} ({file_name})"

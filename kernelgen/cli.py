@@ -1,0 +1,316 @@
+"""The `kernelgen` command: each command parses its options and calls one core function."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kernelgen.errors import KernelgenError
+from kernelgen.project import Project
+
+
+class _Group(click.Group):
+    """Prints expected failures as one line and a non-zero exit; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KernelgenError as exc:
+            click.echo(f"kernelgen: error: {exc}", err=True)
+            log_tail = getattr(exc, "log_tail", "")
+            if log_tail:
+                click.echo(log_tail, err=True)
+            ctx.exit(exc.exit_code)
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Config file (default: ./kernelgen.toml, else [tool.kernelgen] in ./pyproject.toml).",
+)
+profile_option = click.option("--profile", help="Parameter profile: full (seed values), smoke (tiny), or one of yours.")
+set_option = click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a parameter: stageN.name=value, or name=value when one stage is named. Repeatable.",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kernelgen")
+def main() -> None:
+    """Render plain Python stage modules into Kaggle kernels, wire them through datasets,
+    and run the chain on Kaggle or on this machine."""
+
+
+@main.command()
+@click.option("--stage", "stages", type=int, multiple=True, help="Stage to render (repeatable).")
+@click.option("--all", "all_stages", is_flag=True, help="Render every stage.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder for DIR/stageN/.")
+@click.option("--user", help="Kaggle username owning the kernels (default: config, KAGGLE_USERNAME, kaggle.json).")
+@profile_option
+@set_option
+@config_option
+def render(
+    stages: tuple[int, ...],
+    all_stages: bool,
+    out: Path,
+    user: str | None,
+    profile: str | None,
+    sets: tuple[str, ...],
+    config_path: Path | None,
+) -> None:
+    """Render kernels: OUT/stageN/kernel-metadata.json and the notebook it names.
+
+    Everything is validated as the Kaggle client would before anything is written.
+    """
+    project = Project.load(config_path)
+    if all_stages == bool(stages):
+        raise click.UsageError("give --stage N (repeatable) or --all")
+    chosen = list(project.pipeline.stages) if all_stages else list(stages)
+    kernels = project.render(chosen, username=user, profile=profile, sets=sets)
+    for folder, kernel in zip(project.write(kernels, out), kernels, strict=True):
+        click.echo(f"stage {kernel.stage}: {folder}/{kernel.code_file} ({kernel.kernel_id})")
+
+
+@main.command()
+@click.option("--stage", type=int, required=True, help="Stage to run.")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Kaggle-shaped folder: inputs in ROOT/input/<slug>/, outputs to ROOT/working/.",
+)
+@click.option("--notebook", is_flag=True, help="Run the rendered notebook in a fresh interpreter instead of the module.")
+@click.option("--timeout", type=int, default=None, help="With --notebook: seconds a cell may run.")
+@profile_option
+@set_option
+@config_option
+def run(
+    stage: int,
+    root: Path,
+    notebook: bool,
+    timeout: int | None,
+    profile: str | None,
+    sets: tuple[str, ...],
+    config_path: Path | None,
+) -> None:
+    """Run one stage here against a Kaggle-shaped folder."""
+    project = Project.load(config_path)
+    working = project.run(stage, root, profile=profile, sets=sets, notebook=notebook, timeout=timeout)
+    click.echo(f"stage {stage}: outputs in {working}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to create.")
+@click.option("--train", "n_train", type=click.IntRange(min=1), default=48, show_default=True, help="Train images.")
+@click.option("--test", "n_test", type=click.IntRange(min=1), default=16, show_default=True, help="Test images.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
+@click.option("--format", "fmt", type=click.Choice(["new", "old"]), default="new", show_default=True, help="train.csv format.")
+def synth(out: Path, n_train: int, n_test: int, seed: int, fmt: str) -> None:
+    """Make synthetic Severstal-shaped data: OUT/input/<competition>/ and hidden test truth in OUT/truth/."""
+    from kernelgen.synth import generate
+
+    dataset = generate(out, n_train=n_train, n_test=n_test, seed=seed, fmt=fmt)
+    click.echo(f"competition data in {dataset.competition_dir}; test truth in {dataset.test_truth}")
+
+
+workdir_option = click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("kernelgen-work"),
+    show_default=True,
+    help="Work folder: rendered kernels, downloaded outputs, datasets and state.json.",
+)
+local_option = click.option(
+    "--local", is_flag=True, help="Use the local backend (runs here, no Kaggle account) instead of Kaggle."
+)
+user_option = click.option("--user", help="Kaggle username (default: config, KAGGLE_USERNAME, kaggle.json).")
+
+
+def _username(project: Project, user: str | None, local: bool) -> str:
+    from kernelgen.config import resolve_username
+
+    if local and not (user or project.config.username):
+        return "local"
+    return resolve_username(user, project.config)
+
+
+@main.command()
+@click.option("--stage", type=int, required=True, help="Stage to push.")
+@click.option("--wait", is_flag=True, help="Follow the run until it ends, then download outputs and log.")
+@click.option("--timeout", type=float, default=13 * 3600, show_default=True, help="With --wait: seconds to wait.")
+@user_option
+@profile_option
+@set_option
+@workdir_option
+@local_option
+@config_option
+def push(
+    stage: int,
+    wait: bool,
+    timeout: float,
+    user: str | None,
+    profile: str | None,
+    sets: tuple[str, ...],
+    workdir: Path,
+    local: bool,
+    config_path: Path | None,
+) -> None:
+    """Render, validate and push one stage's kernel; print its URL and version."""
+    from kernelgen import operations as ops
+    from kernelgen.progress import format_elapsed
+
+    project = Project.load(config_path)
+    username = _username(project, user, local)
+    project.render([stage], username=username, profile=profile, sets=sets)
+    backend = ops.open_backend(project, workdir, local=local)
+    pushed = ops.push_stage(project, backend, workdir, stage, username=username, profile=profile, sets=sets)
+    click.echo(f"stage {stage}: pushed {pushed.kernel} version {pushed.version}")
+    click.echo(pushed.url)
+    if not wait:
+        return
+    seen: list[str] = []
+
+    def on_poll(state, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+        if not seen or seen[-1] != state.status.value:
+            seen.append(state.status.value)
+            click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]")
+
+    final = ops.wait_stage(backend, workdir, stage, timeout=timeout, on_poll=on_poll)
+    dest, output = ops.fetch_output(backend, workdir, stage)
+    click.echo(f"stage {stage}: {len(output.files)} output files and the log in {dest}")
+    if final.status.value != "complete":
+        from kernelgen.errors import KernelFailedError
+
+        tail = "\n".join(output.log.rstrip().splitlines()[-20:])
+        raise KernelFailedError(f"ended in {final.status.value}: {final.message}", stage=stage, status=final.status.value, log_tail=tail)
+
+
+@main.command()
+@click.option("--stage", "stages", type=int, multiple=True, help="Only these stages (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@workdir_option
+@local_option
+@config_option
+def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, config_path: Path | None) -> None:
+    """A table of stages with their backend status and version."""
+    import dataclasses
+    import json
+
+    from kernelgen import operations as ops
+
+    project = Project.load(config_path)
+    chosen = [project.pipeline.stage(n).number for n in stages] or list(project.pipeline.stages)
+    backend = ops.open_backend(project, workdir, local=local)
+    rows = ops.stage_status(project, backend, workdir, chosen)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"kernelgen status ({backend.name}, {workdir})")
+    for column in ("stage", "title", "kernel", "version", "status", "message"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(str(row.stage), row.title, row.kernel, "" if row.version is None else str(row.version), row.status, row.message)
+    Console().print(table)
+
+
+@main.command()
+@click.option("--stage", type=int, required=True, help="Stage whose latest run to fetch.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Folder (default: WORKDIR/outputs/stageN).")
+@workdir_option
+@local_option
+@config_option
+def output(stage: int, out: Path | None, workdir: Path, local: bool, config_path: Path | None) -> None:
+    """Download a stage's output files and its whole log."""
+    from kernelgen import operations as ops
+
+    project = Project.load(config_path)
+    project.pipeline.stage(stage)
+    backend = ops.open_backend(project, workdir, local=local)
+    dest, fetched = ops.fetch_output(backend, workdir, stage, out)
+    click.echo(f"stage {stage}: {len(fetched.files)} files and the log in {dest}")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the dataset to be ready.")
+@user_option
+@workdir_option
+@local_option
+@config_option
+def publish(dataset: str, no_wait: bool, user: str | None, workdir: Path, local: bool, config_path: Path | None) -> None:
+    """Build DATASET (stage1, stage2, stage4) from the stages' outputs and create or version it."""
+    from kernelgen import operations as ops
+
+    project = Project.load(config_path)
+    username = _username(project, user, local)
+    backend = ops.open_backend(project, workdir, local=local)
+    result = ops.publish_dataset(project, backend, workdir, dataset.lower(), username=username, wait=not no_wait)
+    click.echo(f"{'created' if result.created else 'new version of'} {result.dataset} {result.url}")
+
+
+@main.command()
+@click.option("--local", is_flag=True, help="Run every stage here on synthetic data (smoke profile unless --profile).")
+@click.option("--from", "first", type=int, help="First stage to run (earlier ones must be complete in WORKDIR).")
+@click.option("--to", "last", type=int, help="Last stage to run.")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
+@click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
+@user_option
+@profile_option
+@set_option
+@workdir_option
+@config_option
+def chain(
+    local: bool,
+    first: int | None,
+    last: int | None,
+    jobs: int,
+    submit: bool,
+    user: str | None,
+    profile: str | None,
+    sets: tuple[str, ...],
+    workdir: Path,
+    config_path: Path | None,
+) -> None:
+    """Run the whole pipeline in dependency order, publishing datasets between stages."""
+    from kernelgen import operations as ops
+    from kernelgen.chain import Chain
+    from kernelgen.progress import make_reporter
+
+    project = Project.load(config_path)
+    numbers = list(project.pipeline.stages)
+    lo = project.pipeline.stage(first).number if first is not None else numbers[0]
+    hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
+    selected = [n for n in numbers if lo <= n <= hi]
+    if local and profile is None and project.config.profile == "full":
+        profile = "smoke"
+    username = _username(project, user, local)
+    backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
+    reporter = make_reporter()
+    try:
+        result = Chain(
+            project, backend, workdir, username=username, profile=profile, sets=sets, jobs=jobs, reporter=reporter
+        ).run(selected, submit=submit, competition=project.config.competition)
+    finally:
+        reporter.close()
+        close = getattr(backend, "close", None)
+        if close:
+            close()
+    if result.submission is not None:
+        click.echo(f"submission: {result.submission}")
+    else:
+        click.echo(f"done: stages {', '.join(map(str, selected))} complete; outputs in {workdir / 'outputs'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

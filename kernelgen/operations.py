@@ -1,0 +1,192 @@
+"""Single-step commands over a backend: push one stage, report status, fetch outputs, publish.
+
+They share the chain's work folder and state file, so `kernelgen status` shows what
+`push` and `chain` did, and `chain` resumes what `push` started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernelgen.backends.base import (
+    Backend,
+    KernelOutput,
+    KernelState,
+    PublishResult,
+    PushResult,
+    RunStatus,
+)
+from kernelgen.chain import read_param_source
+from kernelgen.datasets import build_dataset, files_digest
+from kernelgen.errors import BackendError, KernelgenError
+from kernelgen.params import ParamValue
+from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
+from kernelgen.project import Project
+from kernelgen.render import write_kernels
+from kernelgen.state import ChainState
+
+DEFAULT_WORKDIR = Path("kernelgen-work")
+SYNTH_TRAIN = 48
+SYNTH_TEST = 16
+
+
+def local_competition_data(project: Project, workdir: Path, *, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """Competition folders for local runs: the configured one, else synthetic data made once."""
+    slugs = sorted({s for spec in project.pipeline.stages.values() for s in spec.competition_sources})
+    if project.config.data is not None:
+        if not project.config.data.is_dir():
+            raise KernelgenError(f"{project.config.label}: data folder {project.config.data} does not exist")
+        return dict.fromkeys(slugs, project.config.data)
+    from kernelgen.synth import COMPETITION, generate
+
+    root = workdir / "synthetic-data"
+    folder = root / "input" / COMPETITION
+    if not folder.is_dir():
+        log(f"making synthetic competition data in {root} ({SYNTH_TRAIN} train, {SYNTH_TEST} test images)")
+        generate(root, n_train=SYNTH_TRAIN, n_test=SYNTH_TEST, seed=0)
+    return dict.fromkeys(slugs, folder)
+
+
+def open_backend(project: Project, workdir: Path, *, local: bool, jobs: int = 2) -> Backend:
+    if local:
+        from kernelgen.backends.local import LocalBackend
+
+        return LocalBackend(workdir / "local-store", local_competition_data(project, workdir), workers=jobs)
+    from kernelgen.backends.kaggle import KaggleBackend
+
+    return KaggleBackend()
+
+
+def _extra_params(project: Project, workdir: Path, state: ChainState, number: int) -> list[ParamValue]:
+    found = []
+    for name, ref in project.pipeline.stage(number).params_from.items():
+        record = state.stages.get(ref.stage)
+        value = read_param_source(workdir / "outputs", ref.stage, ref.file, ref.key, record.version if record else None)
+        if value is not None:
+            found.append(ParamValue(name, value.value, value.source))
+    return found
+
+
+def push_stage(
+    project: Project,
+    backend: Backend,
+    workdir: Path,
+    number: int,
+    *,
+    username: str,
+    profile: str | None = None,
+    sets: Iterable[str] = (),
+) -> PushResult:
+    """Render, validate and push one stage; record it so `status` and `chain` see it."""
+    state = ChainState.load(workdir / "state.json", backend.name)
+    kernel = project.render(
+        [number], username=username, profile=profile, sets=sets,
+        extra={number: _extra_params(project, workdir, state, number)},
+    )[0]
+    folder = write_kernels([kernel], workdir / "kernels")[0]
+    pushed = backend.push(folder)
+    record = state.stage(number)
+    record.key, record.kernel, record.version = "", pushed.kernel, pushed.version
+    record.status, record.url, record.message = RunStatus.QUEUED.value, pushed.url, ""
+    record.params = {p.name: p.value for p in kernel.params}
+    state.save()
+    return pushed
+
+
+def wait_stage(
+    backend: Backend,
+    workdir: Path,
+    number: int,
+    *,
+    timeout: float,
+    on_poll: Callable[[KernelState, float], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> KernelState:
+    state = ChainState.load(workdir / "state.json", backend.name)
+    record = state.stages.get(number)
+    if record is None or not record.kernel:
+        raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
+    final = wait_kernel_finished(backend, record.kernel, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
+    record.status, record.message = final.status.value, final.message
+    state.save()
+    return final
+
+
+def fetch_output(backend: Backend, workdir: Path, number: int, out: Path | None = None) -> tuple[Path, KernelOutput]:
+    state = ChainState.load(workdir / "state.json", backend.name)
+    record = state.stages.get(number)
+    if record is None or not record.kernel:
+        raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
+    dest = out or workdir / "outputs" / f"stage{number}"
+    output = backend.output(record.kernel, dest)
+    record.outputs = str(dest)
+    state.save()
+    return dest, output
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    stage: int
+    title: str
+    kernel: str
+    version: int | None
+    status: str
+    message: str
+
+
+def stage_status(project: Project, backend: Backend, workdir: Path, stages: Iterable[int]) -> list[StatusRow]:
+    """Each stage's latest known state, asking the backend about those that were pushed."""
+    state = ChainState.load(workdir / "state.json", backend.name)
+    rows = []
+    changed = False
+    for number in stages:
+        spec = project.pipeline.stage(number)
+        record = state.stages.get(number)
+        if record is None or not record.kernel:
+            rows.append(StatusRow(number, spec.title, "", None, "not pushed", ""))
+            continue
+        try:
+            live = backend.status(record.kernel)
+        except BackendError as exc:
+            rows.append(StatusRow(number, spec.title, record.kernel, record.version, record.status or "unknown", str(exc)))
+            continue
+        if live.status.value != record.status:
+            record.status, record.message, changed = live.status.value, live.message, True
+        rows.append(StatusRow(number, spec.title, record.kernel, record.version, live.status.value, live.message))
+    if changed:
+        state.save()
+    return rows
+
+
+def publish_dataset(
+    project: Project,
+    backend: Backend,
+    workdir: Path,
+    slug: str,
+    *,
+    username: str,
+    wait: bool = True,
+    timeout: float = 3600.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PublishResult:
+    """Build dataset `slug` from the stages' downloaded outputs, create or version it, wait for ready."""
+    if slug not in project.pipeline.datasets:
+        known = ", ".join(sorted(project.pipeline.datasets))
+        raise KernelgenError(f"unknown dataset {slug!r}; known: {known}")
+    spec = project.pipeline.datasets[slug]
+    outputs = workdir / "outputs"
+    folder = build_dataset(spec, outputs, workdir / "datasets", username=username)
+    state = ChainState.load(workdir / "state.json", backend.name)
+    published = backend.publish(folder)
+    record = state.dataset(slug)
+    record.digest, record.dataset, record.status = files_digest(spec, outputs), published.dataset, "processing"
+    state.save()
+    if wait:
+        record.status = wait_dataset_ready(backend, published.dataset, timeout=timeout, clock=clock, sleep=sleep).value
+        state.save()
+    return published

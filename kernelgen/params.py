@@ -1,0 +1,181 @@
+"""Stage parameters: read from the stage's `Params` dataclass, overridden in layers.
+
+The fields are read from the module's source with `ast`, so rendering never imports
+TensorFlow or PyTorch just to learn that `epochs` is an int defaulting to 45.
+Layers, lowest first: dataclass default, profile, config file, `--set`, chain.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kernelgen.errors import ParameterError, RenderError
+
+SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+@dataclass(frozen=True)
+class ParamField:
+    name: str
+    type: type
+    default: Any
+
+
+@dataclass(frozen=True)
+class ParamValue:
+    """A resolved parameter and where its value came from (shown in the parameters cell)."""
+
+    name: str
+    value: Any
+    source: str
+
+
+def read_param_fields(source: Path, stage: int) -> list[ParamField]:
+    """The fields of `class Params` in a stage module, in declaration order."""
+    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Params"]
+    if not classes:
+        raise RenderError(f"{source} defines no top-level 'class Params'", stage=stage)
+    fields = []
+    for node in classes[0].body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            continue
+        name = node.target.id
+        annotation = ast.unparse(node.annotation)
+        if annotation not in SCALAR_TYPES:
+            raise RenderError(
+                f"{source}: Params.{name} has type {annotation}; use one of {', '.join(SCALAR_TYPES)}",
+                stage=stage,
+            )
+        if node.value is None:
+            raise RenderError(f"{source}: Params.{name} needs a default value", stage=stage)
+        try:
+            default = ast.literal_eval(node.value)
+        except ValueError:
+            raise RenderError(
+                f"{source}: Params.{name} default must be a literal, got {ast.unparse(node.value)}",
+                stage=stage,
+            ) from None
+        kind = SCALAR_TYPES[annotation]
+        fields.append(ParamField(name, kind, coerce_value(default, kind, name=name, stage=stage)))
+    return fields
+
+
+def coerce_value(value: Any, kind: type, *, name: str, stage: int | None) -> Any:
+    """Check a typed value (from TOML or code) against a field type; ints widen to floats."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
+        raise ParameterError(f"{name} must be {kind.__name__}, got {value!r}", stage=stage)
+    if kind is float and not math.isfinite(value):
+        raise ParameterError(f"{name} must be a finite number, got {value!r}", stage=stage)
+    return value
+
+
+def parse_text(text: str, kind: type, *, name: str, stage: int | None) -> Any:
+    """Turn a command-line string into a value of the field's type."""
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text)
+        if kind is float:
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError
+            return value
+        return text
+    except ValueError:
+        raise ParameterError(f"{name} must be {kind.__name__}, got {text!r}", stage=stage) from None
+
+
+@dataclass(frozen=True)
+class Override:
+    """One `--set`: `stage` is None when the name carried no `stageN.` prefix."""
+
+    stage: int | None
+    name: str
+    text: str
+
+
+def parse_overrides(items: Iterable[str]) -> list[Override]:
+    found = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParameterError(f"--set {item!r}: expected NAME=VALUE or stageN.NAME=VALUE")
+        stage: int | None = None
+        if "." in key:
+            prefix, _, key = key.partition(".")
+            if not prefix.startswith("stage") or not prefix[5:].isdigit() or not key:
+                raise ParameterError(f"--set {item!r}: expected stageN.NAME=VALUE")
+            stage = int(prefix[5:])
+        found.append(Override(stage, key, text))
+    return found
+
+
+def assign_overrides(overrides: Iterable[Override], stages: Iterable[int], known: Iterable[int]) -> dict[int, dict[str, str]]:
+    """Route overrides to stages; an unprefixed name needs exactly one stage selected."""
+    selected = list(stages)
+    known_set = set(known)
+    routed: dict[int, dict[str, str]] = {}
+    for item in overrides:
+        if item.stage is None:
+            if len(selected) != 1:
+                raise ParameterError(
+                    f"--set {item.name}={item.text}: name the stage (stageN.{item.name}=...) "
+                    "when more than one stage is selected"
+                )
+            stage = selected[0]
+        else:
+            stage = item.stage
+            if stage not in known_set:
+                raise ParameterError(f"--set stage{stage}.{item.name}: unknown stage {stage}")
+        routed.setdefault(stage, {})[item.name] = item.text
+    return routed
+
+
+def resolve_params(
+    fields: list[ParamField],
+    *,
+    stage: int,
+    layers: Iterable[tuple[str, Mapping[str, Any]]] = (),
+    texts: Mapping[str, str] | None = None,
+    extra: Iterable[ParamValue] = (),
+) -> list[ParamValue]:
+    """Apply typed layers (name, values), then command-line texts, then values from other stages."""
+    by_name = {f.name: f for f in fields}
+    valid = list(by_name)
+    current = {f.name: ParamValue(f.name, f.default, "default") for f in fields}
+
+    def check(name: str) -> ParamField:
+        if name not in by_name:
+            raise ParameterError(f"unknown parameter {name!r}", stage=stage, valid=valid)
+        return by_name[name]
+
+    for source, values in layers:
+        for name, value in values.items():
+            field = check(name)
+            current[name] = ParamValue(name, coerce_value(value, field.type, name=name, stage=stage), source)
+    for name, text in (texts or {}).items():
+        field = check(name)
+        current[name] = ParamValue(name, parse_text(text, field.type, name=name, stage=stage), "--set")
+    for item in extra:
+        field = check(item.name)
+        if not (texts and item.name in texts):
+            value = coerce_value(item.value, field.type, name=item.name, stage=stage)
+            current[item.name] = ParamValue(item.name, value, item.source)
+    return [current[f.name] for f in fields]

@@ -1,0 +1,285 @@
+"""The declarative wiring in kernel-metadata/: stages, the datasets between them, and the graph.
+
+The graph is derived from what each stage reads (datasets, parameters taken from
+another stage's output); nothing states a dependency twice.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from kernelgen.errors import MetadataError, UnknownStageError
+from kernelgen.resources import metadata_dir
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_STAGE_FILE = re.compile(r"^stage(\d+)\.toml$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
+_FILE_REF = re.compile(r"^stage(\d+)/([^/]+)$")
+
+_STAGE_KEYS = {
+    "stage": int,
+    "module": str,
+    "title": str,
+    "kernel_type": str,
+    "language": str,
+    "is_private": bool,
+    "enable_gpu": bool,
+    "enable_internet": bool,
+    "competition_sources": list,
+    "dataset_sources": list,
+    "pip": list,
+    "params_from": dict,
+    "profiles": dict,
+}
+_REQUIRED_STAGE_KEYS = ("stage", "module", "title")
+
+
+@dataclass(frozen=True)
+class PipRequirement:
+    """A package the Kaggle image lacks: installed when `module` cannot be imported."""
+
+    module: str
+    requirement: str
+
+
+@dataclass(frozen=True)
+class ParamFrom:
+    """A parameter whose value comes from a key of a JSON file another stage writes."""
+
+    stage: int
+    file: str
+    key: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    number: int
+    module: str
+    title: str
+    source: Path
+    kernel_type: str = "notebook"
+    language: str = "python"
+    is_private: bool = True
+    enable_gpu: bool = False
+    enable_internet: bool = True
+    competition_sources: tuple[str, ...] = ()
+    dataset_sources: tuple[str, ...] = ()
+    pip: tuple[PipRequirement, ...] = ()
+    params_from: Mapping[str, ParamFrom] = field(default_factory=dict)
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"stage{self.number}"
+
+
+@dataclass(frozen=True)
+class DatasetFile:
+    stage: int
+    name: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    slug: str
+    title: str
+    files: tuple[DatasetFile, ...]
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        return tuple(sorted({f.stage for f in self.files}))
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    stages: Mapping[int, StageSpec]
+    datasets: Mapping[str, DatasetSpec]
+    source: Path
+
+    def stage(self, number: int | str) -> StageSpec:
+        try:
+            key = int(number)
+        except (TypeError, ValueError):
+            raise UnknownStageError(number, sorted(self.stages)) from None
+        if key not in self.stages:
+            raise UnknownStageError(number, sorted(self.stages))
+        return self.stages[key]
+
+    @cached_property
+    def dependencies(self) -> dict[int, tuple[int, ...]]:
+        """Stages each stage needs finished first: producers of its datasets and parameters."""
+        deps: dict[int, tuple[int, ...]] = {}
+        for number, spec in self.stages.items():
+            needed: set[int] = set()
+            for slug in spec.dataset_sources:
+                needed.update(self.datasets[slug].stages)
+            needed.update(p.stage for p in spec.params_from.values())
+            deps[number] = tuple(sorted(needed))
+        return deps
+
+    def dependents(self, number: int) -> tuple[int, ...]:
+        """Every stage that needs `number`, directly or through others."""
+        found: set[int] = set()
+        frontier = [number]
+        while frontier:
+            current = frontier.pop()
+            for other, needs in self.dependencies.items():
+                if current in needs and other not in found:
+                    found.add(other)
+                    frontier.append(other)
+        return tuple(sorted(found))
+
+    def order(self, selected: Iterable[int] | None = None) -> list[int]:
+        """Stages in an order where each comes after what it needs (ties by number)."""
+        wanted = set(self.stages if selected is None else selected)
+        done: list[int] = []
+        remaining = sorted(wanted)
+        while remaining:
+            ready = [s for s in remaining if all(d in done or d not in wanted for d in self.dependencies[s])]
+            done.extend(ready)
+            remaining = [s for s in remaining if s not in ready]
+        return done
+
+    def datasets_from(self, number: int) -> tuple[DatasetSpec, ...]:
+        """Datasets that include an output of stage `number`."""
+        return tuple(d for d in self.datasets.values() if number in d.stages)
+
+
+def _check_type(value: Any, expected: type, key: str, where: Path) -> None:
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        raise MetadataError(f"{key!r} must be {expected.__name__}, got {value!r}", where=where)
+
+
+def _str_list(value: list[Any], key: str, where: Path) -> tuple[str, ...]:
+    if not all(isinstance(v, str) and v for v in value):
+        raise MetadataError(f"{key!r} must be a list of non-empty strings", where=where)
+    return tuple(value)
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise MetadataError(f"invalid TOML: {exc}", where=path) from None
+
+
+def _parse_stage(path: Path, number: int) -> StageSpec:
+    raw = _load_toml(path)
+    for key in _REQUIRED_STAGE_KEYS:
+        if key not in raw:
+            raise MetadataError(f"missing key {key!r}", where=path)
+    for key, value in raw.items():
+        if key not in _STAGE_KEYS:
+            raise MetadataError(
+                f"unknown key {key!r} (known: {', '.join(sorted(_STAGE_KEYS))})", where=path
+            )
+        _check_type(value, _STAGE_KEYS[key], key, path)
+    if raw["stage"] != number:
+        raise MetadataError(f"'stage' is {raw['stage']} but the file is named for stage {number}", where=path)
+    pip = []
+    for item in raw.get("pip", []):
+        if not isinstance(item, dict) or set(item) != {"module", "requirement"}:
+            raise MetadataError("each [[pip]] entry needs exactly 'module' and 'requirement'", where=path)
+        pip.append(PipRequirement(str(item["module"]), str(item["requirement"])))
+    params_from = {}
+    for name, item in raw.get("params_from", {}).items():
+        if not isinstance(item, dict) or set(item) != {"stage", "file", "key"}:
+            raise MetadataError(f"params_from.{name} needs exactly 'stage', 'file' and 'key'", where=path)
+        params_from[name] = ParamFrom(int(item["stage"]), str(item["file"]), str(item["key"]))
+    profiles = raw.get("profiles", {})
+    for profile, values in profiles.items():
+        if not isinstance(values, dict):
+            raise MetadataError(f"profiles.{profile} must be a table of parameter values", where=path)
+    return StageSpec(
+        number=number,
+        module=raw["module"],
+        title=raw["title"],
+        source=path,
+        kernel_type=raw.get("kernel_type", "notebook"),
+        language=raw.get("language", "python"),
+        is_private=raw.get("is_private", True),
+        enable_gpu=raw.get("enable_gpu", False),
+        enable_internet=raw.get("enable_internet", True),
+        competition_sources=_str_list(raw.get("competition_sources", []), "competition_sources", path),
+        dataset_sources=_str_list(raw.get("dataset_sources", []), "dataset_sources", path),
+        pip=tuple(pip),
+        params_from=params_from,
+        profiles={k: dict(v) for k, v in profiles.items()},
+    )
+
+
+def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
+    if not path.is_file():
+        return {}
+    raw = _load_toml(path)
+    datasets = {}
+    for slug, body in raw.items():
+        if not isinstance(body, dict) or set(body) != {"title", "files"}:
+            raise MetadataError(f"dataset {slug!r} needs exactly 'title' and 'files'", where=path)
+        if not _SLUG.match(slug):
+            raise MetadataError(f"dataset slug {slug!r} must be lowercase letters, digits and dashes", where=path)
+        files = []
+        for ref in body["files"]:
+            match = _FILE_REF.match(ref) if isinstance(ref, str) else None
+            if not match:
+                raise MetadataError(f"dataset {slug!r}: file {ref!r} must read 'stageN/<file name>'", where=path)
+            files.append(DatasetFile(int(match.group(1)), match.group(2)))
+        if not files:
+            raise MetadataError(f"dataset {slug!r} lists no files", where=path)
+        datasets[slug] = DatasetSpec(slug=slug, title=str(body["title"]), files=tuple(files))
+    return datasets
+
+
+def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, DatasetSpec], where: Path) -> None:
+    for spec in stages.values():
+        for slug in spec.dataset_sources:
+            if slug not in datasets:
+                raise MetadataError(
+                    f"stage {spec.number} reads dataset {slug!r}, which datasets.toml does not declare",
+                    where=spec.source,
+                )
+        for name, ref in spec.params_from.items():
+            if ref.stage not in stages:
+                raise MetadataError(f"params_from.{name} names unknown stage {ref.stage}", where=spec.source)
+    for dataset in datasets.values():
+        for item in dataset.files:
+            if item.stage not in stages:
+                raise MetadataError(f"dataset {dataset.slug!r} takes a file from unknown stage {item.stage}", where=where)
+    pipeline = Pipeline(stages=stages, datasets=datasets, source=where)
+    order = pipeline.order()
+    if len(order) != len(stages):
+        stuck = sorted(set(stages) - set(order))
+        raise MetadataError(f"stages {stuck} depend on each other in a cycle", where=where)
+    for number, needs in pipeline.dependencies.items():
+        if number in needs:
+            raise MetadataError(f"stage {number} reads its own outputs", where=stages[number].source)
+
+
+def load_pipeline(folder: Path | None = None) -> Pipeline:
+    """Read every `stageN.toml` and `datasets.toml` in `folder` (the bundled one by default)."""
+    folder = folder or metadata_dir()
+    if not folder.is_dir():
+        raise MetadataError("kernel-metadata folder not found", where=folder)
+    stages: dict[int, StageSpec] = {}
+    for path in sorted(folder.iterdir()):
+        match = _STAGE_FILE.match(path.name)
+        if match:
+            number = int(match.group(1))
+            stages[number] = _parse_stage(path, number)
+    if not stages:
+        raise MetadataError("no stageN.toml files", where=folder)
+    datasets = _parse_datasets(folder / "datasets.toml")
+    _check_graph(stages, datasets, folder / "datasets.toml")
+    return Pipeline(stages=dict(sorted(stages.items())), datasets=datasets, source=folder)

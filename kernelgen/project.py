@@ -1,0 +1,94 @@
+"""The core API the CLI is a thin layer over: resolve parameters, render, run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kernelgen.config import Config, load_config, resolve_username
+from kernelgen.params import ParamValue, assign_overrides, parse_overrides
+from kernelgen.pipeline import Pipeline, load_pipeline
+from kernelgen.render import RenderedKernel, render_stage, stage_params, write_kernels
+from kernelgen.runner import run_module, run_notebook
+
+
+@dataclass(frozen=True)
+class Project:
+    pipeline: Pipeline
+    config: Config
+
+    @classmethod
+    def load(cls, config_path: Path | None = None, metadata: Path | None = None) -> Project:
+        return cls(pipeline=load_pipeline(metadata), config=load_config(config_path))
+
+    def profile(self, name: str | None) -> str:
+        return name or self.config.profile
+
+    def overrides(self, sets: Iterable[str], stages: Sequence[int]) -> dict[int, dict[str, str]]:
+        for number in stages:
+            self.pipeline.stage(number)
+        return assign_overrides(parse_overrides(sets), stages, self.pipeline.stages)
+
+    def params(
+        self,
+        number: int,
+        *,
+        profile: str | None = None,
+        texts: Mapping[str, str] | None = None,
+        extra: Iterable[ParamValue] = (),
+    ) -> list[ParamValue]:
+        return stage_params(
+            self.pipeline.stage(number),
+            config=self.config,
+            profile=self.profile(profile),
+            texts=texts,
+            extra=extra,
+        )
+
+    def render(
+        self,
+        stages: Sequence[int],
+        *,
+        username: str | None = None,
+        profile: str | None = None,
+        sets: Iterable[str] = (),
+        extra: Mapping[int, Iterable[ParamValue]] | None = None,
+    ) -> list[RenderedKernel]:
+        """Render stages in memory; every problem is raised before anything is written."""
+        user = resolve_username(username, self.config)
+        routed = self.overrides(sets, stages)
+        chosen = self.profile(profile)
+        return [
+            render_stage(
+                self.pipeline,
+                number,
+                username=user,
+                params=self.params(
+                    number, profile=chosen, texts=routed.get(number), extra=(extra or {}).get(number, ())
+                ),
+                profile=chosen,
+            )
+            for number in stages
+        ]
+
+    def write(self, kernels: Sequence[RenderedKernel], out: Path) -> list[Path]:
+        return write_kernels(kernels, out)
+
+    def run(
+        self,
+        number: int,
+        root: Path,
+        *,
+        profile: str | None = None,
+        sets: Iterable[str] = (),
+        notebook: bool = False,
+        timeout: int | None = None,
+    ) -> Path:
+        """Run one stage against the Kaggle-shaped folder `root`; returns its outputs folder."""
+        texts = self.overrides(sets, [number]).get(number)
+        if notebook:
+            kernel = self.render([number], username="local", profile=profile, sets=sets)[0]
+            return run_notebook(kernel, root, timeout=timeout)
+        params = self.params(number, profile=profile, texts=texts)
+        return run_module(self.pipeline.stage(number), params, root)

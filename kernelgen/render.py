@@ -1,0 +1,195 @@
+"""Stage module + the library code it uses + resolved parameters -> a Kaggle kernel folder.
+
+Rendering is pure: the same inputs give byte-identical files, so the digest of a
+rendered kernel tells the chain whether a stage must run again. Writing is done in
+one place, all stages at once, through a temporary folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from kernelgen import notebook as nb
+from kernelgen.config import BUILTIN_PROFILES, Config
+from kernelgen.errors import ConfigError, MetadataError, RenderError
+from kernelgen.inline import collect_units
+from kernelgen.params import ParamValue, read_param_fields, resolve_params
+from kernelgen.pipeline import Pipeline, StageSpec
+from kernelgen.resources import stages_dir
+from kernelgen.templating import render_template
+from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
+
+METADATA_FILE = "kernel-metadata.json"
+
+
+@dataclass(frozen=True)
+class RenderedKernel:
+    stage: int
+    kernel_id: str
+    code_file: str
+    files: Mapping[str, bytes]
+    params: tuple[ParamValue, ...]
+
+    @property
+    def slug(self) -> str:
+        return self.kernel_id.split("/")[1]
+
+    @property
+    def digest(self) -> str:
+        """A content hash of every rendered file."""
+        hasher = hashlib.sha256()
+        for name in sorted(self.files):
+            hasher.update(name.encode() + b"\0" + self.files[name] + b"\0")
+        return hasher.hexdigest()
+
+
+def module_path(spec: StageSpec) -> Path:
+    return stages_dir().joinpath(*spec.module.split(".")[1:]).with_suffix(".py")
+
+
+def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[str, dict]]:
+    """Typed parameter layers for one stage: built-in profile, config profile, config overrides."""
+    known = set(BUILTIN_PROFILES) | set(config.profiles)
+    if profile not in known:
+        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(sorted(known))}")
+    layers: list[tuple[str, dict]] = []
+    if spec.profiles.get(profile):
+        layers.append((f"profile {profile}", dict(spec.profiles[profile])))
+    from_config = config.profiles.get(profile, {}).get(spec.number)
+    if from_config:
+        layers.append((f"profile {profile} in {config.label}", from_config))
+    if config.stages.get(spec.number):
+        layers.append((config.label, config.stages[spec.number]))
+    return layers
+
+
+def stage_params(
+    spec: StageSpec,
+    *,
+    config: Config,
+    profile: str,
+    texts: Mapping[str, str] | None = None,
+    extra: Iterable[ParamValue] = (),
+) -> list[ParamValue]:
+    fields = read_param_fields(module_path(spec), spec.number)
+    return resolve_params(
+        fields,
+        stage=spec.number,
+        layers=profile_layers(spec, config, profile),
+        texts=texts,
+        extra=extra,
+    )
+
+
+def _cells(spec: StageSpec, params: list[ParamValue], profile: str) -> list[nbformat.NotebookNode]:
+    libs, main = collect_units(spec.module, stages_dir(), spec.number)
+    taken = set(main.names).union(*(unit.names for unit in libs))
+    clashes = sorted(p.name for p in params if p.name in taken)
+    if clashes:
+        raise RenderError(
+            f"parameter names {clashes} clash with top-level names of the inlined code", stage=spec.number
+        )
+    main_cells = nb.percent_cells(main.text)
+    if main_cells and main_cells[0].cell_type == "markdown":
+        title = main_cells.pop(0)
+    else:
+        title = nb.markdown_cell(render_template("title.md.j2", stage=spec.number, title=spec.title))
+    cells = [
+        title,
+        nb.markdown_cell(
+            render_template("provenance.md.j2", stage=spec.number, module=spec.module, profile=profile)
+        ),
+    ]
+    if spec.pip:
+        if not spec.enable_internet:
+            names = ", ".join(p.requirement for p in spec.pip)
+            raise MetadataError(f"installs {names} but enable_internet is false", where=spec.source)
+        cells.append(nb.code_cell(render_template("pip.py.j2", stage=spec.number, requirements=spec.pip)))
+    cells.append(
+        nb.code_cell(render_template("parameters.py.j2", stage=spec.number, params=params), tags=("parameters",))
+    )
+    for unit in libs:
+        cells.extend(nb.percent_cells(unit.text))
+    cells.extend(main_cells)
+    cells.append(nb.code_cell(render_template("run.py.j2", stage=spec.number, params=params)))
+    return cells
+
+
+def render_stage(
+    pipeline: Pipeline,
+    number: int,
+    *,
+    username: str,
+    params: list[ParamValue],
+    profile: str,
+) -> RenderedKernel:
+    """Render one stage in memory and validate it as the Kaggle client would."""
+    spec = pipeline.stage(number)
+    check_username(username, where=str(spec.source))
+    code_file = f"{spec.name}.ipynb"
+    notebook = nb.assemble(_cells(spec, params, profile), prefix=spec.name)
+    try:
+        nbformat.validate(notebook)
+    except nbformat.ValidationError as exc:
+        raise RenderError(f"notebook is not valid nbformat: {exc.message}", stage=number) from None
+    meta_text = render_template(
+        "kernel-metadata.json.j2",
+        stage=number,
+        id=f"{username}/{kernel_slug(spec.title)}",
+        title=spec.title,
+        code_file=code_file,
+        language=spec.language,
+        kernel_type=spec.kernel_type,
+        is_private=spec.is_private,
+        enable_gpu=spec.enable_gpu,
+        enable_internet=spec.enable_internet,
+        dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources],
+        competition_sources=list(spec.competition_sources),
+    )
+    try:
+        meta = json.loads(meta_text)
+    except ValueError as exc:
+        raise RenderError(f"not valid JSON: {exc}", stage=number, template="kernel-metadata.json.j2") from None
+    files = {METADATA_FILE: meta_text.encode("utf-8"), code_file: nb.to_bytes(notebook)}
+    validate_kernel_metadata(meta, files, where=f"stage {number} {METADATA_FILE}")
+    return RenderedKernel(
+        stage=number, kernel_id=meta["id"], code_file=code_file, files=files, params=tuple(params)
+    )
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move a finished folder into place, replacing what was there."""
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        target.rename(trash)
+        source.rename(target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        source.rename(target)
+
+
+def write_kernels(kernels: Iterable[RenderedKernel], out: Path) -> list[Path]:
+    """Write `out/stageN/` for each kernel; on failure nothing under `out` changes."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    with tempfile.TemporaryDirectory(dir=out, prefix=".render-") as tmp:
+        staged = []
+        for kernel in kernels:
+            folder = Path(tmp) / f"stage{kernel.stage}"
+            folder.mkdir()
+            for name, data in kernel.files.items():
+                (folder / name).write_bytes(data)
+            staged.append((folder, out / folder.name))
+        for source, target in staged:
+            replace_dir(source, target)
+            written.append(target)
+    return written

@@ -1,0 +1,84 @@
+"""Chain state: what was pushed, where it stands, what was published. One JSON file.
+
+Every change is written at once, atomically (write beside, then rename), so Ctrl-C
+or a crash at any point leaves a state a rerun can resume from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernelgen.errors import KernelgenError
+
+STATE_VERSION = 1
+
+
+@dataclass
+class StageRecord:
+    key: str = ""
+    kernel: str = ""
+    version: int | None = None
+    status: str = ""
+    url: str = ""
+    outputs: str = ""
+    message: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetRecord:
+    digest: str = ""
+    dataset: str = ""
+    status: str = ""
+
+
+@dataclass
+class ChainState:
+    path: Path
+    backend: str = ""
+    stages: dict[int, StageRecord] = field(default_factory=dict)
+    datasets: dict[str, DatasetRecord] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, backend: str) -> ChainState:
+        if not path.is_file():
+            return cls(path=path, backend=backend)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            if raw.get("version") != STATE_VERSION:
+                raise ValueError(f"state version {raw.get('version')!r}")
+            state = cls(
+                path=path,
+                backend=raw["backend"],
+                stages={int(k): StageRecord(**v) for k, v in raw["stages"].items()},
+                datasets={k: DatasetRecord(**v) for k, v in raw["datasets"].items()},
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KernelgenError(f"{path}: unreadable chain state ({exc}); move it away to start afresh") from None
+        if state.backend != backend:
+            raise KernelgenError(
+                f"{path}: this work folder belongs to the {state.backend} backend; use another --workdir"
+            )
+        return state
+
+    def stage(self, number: int) -> StageRecord:
+        return self.stages.setdefault(number, StageRecord())
+
+    def dataset(self, slug: str) -> DatasetRecord:
+        return self.datasets.setdefault(slug, DatasetRecord())
+
+    def save(self) -> None:
+        payload = {
+            "version": STATE_VERSION,
+            "backend": self.backend,
+            "stages": {str(k): asdict(v) for k, v in sorted(self.stages.items())},
+            "datasets": {k: asdict(v) for k, v in sorted(self.datasets.items())},
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, self.path)
