@@ -1,0 +1,143 @@
+# %% [markdown]
+# ## The competition metric
+# Mean Dice over every scored (image, class) pair, 2|X∩Y| / (|X| + |Y|), with
+# Dice 1 when prediction and truth are both empty. Masks count any nonzero
+# pixel as defect, so threshold probabilities before scoring them.
+
+# %%
+import numpy as np
+import pandas as pd
+
+from stages.lib.errors import InputError
+from stages.lib.rle import MASK_SHAPE, rle_runs
+
+_METRICS_KEYS = ["ImageId", "ClassId"]
+_METRICS_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
+
+
+def _metrics_bool(mask: np.ndarray) -> np.ndarray:
+    """The mask as booleans (nonzero = defect) without copying boolean input."""
+    mask = np.asarray(mask)
+    return mask if mask.dtype == np.bool_ else mask != 0
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two same-shaped binary masks; 1.0 when both are empty."""
+    p = _metrics_bool(pred)
+    t = _metrics_bool(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"dice needs masks of one shape, got {p.shape} and {t.shape}")
+    total = np.count_nonzero(p) + np.count_nonzero(t)
+    if total == 0:
+        return 1.0
+    return 2.0 * np.count_nonzero(p & t) / total
+
+
+def batch_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Dice per sample and class: (N, C, H, W) binary masks in, (N, C) float64 out.
+
+    Axis 0 is the sample, axis 1 the class (plane k is class k + 1), and every
+    later axis is summed over, so (N, C, H*W) works too. Empty-empty pairs
+    score 1, as in the competition; threshold probabilities first.
+    """
+    p = _metrics_bool(pred)
+    t = _metrics_bool(truth)
+    if p.shape != t.shape or p.ndim < 2:
+        raise ValueError(
+            f"batch_dice needs two arrays of one shape (N, C, ...), got {p.shape} and {t.shape}"
+        )
+    axes = tuple(range(2, p.ndim))
+    overlap = np.count_nonzero(p & t, axis=axes)
+    total = np.count_nonzero(p, axis=axes) + np.count_nonzero(t, axis=axes)
+    scores = np.ones(total.shape, dtype=np.float64)
+    filled = total > 0
+    scores[filled] = 2.0 * overlap[filled] / total[filled]
+    return scores
+
+
+def _metrics_overlap(
+    starts_a: np.ndarray, lengths_a: np.ndarray, starts_b: np.ndarray, lengths_b: np.ndarray
+) -> int:
+    """Pixels two run lists share, from their edges alone (no mask is built).
+
+    Each list is sorted and non-overlapping, so coverage after an edge is 2
+    exactly where both lists have a run; sum the lengths of those stretches.
+    """
+    edges = np.concatenate((starts_a, starts_a + lengths_a, starts_b, starts_b + lengths_b))
+    steps = np.concatenate(
+        (
+            np.ones(starts_a.size, dtype=np.int64),
+            -np.ones(starts_a.size, dtype=np.int64),
+            np.ones(starts_b.size, dtype=np.int64),
+            -np.ones(starts_b.size, dtype=np.int64),
+        )
+    )
+    order = np.argsort(edges, kind="stable")
+    edges = edges[order]
+    coverage = np.cumsum(steps[order])
+    stretch = np.diff(edges)
+    return int(stretch[coverage[:-1] == 2].sum())
+
+
+def _metrics_pairs(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Key columns normalised (str image, int class), RLE as stripped text."""
+    missing = [column for column in _METRICS_COLUMNS if column not in frame.columns]
+    if missing:
+        raise InputError(
+            f"{name}: missing column(s) {', '.join(missing)}; needs {', '.join(_METRICS_COLUMNS)}"
+        )
+    pairs = pd.DataFrame(
+        {
+            "ImageId": frame["ImageId"].astype(str).to_numpy(dtype=object),
+            "ClassId": frame["ClassId"].astype(np.int64).to_numpy(),
+            "EncodedPixels": frame["EncodedPixels"]
+            .fillna("")
+            .astype(str)
+            .str.strip()
+            .to_numpy(dtype=object),
+        }
+    )
+    repeated = pairs.duplicated(_METRICS_KEYS).to_numpy(dtype=bool)
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise InputError(
+            f"{name}: image {pairs['ImageId'].iloc[row]!r} class "
+            f"{pairs['ClassId'].iloc[row]} appears more than once"
+        )
+    return pairs
+
+
+def mean_dice_rle(
+    pred: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, int] = MASK_SHAPE
+) -> float:
+    """The competition score of `pred` against `truth`, both as RLE frames.
+
+    Both frames have ImageId, ClassId and EncodedPixels. Every row of `pred`
+    is one scored (image, class) pair (empty EncodedPixels = no defect
+    predicted); `truth` lists defects only, so pairs absent from it are
+    empty, and truth pairs missing from `pred` are not scored. Dice comes
+    from run edges, without decoding masks.
+    """
+    scored = _metrics_pairs(pred, "predictions")
+    if scored.empty:
+        raise ValueError("mean_dice_rle needs at least one predicted pair to score")
+    known = _metrics_pairs(truth, "truth")
+    merged = scored.merge(
+        known, on=_METRICS_KEYS, how="left", suffixes=("_pred", "_truth"), sort=False
+    )
+    predicted = merged["EncodedPixels_pred"].tolist()
+    actual = merged["EncodedPixels_truth"].fillna("").astype(str).tolist()
+    images = merged["ImageId"].tolist()
+    classes = merged["ClassId"].tolist()
+    total = 0.0
+    for image_id, class_id, p_rle, t_rle in zip(images, classes, predicted, actual, strict=True):
+        if not p_rle and not t_rle:
+            total += 1.0
+            continue
+        where = f"image {image_id} class {class_id}"
+        p_starts, p_lengths = rle_runs(p_rle, shape, f"predictions, {where}")
+        t_starts, t_lengths = rle_runs(t_rle, shape, f"truth, {where}")
+        if p_starts.size and t_starts.size:
+            shared = _metrics_overlap(p_starts, p_lengths, t_starts, t_lengths)
+            total += 2.0 * shared / (int(p_lengths.sum()) + int(t_lengths.sum()))
+    return total / len(merged)
