@@ -1,0 +1,245 @@
+"""Stage 3 against a hand-computed sweep, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+from stages.stage3_threshold import Params, choose_threshold, run, threshold_sweep
+
+COMPETITION = "severstal-steel-defect-detection"
+
+# Eight train images. Positives (with defects): a (two classes, counted once), b, d, g.
+SCORES = {
+    "a.jpg": "0.10",
+    "b.jpg": "0.30",
+    "c.jpg": "0.50",
+    "d.jpg": "0.60",
+    "e.jpg": "0.80",
+    "f.jpg": "0.90",
+    "g.jpg": "0.95",
+    "h.jpg": "0.99",
+}
+DEFECT_ROWS = [
+    ("a.jpg", 1, "1 5"),
+    ("a.jpg", 3, "100 20"),
+    ("b.jpg", 3, "7 3"),
+    ("d.jpg", 4, "409590 11"),
+    ("g.jpg", 2, "1000 1"),
+]
+
+# Worked out by hand: an image is predicted defective when score < threshold, so each
+# score s enters the predicted set at the first threshold above it (0.10 at 0.101).
+# P = 4, N = 4. Columns: first k, last k (threshold = k/1000), tp, fp, tn, fn,
+# accuracy, recall, precision, f1 (= 2tp / (2tp + fp + fn)); 0/0 counts as 0.
+EXPECTED = [
+    (1, 100, 0, 0, 4, 4, 4 / 8, 0.0, 0.0, 0.0),  # precision 0/0, f1 0/4
+    (101, 300, 1, 0, 4, 3, 5 / 8, 1 / 4, 1.0, 2 / 5),  # a
+    (301, 500, 2, 0, 4, 2, 6 / 8, 2 / 4, 1.0, 4 / 6),  # a, b
+    (501, 600, 2, 1, 3, 2, 5 / 8, 2 / 4, 2 / 3, 4 / 7),  # + c
+    (601, 800, 3, 1, 3, 1, 6 / 8, 3 / 4, 3 / 4, 6 / 8),  # + d: all four metrics agree
+    (801, 900, 3, 2, 2, 1, 5 / 8, 3 / 4, 3 / 5, 6 / 9),  # + e
+    (901, 950, 3, 3, 1, 1, 4 / 8, 3 / 4, 3 / 6, 6 / 10),  # + f
+    (951, 990, 4, 3, 1, 0, 5 / 8, 4 / 4, 4 / 7, 8 / 11),  # + g
+    (991, 999, 4, 4, 0, 0, 4 / 8, 4 / 4, 4 / 8, 8 / 12),  # + h
+]
+
+
+def expected_table() -> pd.DataFrame:
+    rows = []
+    for first, last, *values in EXPECTED:
+        for k in range(first, last + 1):
+            rows.append((k / 1000, *values))
+    return pd.DataFrame(
+        rows,
+        columns=["threshold", "tp", "fp", "tn", "fn", "accuracy", "recall", "precision", "f1"],
+    )
+
+
+def write_scores(path: Path, scores: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["ImageId,allMissing"] + [f"{image},{score}" for image, score in scores.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_train(path: Path, rows: list[tuple[str, int, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["ImageId,ClassId,EncodedPixels"] + [f"{i},{c},{r}" for i, c, r in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def make_root(tmp_path: Path, scores=None, defects=None) -> Path:
+    root = tmp_path / "kaggle"
+    write_scores(root / "input" / "stage2" / "train_missing_count.csv", scores or SCORES)
+    write_train(
+        root / "input" / COMPETITION / "train.csv", DEFECT_ROWS if defects is None else defects
+    )
+    return root
+
+
+def outputs(root: Path) -> list[str]:
+    working = root / "working"
+    return sorted(p.name for p in working.iterdir()) if working.is_dir() else []
+
+
+def test_sweep_matches_hand_computed_table(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    run(Params(), Layout(root))
+    text = (root / "working" / "threshold_sweep.csv").read_text()
+    header, first, *_ = text.splitlines()
+    assert header == "threshold,tp,fp,tn,fn,accuracy,recall,precision,f1"
+    assert first.startswith("0.001,0,0,4,4,0.5,0.0,0.0,0.0")
+    assert text.splitlines()[100].startswith("0.100,0,0,4,4,")  # 0.10 is not below 0.100
+    assert text.splitlines()[101].startswith("0.101,1,0,4,3,")
+    table = pd.read_csv(root / "working" / "threshold_sweep.csv")
+    pd.testing.assert_frame_equal(table, expected_table(), check_exact=False, rtol=1e-12)
+
+
+def test_consistency_rule_picks_where_metrics_agree(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path)
+    run(Params(), Layout(root))
+    chosen = json.loads((root / "working" / "threshold.json").read_text())
+    assert chosen == {
+        "threshold": 0.601,
+        "rule": "consistency",
+        "accuracy": 0.75,
+        "recall": 0.75,
+        "precision": 0.75,
+        "f1": 0.75,
+    }
+    assert "threshold 0.601" in capsys.readouterr().out
+    assert {"threshold_sweep.png", "threshold_counts.png"} <= set(outputs(root))
+    assert (root / "working" / "threshold_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("rule", "threshold", "metric", "value"),
+    [
+        ("accuracy", 0.301, "accuracy", 0.75),  # 0.75 also at 0.601..0.800: lowest wins
+        ("f1", 0.601, "f1", 0.75),
+    ],
+)
+def test_other_rules_and_ties(
+    tmp_path: Path, rule: str, threshold: float, metric: str, value: float
+) -> None:
+    root = make_root(tmp_path)
+    run(Params(rule=rule), Layout(root))
+    chosen = json.loads((root / "working" / "threshold.json").read_text())
+    assert chosen["rule"] == rule
+    assert chosen["threshold"] == threshold
+    assert chosen[metric] == pytest.approx(value)
+
+
+def test_no_defects_gives_zero_not_nan(tmp_path: Path) -> None:
+    root = make_root(tmp_path, scores={"x.jpg": "0.2", "y.jpg": "0.7"}, defects=[])
+    run(Params(), Layout(root))
+    table = pd.read_csv(root / "working" / "threshold_sweep.csv")
+    assert not table.isna().any().any()
+    low = table.iloc[0]  # nothing predicted: recall 0/0, precision 0/0, f1 0/0
+    assert (low["tp"], low["fp"], low["tn"], low["fn"]) == (0, 0, 2, 0)
+    assert (low["accuracy"], low["recall"], low["precision"], low["f1"]) == (1.0, 0.0, 0.0, 0.0)
+    assert (table["recall"] == 0).all() and (table["f1"] == 0).all()
+
+
+def test_pure_sweep_counts_strictly_below() -> None:
+    sweep = threshold_sweep(np.array([0.5, 0.5, 0.25]), np.array([True, False, True]))
+    at = sweep.set_index("threshold")
+    assert tuple(at.loc[0.5, ["tp", "fp", "tn", "fn"]]) == (1, 0, 1, 1)
+    assert tuple(at.loc[0.501, ["tp", "fp", "tn", "fn"]]) == (2, 1, 0, 0)
+    assert len(sweep) == 999 and sweep["threshold"].iloc[-1] == 0.999
+    assert choose_threshold(sweep, "f1")["threshold"] == 0.501
+
+
+def test_unknown_rule_is_refused_before_any_output(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    with pytest.raises(InputError, match=r"unknown threshold rule 'best'.*consistency, f1, "):
+        run(Params(rule="best"), Layout(root))
+    assert outputs(root) == []
+    with pytest.raises(InputError, match="unknown threshold rule"):
+        choose_threshold(threshold_sweep(np.array([0.5]), np.array([True])), "median")
+
+
+def test_missing_stage2_folder_names_places_tried(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "input" / "stage2" / "train_missing_count.csv").unlink()
+    (root / "input" / "stage2").rmdir()
+    with pytest.raises(InputError) as err:
+        run(Params(), Layout(root))
+    message = str(err.value)
+    assert str(root / "input" / "stage2") in message
+    assert str(root / "input" / "competitions" / "stage2") in message
+    assert outputs(root) == []
+
+
+def test_missing_score_file_names_path(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "input" / "stage2" / "train_missing_count.csv").unlink()
+    with pytest.raises(InputError, match=r"train_missing_count\.csv"):
+        run(Params(), Layout(root))
+
+
+def test_missing_train_csv_names_path(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "input" / COMPETITION / "train.csv").unlink()
+    with pytest.raises(InputError, match=r"severstal-steel-defect-detection.train\.csv"):
+        run(Params(), Layout(root))
+    assert outputs(root) == []
+
+
+def test_score_file_missing_columns(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    (root / "input" / "stage2" / "train_missing_count.csv").write_text("ImageId,score\na.jpg,0.1\n")
+    with pytest.raises(
+        InputError, match=r"train_missing_count\.csv: missing column\(s\) allMissing"
+    ):
+        run(Params(), Layout(root))
+
+
+def test_defect_image_without_score_is_refused(tmp_path: Path) -> None:
+    scores = {k: v for k, v in SCORES.items() if k not in ("b.jpg", "g.jpg")}
+    root = make_root(tmp_path, scores=scores)
+    with pytest.raises(InputError) as err:
+        run(Params(), Layout(root))
+    message = str(err.value)
+    assert "train_missing_count.csv" in message and "train.csv" in message
+    assert "no score for 2 of 4 image(s)" in message
+    assert "b.jpg" in message and "g.jpg" in message
+    assert outputs(root) == []
+
+
+def test_non_numeric_score_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, scores={**SCORES, "c.jpg": "high"})
+    with pytest.raises(InputError, match=r"line 4: allMissing 'high' for image c\.jpg"):
+        run(Params(), Layout(root))
+
+
+def test_empty_score_file_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, scores={}, defects=[])
+    (root / "input" / "stage2" / "train_missing_count.csv").write_text("ImageId,allMissing\n")
+    with pytest.raises(InputError, match="no images scored"):
+        run(Params(), Layout(root))
+
+
+def test_old_format_train_csv_gives_same_sweep(tmp_path: Path) -> None:
+    root = make_root(tmp_path)
+    defects = {(image, cls): rle for image, cls, rle in DEFECT_ROWS}
+    lines = ["ImageId_ClassId,EncodedPixels"] + [
+        f"{image}_{cls},{defects.get((image, cls), '')}" for image in SCORES for cls in range(1, 5)
+    ]
+    (root / "input" / COMPETITION / "train.csv").write_text("\n".join(lines) + "\n")
+    run(Params(), Layout(root))
+    table = pd.read_csv(root / "working" / "threshold_sweep.csv")
+    pd.testing.assert_frame_equal(table, expected_table(), check_exact=False, rtol=1e-12)
+
+
+def test_malformed_train_csv_is_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, defects=[("a.jpg", 1, "5 3 6 1")])
+    with pytest.raises(InputError, match=r"train\.csv"):
+        run(Params(), Layout(root))
+    assert outputs(root) == []

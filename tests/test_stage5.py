@@ -1,0 +1,160 @@
+"""Stage 5 on hand-written submissions in both formats, and its refusals of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+from stages.stage5_submission import Params, run
+
+# Rows deliberately not grouped by image, to show that row order is kept.
+ROWS = [
+    ("t1.jpg", "1 10", 1),
+    ("t2.jpg", "5 5", 1),
+    ("t1.jpg", "", 2),
+    ("t3.jpg", "300 4", 1),
+    ("t1.jpg", "100 5 200 5", 3),
+    ("t1.jpg", "", 4),
+    ("t2.jpg", "", 2),
+    ("t2.jpg", "", 3),
+    ("t2.jpg", "409599 2", 4),
+    ("t4.jpg", "", 1),
+    ("t3.jpg", "", 2),
+    ("t3.jpg", "", 3),
+    ("t3.jpg", "7 1 9 1", 4),
+    ("t4.jpg", "", 2),
+    ("t4.jpg", "", 3),
+    ("t4.jpg", "", 4),
+]
+# t1 is above 0.947 (blanked), t2 exactly at it (kept: blanking needs strictly above),
+# t3 well below, t4 above but already empty; t9 is scored but not in the submission.
+SCORES = "ImageId,allMissing\nt9.jpg,0.99\nt3.jpg,0.2\nt2.jpg,0.947\nt1.jpg,0.95\nt4.jpg,0.999\n"
+
+
+def new_format(rows: list[tuple[str, str, int]]) -> str:
+    return "ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},{r},{c}\n" for i, r, c in rows)
+
+
+def old_format(rows: list[tuple[str, str, int]]) -> str:
+    return "ImageId_ClassId,EncodedPixels\n" + "".join(f"{i}_{c},{r}\n" for i, r, c in rows)
+
+
+def blanked(rows: list[tuple[str, str, int]], images: set[str]) -> list[tuple[str, str, int]]:
+    return [(i, "" if i in images else r, c) for i, r, c in rows]
+
+
+def make_root(tmp_path: Path, submission: str, scores: str = SCORES) -> Path:
+    root = tmp_path / "kaggle"
+    (root / "input" / "stage4").mkdir(parents=True)
+    (root / "input" / "stage2").mkdir(parents=True)
+    (root / "input" / "stage4" / "submission.csv").write_text(submission)
+    (root / "input" / "stage2" / "test_missing_count.csv").write_text(scores)
+    return root
+
+
+def output(root: Path) -> Path:
+    return root / "working" / "submission.csv"
+
+
+@pytest.mark.parametrize("fmt", [new_format, old_format])
+def test_blanks_images_above_threshold_in_input_format(tmp_path: Path, fmt, capsys) -> None:
+    root = make_root(tmp_path, fmt(ROWS))
+    run(Params(), Layout(root))
+    assert output(root).read_text() == fmt(blanked(ROWS, {"t1.jpg", "t4.jpg"}))
+    out = capsys.readouterr().out
+    assert "blanked 2 of 4 test images" in out
+    assert "2 non-empty masks removed" in out
+
+
+def test_threshold_parameter_moves_the_cut(tmp_path: Path) -> None:
+    root = make_root(tmp_path, new_format(ROWS))
+    run(Params(threshold=0.5), Layout(root))
+    assert output(root).read_text() == new_format(blanked(ROWS, {"t1.jpg", "t2.jpg", "t4.jpg"}))
+
+
+def test_nothing_above_threshold_keeps_bytes(tmp_path: Path) -> None:
+    root = make_root(tmp_path, old_format(ROWS))
+    run(Params(threshold=0.9999), Layout(root))
+    assert output(root).read_bytes() == (root / "input/stage4/submission.csv").read_bytes()
+
+
+def test_dataset_mounted_under_datasets_owner(tmp_path: Path) -> None:
+    root = make_root(tmp_path, new_format(ROWS))
+    (root / "input" / "datasets" / "someone").mkdir(parents=True)
+    (root / "input" / "stage4").rename(root / "input" / "datasets" / "someone" / "stage4")
+    run(Params(), Layout(root))
+    assert output(root).read_text() == new_format(blanked(ROWS, {"t1.jpg", "t4.jpg"}))
+
+
+def test_missing_stage4_folder_names_places_tried(tmp_path: Path) -> None:
+    root = make_root(tmp_path, new_format(ROWS))
+    (root / "input" / "stage4" / "submission.csv").unlink()
+    (root / "input" / "stage4").rmdir()
+    with pytest.raises(InputError) as err:
+        run(Params(), Layout(root))
+    assert str(root / "input" / "stage4") in str(err.value)
+    assert str(root / "input" / "competitions" / "stage4") in str(err.value)
+    assert not output(root).exists()
+
+
+@pytest.mark.parametrize(
+    ("folder", "name"), [("stage4", "submission.csv"), ("stage2", "test_missing_count.csv")]
+)
+def test_missing_input_file_names_path(tmp_path: Path, folder: str, name: str) -> None:
+    root = make_root(tmp_path, new_format(ROWS))
+    (root / "input" / folder / name).unlink()
+    with pytest.raises(InputError, match=str(root / "input" / folder / name)):
+        run(Params(), Layout(root))
+    assert not output(root).exists()
+
+
+def test_submission_missing_column(tmp_path: Path) -> None:
+    root = make_root(tmp_path, "ImageId,EncodedPixels\nt1.jpg,1 10\n")
+    with pytest.raises(InputError, match=r"submission\.csv: columns ImageId, EncodedPixels are"):
+        run(Params(), Layout(root))
+    assert not output(root).exists()
+
+
+def test_score_file_missing_columns(tmp_path: Path) -> None:
+    root = make_root(tmp_path, new_format(ROWS), scores="image,allMissing\nt1.jpg,0.5\n")
+    with pytest.raises(InputError, match=r"test_missing_count\.csv: missing column\(s\) ImageId"):
+        run(Params(), Layout(root))
+
+
+def test_score_file_missing_images(tmp_path: Path) -> None:
+    scores = "ImageId,allMissing\nt1.jpg,0.95\nt4.jpg,0.1\n"
+    root = make_root(tmp_path, new_format(ROWS), scores=scores)
+    with pytest.raises(InputError) as err:
+        run(Params(), Layout(root))
+    message = str(err.value)
+    assert message.startswith(str(root / "input" / "stage2" / "test_missing_count.csv"))
+    assert "no score for 2 of 4 image(s) listed in" in message
+    assert "t2.jpg, t3.jpg" in message
+    assert not output(root).exists()
+
+
+@pytest.mark.parametrize(
+    ("rle", "reason"),
+    [
+        ("1 10 20", "odd number of tokens"),
+        ("1 x", "token 2 'x' is not an integer"),
+        ("1 +3", "token 2 '\\+3' is not an integer"),
+        ("0 5", "start 0 in pair 1 is not positive"),
+        ("-3 5", "start -3 \\(token 1\\) is negative"),
+        ("10 5 12 3", "runs overlap"),
+        ("10 5 5 3", "runs are not sorted"),
+        ("409600 2", "runs past the last pixel \\(409600\\)"),
+    ],
+)
+def test_bad_rle_in_submission(tmp_path: Path, rle: str, reason: str) -> None:
+    rows = list(ROWS)
+    rows[7] = ("t2.jpg", rle, 3)
+    root = make_root(tmp_path, new_format(rows))
+    with pytest.raises(
+        InputError, match=rf"submission\.csv: line 9 \(image t2\.jpg, class 3\).*{reason}"
+    ):
+        run(Params(), Layout(root))
+    assert not output(root).exists()
