@@ -104,7 +104,9 @@ def generate(
     _validate(n_train=n_train, n_test=n_test, seed=seed, fmt=fmt, height=height, width=width)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError("refusing to write synthetic data into a non-empty folder", source=out)
+        raise ConfigError(
+            "exists and is not an empty folder; refusing to write into it", source=out
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
     if tmp.exists():
@@ -125,8 +127,8 @@ def _validate(*, n_train: int, n_test: int, seed: int, fmt: str, height: int, wi
     for name, value, low in (
         ("n_train", n_train, 1),
         ("n_test", n_test, 1),
-        ("height", height, 32),
-        ("width", width, 64),
+        ("height", height, 64),  # below these the defect shapes no longer fit
+        ("width", width, 256),
         ("seed", seed, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -195,7 +197,7 @@ def _class_plans(rng: np.random.Generator, n: int) -> list[tuple[int, ...]]:
     The first four defective images get one class each, so any split with at least
     eight images (four defective) shows every class; the order is shuffled afterwards.
     """
-    n_defective = max(1, round(n * _DEFECT_SHARE)) if n > 1 else 1
+    n_defective = max(1, round(n * _DEFECT_SHARE))
     plans: list[tuple[int, ...]] = []
     for k in range(n_defective):
         first = CLASSES[k] if k < len(CLASSES) else int(rng.choice(CLASSES, p=_CLASS_SHARES))
