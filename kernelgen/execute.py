@@ -51,7 +51,8 @@ def _log_text(notebook: nbformat.NotebookNode) -> str:
 
 def kernel_env(root: Path, working: Path | None = None) -> dict[str, str]:
     """The environment a local kernel sees: the project's paths removed, the root named."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
+    dropped = ("PYTHONPATH", "PYTHONSTARTUP", "KERNELGEN_WORKING")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["KERNELGEN_ROOT"] = str(root)
     env["MPLBACKEND"] = "Agg"
     env["PYTHONUNBUFFERED"] = "1"
@@ -69,6 +70,8 @@ def execute_notebook(
     kernel_name: str = "python3",
 ) -> ExecutionResult:
     """Execute a notebook with `root` as its `/kaggle`; outputs land in `working` (default root/working)."""
+    root = root.resolve()
+    working = working.resolve() if working is not None else None
     notebook = nbformat.reads(notebook_bytes.decode("utf-8"), as_version=4)
     notebook.cells.insert(0, nbformat.v4.new_code_cell(GUARD_CELL))
     cwd = working or root / "working"
@@ -76,6 +79,7 @@ def execute_notebook(
     client = NotebookClient(
         notebook,
         timeout=timeout,
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
         kernel_name=kernel_name,
         allow_errors=False,
         resources={"metadata": {"path": str(cwd)}},

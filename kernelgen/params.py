@@ -39,6 +39,8 @@ class ParamValue:
 
 def read_param_fields(source: Path, stage: int) -> list[ParamField]:
     """The fields of `class Params` in a stage module, in declaration order."""
+    if not source.is_file():
+        raise RenderError(f"stage module {source} not found", stage=stage)
     tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Params"]
     if not classes:
@@ -144,6 +146,8 @@ def assign_overrides(overrides: Iterable[Override], stages: Iterable[int], known
             stage = item.stage
             if stage not in known_set:
                 raise ParameterError(f"--set stage{stage}.{item.name}: unknown stage {stage}")
+            if stage not in selected:
+                raise ParameterError(f"--set stage{stage}.{item.name}: stage {stage} is not selected")
         routed.setdefault(stage, {})[item.name] = item.text
     return routed
 

@@ -146,6 +146,8 @@ class Pipeline:
         remaining = sorted(wanted)
         while remaining:
             ready = [s for s in remaining if all(d in done or d not in wanted for d in self.dependencies[s])]
+            if not ready:
+                break
             done.extend(ready)
             remaining = [s for s in remaining if s not in ready]
         return done
@@ -195,9 +197,17 @@ def _parse_stage(path: Path, number: int) -> StageSpec:
         pip.append(PipRequirement(str(item["module"]), str(item["requirement"])))
     params_from = {}
     for name, item in raw.get("params_from", {}).items():
-        if not isinstance(item, dict) or set(item) != {"stage", "file", "key"}:
-            raise MetadataError(f"params_from.{name} needs exactly 'stage', 'file' and 'key'", where=path)
-        params_from[name] = ParamFrom(int(item["stage"]), str(item["file"]), str(item["key"]))
+        if (
+            not isinstance(item, dict)
+            or set(item) != {"stage", "file", "key"}
+            or type(item["stage"]) is not int
+            or not all(isinstance(item[k], str) and item[k] for k in ("file", "key"))
+        ):
+            raise MetadataError(
+                f"params_from.{name} needs exactly 'stage' (an int), 'file' and 'key' (strings)",
+                where=path,
+            )
+        params_from[name] = ParamFrom(item["stage"], item["file"], item["key"])
     profiles = raw.get("profiles", {})
     for profile, values in profiles.items():
         if not isinstance(values, dict):
@@ -258,13 +268,13 @@ def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, Dataset
             if item.stage not in stages:
                 raise MetadataError(f"dataset {dataset.slug!r} takes a file from unknown stage {item.stage}", where=where)
     pipeline = Pipeline(stages=stages, datasets=datasets, source=where)
+    for number, needs in pipeline.dependencies.items():
+        if number in needs:
+            raise MetadataError(f"stage {number} reads its own outputs", where=stages[number].source)
     order = pipeline.order()
     if len(order) != len(stages):
         stuck = sorted(set(stages) - set(order))
         raise MetadataError(f"stages {stuck} depend on each other in a cycle", where=where)
-    for number, needs in pipeline.dependencies.items():
-        if number in needs:
-            raise MetadataError(f"stage {number} reads its own outputs", where=stages[number].source)
 
 
 def load_pipeline(folder: Path | None = None) -> Pipeline:

@@ -179,17 +179,23 @@ def replace_dir(source: Path, target: Path) -> None:
 
 def write_kernels(kernels: Iterable[RenderedKernel], out: Path) -> list[Path]:
     """Write `out/stageN/` for each kernel; on failure nothing under `out` changes."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    with tempfile.TemporaryDirectory(dir=out, prefix=".render-") as tmp:
-        staged = []
-        for kernel in kernels:
-            folder = Path(tmp) / f"stage{kernel.stage}"
-            folder.mkdir()
-            for name, data in kernel.files.items():
-                (folder / name).write_bytes(data)
-            staged.append((folder, out / folder.name))
-        for source, target in staged:
-            replace_dir(source, target)
-            written.append(target)
+    written: list[Path] = []
+    try:
+        with tempfile.TemporaryDirectory(dir=out, prefix=".render-") as tmp:
+            staged = []
+            for kernel in kernels:
+                folder = Path(tmp) / f"stage{kernel.stage}"
+                folder.mkdir()
+                for name, data in kernel.files.items():
+                    (folder / name).write_bytes(data)
+                staged.append((folder, out / folder.name))
+            for source, target in staged:
+                replace_dir(source, target)
+                written.append(target)
+    except BaseException:
+        if created and not written:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return written

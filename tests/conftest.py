@@ -14,7 +14,7 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
     home = tmp_path_factory.mktemp("home")
     tmp = tmp_path_factory.mktemp("tmpdir")
     for name in list(os.environ):
-        if name.startswith("KAGGLE_") or name == "KERNELGEN_ROOT":
+        if name.startswith("KAGGLE_") or name in ("KERNELGEN_ROOT", "KERNELGEN_WORKING"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("TMPDIR", str(tmp))

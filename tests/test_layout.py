@@ -1,0 +1,128 @@
+"""Resolving a stage's inputs across the mount shapes Kaggle has used, and the kernel's root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stages.lib.errors import InputError
+from stages.lib.layout import KAGGLE_ROOT, ROOT_ENV, WORKING_ENV, Layout
+
+SLUG = "stage2"
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        "input/stage2",
+        "input/competitions/stage2",
+        "input/datasets/someone/stage2",
+        "input/notebooks/someone/stage2",
+    ],
+)
+def test_each_known_mount_is_found(tmp_path: Path, mount: str) -> None:
+    (tmp_path / mount).mkdir(parents=True)
+    (tmp_path / "input" / "other").mkdir()
+    layout = Layout(tmp_path)
+    assert layout.input(SLUG) == tmp_path / mount
+    assert (tmp_path / mount) in layout.candidates(SLUG)
+
+
+def test_most_specific_mount_wins(tmp_path: Path) -> None:
+    for mount in (
+        "input/notebooks/a/stage2",
+        "input/datasets/b/stage2",
+        "input/competitions/stage2",
+    ):
+        (tmp_path / mount).mkdir(parents=True)
+    assert Layout(tmp_path).input(SLUG) == tmp_path / "input/competitions/stage2"
+    (tmp_path / "input/stage2").mkdir()
+    assert Layout(tmp_path).input(SLUG) == tmp_path / "input/stage2"
+
+
+def test_several_owners_resolve_in_a_fixed_order(tmp_path: Path) -> None:
+    for owner in ("zed", "amy"):
+        (tmp_path / "input/datasets" / owner / SLUG).mkdir(parents=True)
+    assert Layout(tmp_path).input(SLUG) == tmp_path / "input/datasets/amy/stage2"
+
+
+def test_a_file_is_not_a_mount(tmp_path: Path) -> None:
+    (tmp_path / "input").mkdir()
+    (tmp_path / "input" / SLUG).write_text("not a folder")
+    (tmp_path / "input/competitions/stage2").mkdir(parents=True)
+    assert Layout(tmp_path).input(SLUG) == tmp_path / "input/competitions/stage2"
+
+
+def test_error_lists_every_path_tried(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as info:
+        Layout(tmp_path).input(SLUG)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("input 'stage2' not found; looked in: ")
+    for tried in (
+        tmp_path / "input/stage2",
+        tmp_path / "input/competitions/stage2",
+        tmp_path / "input/datasets/<owner>/stage2",
+        tmp_path / "input/notebooks/<owner>/stage2",
+    ):
+        assert str(tried) in message
+
+
+def test_error_names_the_owner_folders_that_exist(tmp_path: Path) -> None:
+    (tmp_path / "input/datasets/someone/stage1").mkdir(parents=True)
+    (tmp_path / "input/datasets/someone/stage2").write_text("a file, not a mount")
+    with pytest.raises(InputError) as info:
+        Layout(tmp_path).input(SLUG)
+    assert str(tmp_path / "input/datasets/someone/stage2") in str(info.value)
+    assert "stage1" not in str(info.value)
+
+
+def test_input_file(tmp_path: Path) -> None:
+    folder = tmp_path / "input/datasets/someone/stage2"
+    folder.mkdir(parents=True)
+    (folder / "scores.csv").write_text("x\n")
+    layout = Layout(tmp_path)
+    assert layout.input_file(SLUG, "scores.csv") == folder / "scores.csv"
+    with pytest.raises(InputError) as info:
+        layout.input_file(SLUG, "missing.csv")
+    assert str(info.value) == f"{folder / 'missing.csv'}: file not found in input 'stage2'"
+    with pytest.raises(InputError, match="input 'stage9' not found"):
+        layout.input_file("stage9", "scores.csv")
+
+
+def test_working_is_created(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "root")
+    assert layout.working == tmp_path / "root" / "working"
+    assert layout.working.is_dir()
+    elsewhere = Layout(tmp_path / "root", working_dir=tmp_path / "out" / "w")
+    assert elsewhere.working == tmp_path / "out" / "w"
+    assert elsewhere.working.is_dir()
+
+
+def test_kaggle_layout_defaults_to_slash_kaggle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    monkeypatch.delenv(WORKING_ENV, raising=False)
+    layout = Layout.kaggle()
+    assert layout.root == Path(KAGGLE_ROOT) == Path("/kaggle")
+    assert layout.working_dir is None
+
+
+def test_kaggle_layout_honours_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path / "root"))
+    monkeypatch.delenv(WORKING_ENV, raising=False)
+    layout = Layout.kaggle()
+    assert layout.root == tmp_path / "root"
+    assert layout.working == tmp_path / "root" / "working"
+    monkeypatch.setenv(WORKING_ENV, str(tmp_path / "scratch"))
+    layout = Layout.kaggle()
+    assert layout.root == tmp_path / "root"
+    assert layout.working == tmp_path / "scratch"
+    monkeypatch.setenv(WORKING_ENV, "")
+    assert Layout.kaggle().working_dir is None
+
+
+def test_environment_names() -> None:
+    assert (ROOT_ENV, WORKING_ENV) == ("KERNELGEN_ROOT", "KERNELGEN_WORKING")

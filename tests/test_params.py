@@ -1,0 +1,301 @@
+"""Stage parameters: fields read from source, `--set` parsing and routing, types, layering.
+
+Layers, lowest first: dataclass default, built-in profile (kernel-metadata), the
+config file's profile, the config file's per-stage overrides, `--set`, and values a
+chain takes from another stage; each resolved value carries the label of its layer.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kernelgen.config import Config
+from kernelgen.errors import ConfigError, ParameterError, RenderError
+from kernelgen.params import (
+    Override,
+    ParamField,
+    ParamValue,
+    assign_overrides,
+    coerce_value,
+    parse_overrides,
+    parse_text,
+    read_param_fields,
+    resolve_params,
+)
+from kernelgen.pipeline import StageSpec
+from kernelgen.render import profile_layers
+
+
+def module(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "stage9_x.py"
+    path.write_text(
+        "from dataclasses import dataclass\n\n\n@dataclass(frozen=True)\nclass Params:\n"
+        + textwrap.indent(textwrap.dedent(body), "    ")
+    )
+    return path
+
+
+# --- fields read by AST -------------------------------------------------------------------
+
+
+def test_fields_types_and_defaults(tmp_path: Path) -> None:
+    path = module(
+        tmp_path,
+        '''
+        """Docstrings and methods are not fields."""
+
+        epochs: int = 45
+        lr: float = 5e-4
+        ratio: float = 1
+        flip: bool = True
+        rule: str = "consistency"
+        offset: int = -3
+
+        def twice(self) -> int:
+            return 2 * self.epochs
+        ''',
+    )
+    fields = read_param_fields(path, 9)
+    assert fields == [
+        ParamField("epochs", int, 45),
+        ParamField("lr", float, 5e-4),
+        ParamField("ratio", float, 1.0),
+        ParamField("flip", bool, True),
+        ParamField("rule", str, "consistency"),
+        ParamField("offset", int, -3),
+    ]
+    assert isinstance(fields[2].default, float)
+
+
+def test_fields_are_read_without_importing(tmp_path: Path) -> None:
+    path = tmp_path / "stage9_x.py"
+    path.write_text("import module_that_does_not_exist\n\nclass Params:\n    epochs: int = 3\n")
+    assert read_param_fields(path, 9) == [ParamField("epochs", int, 3)]
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ("epochs: int = 40 + 5\n", "must be a literal"),
+        ("epochs: int = EPOCHS\n", "must be a literal"),
+        ("sizes: list = [1, 2]\n", "has type list"),
+        ("size: tuple[int, int] = (1, 2)\n", "has type tuple[int, int]"),
+        ("maybe: int | None = None\n", "has type int | None"),
+        ("epochs: int\n", "needs a default"),
+    ],
+)
+def test_fields_refused(tmp_path: Path, body: str, needle: str) -> None:
+    with pytest.raises(RenderError, match="stage 9") as info:
+        read_param_fields(module(tmp_path, body), 9)
+    assert needle in str(info.value)
+
+
+def test_default_of_the_wrong_type_refused(tmp_path: Path) -> None:
+    with pytest.raises(ParameterError, match="epochs must be int"):
+        read_param_fields(module(tmp_path, "epochs: int = 4.5\n"), 9)
+    with pytest.raises(ParameterError, match="flip must be bool"):
+        read_param_fields(module(tmp_path, "flip: bool = 1\n"), 9)
+
+
+def test_missing_module_named(tmp_path: Path) -> None:
+    with pytest.raises(RenderError, match=r"stage 9: stage module .*nope\.py not found"):
+        read_param_fields(tmp_path / "nope.py", 9)
+
+
+def test_no_params_class(tmp_path: Path) -> None:
+    path = tmp_path / "stage9_x.py"
+    path.write_text("def run(params, layout):\n    pass\n")
+    with pytest.raises(RenderError, match="no top-level 'class Params'"):
+        read_param_fields(path, 9)
+
+
+# --- --set parsing and routing ------------------------------------------------------------
+
+
+def test_parse_overrides() -> None:
+    assert parse_overrides(["epochs=3", "stage4.lr=0.1", "stage12.rule=a=b", "name="]) == [
+        Override(None, "epochs", "3"),
+        Override(4, "lr", "0.1"),
+        Override(12, "rule", "a=b"),
+        Override(None, "name", ""),
+    ]
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["epochs", "=3", " =3", "stage.epochs=3", "stagex.epochs=3", "stage4.=3", "four.epochs=3"],
+)
+def test_parse_overrides_malformed(item: str) -> None:
+    with pytest.raises(ParameterError, match="--set"):
+        parse_overrides([item])
+
+
+def test_routing() -> None:
+    routed = assign_overrides(parse_overrides(["epochs=3"]), [4], [1, 2, 3, 4, 5])
+    assert routed == {4: {"epochs": "3"}}
+    routed = assign_overrides(
+        parse_overrides(["stage4.epochs=3", "stage5.threshold=0.5"]), [4, 5], [1, 2, 3, 4, 5]
+    )
+    assert routed == {4: {"epochs": "3"}, 5: {"threshold": "0.5"}}
+
+
+def test_unprefixed_name_with_several_stages_refused() -> None:
+    with pytest.raises(ParameterError, match=r"stageN\.epochs"):
+        assign_overrides(parse_overrides(["epochs=3"]), [4, 5], [1, 2, 3, 4, 5])
+
+
+def test_prefixed_unknown_stage_refused() -> None:
+    with pytest.raises(ParameterError, match="unknown stage 9"):
+        assign_overrides(parse_overrides(["stage9.epochs=3"]), [4], [1, 2, 3, 4, 5])
+
+
+# --- coercion ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("3", int, 3),
+        ("-7", int, -7),
+        ("0.25", float, 0.25),
+        ("1e-3", float, 0.001),
+        ("4", float, 4.0),
+        ("true", bool, True),
+        ("Yes", bool, True),
+        ("1", bool, True),
+        ("off", bool, False),
+        ("0", bool, False),
+        ("hello world", str, "hello world"),
+        ("", str, ""),
+    ],
+)
+def test_parse_text(text: str, kind: type, value: object) -> None:
+    parsed = parse_text(text, kind, name="p", stage=4)
+    assert parsed == value
+    assert type(parsed) is kind
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("3.5", int),
+        ("three", int),
+        ("", int),
+        ("nan", float),
+        ("inf", float),
+        ("-inf", float),
+        ("x", float),
+        ("maybe", bool),
+        ("2", bool),
+    ],
+)
+def test_parse_text_refused(text: str, kind: type) -> None:
+    with pytest.raises(ParameterError, match=f"stage 4: p must be {kind.__name__}"):
+        parse_text(text, kind, name="p", stage=4)
+
+
+def test_coerce_value() -> None:
+    assert coerce_value(3, float, name="p", stage=1) == 3.0
+    assert isinstance(coerce_value(3, float, name="p", stage=1), float)
+    assert coerce_value(False, bool, name="p", stage=1) is False
+    for value, kind in [(True, int), (True, float), (1, bool), ("3", int), (3.0, int), (3, str)]:
+        with pytest.raises(ParameterError):
+            coerce_value(value, kind, name="p", stage=1)
+    with pytest.raises(ParameterError, match="finite"):
+        coerce_value(float("nan"), float, name="p", stage=1)
+    with pytest.raises(ParameterError, match="finite"):
+        coerce_value(float("inf"), float, name="p", stage=1)
+
+
+# --- resolution and layering -------------------------------------------------------------
+
+FIELDS = [
+    ParamField("a", int, 1),
+    ParamField("b", int, 1),
+    ParamField("c", int, 1),
+    ParamField("d", int, 1),
+    ParamField("e", int, 1),
+    ParamField("f", int, 1),
+]
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ParameterError) as info:
+        resolve_params(FIELDS[:2], stage=4, texts={"epochz": "3"})
+    message = str(info.value)
+    assert "stage 4: unknown parameter 'epochz'" in message
+    assert "(valid: a, b)" in message
+    assert info.value.valid == ("a", "b")
+    with pytest.raises(ParameterError, match=r"valid: a, b"):
+        resolve_params(FIELDS[:2], stage=4, layers=[("profile smoke", {"zz": 1})])
+    with pytest.raises(ParameterError, match=r"valid: a, b"):
+        resolve_params(FIELDS[:2], stage=4, extra=[ParamValue("zz", 1, "from stage 3")])
+
+
+def test_wrong_type_in_a_layer_refused() -> None:
+    with pytest.raises(ParameterError, match="a must be int"):
+        resolve_params(FIELDS[:1], stage=4, layers=[("kernelgen.toml", {"a": "3"})])
+    with pytest.raises(ParameterError, match="a must be int"):
+        resolve_params(FIELDS[:1], stage=4, texts={"a": "3.5"})
+
+
+def test_layering_order_and_labels(tmp_path: Path) -> None:
+    spec = StageSpec(
+        number=4,
+        module="stages.stage4_x",
+        title="Stage four",
+        source=tmp_path / "stage4.toml",
+        profiles={"smoke": {"b": 2, "c": 2, "d": 2, "e": 2, "f": 2}},
+    )
+    config = Config(
+        path=tmp_path / "kernelgen.toml",
+        profiles={"smoke": {4: {"c": 3, "d": 3, "e": 3, "f": 3}}, "other": {5: {"a": 9}}},
+        stages={4: {"d": 4, "e": 4, "f": 4}, 5: {"a": 9}},
+    )
+    layers = profile_layers(spec, config, "smoke")
+    resolved = resolve_params(
+        FIELDS,
+        stage=4,
+        layers=layers,
+        texts={"e": "5", "f": "5"},
+        extra=[ParamValue("b", 6, "from stage 3, version 2")],
+    )
+    assert [(p.name, p.value, p.source) for p in resolved] == [
+        ("a", 1, "default"),
+        ("b", 6, "from stage 3, version 2"),
+        ("c", 3, "profile smoke in kernelgen.toml"),
+        ("d", 4, "kernelgen.toml"),
+        ("e", 5, "--set"),
+        ("f", 5, "--set"),
+    ]
+
+
+def test_chain_value_beats_config_but_not_an_explicit_set() -> None:
+    """A value from another stage outranks every file layer; an explicit --set outranks it."""
+    fields = [ParamField("threshold", float, 0.947)]
+    chained = [ParamValue("threshold", 0.919, "from stage 3")]
+    resolved = resolve_params(
+        fields, stage=5, layers=[("kernelgen.toml", {"threshold": 0.5})], extra=chained
+    )
+    assert resolved == [ParamValue("threshold", 0.919, "from stage 3")]
+    resolved = resolve_params(fields, stage=5, texts={"threshold": "0.3"}, extra=chained)
+    assert resolved == [ParamValue("threshold", 0.3, "--set")]
+
+
+def test_profile_layers_skip_empty_and_refuse_unknown(tmp_path: Path) -> None:
+    spec = StageSpec(
+        number=4,
+        module="stages.x",
+        title="Stage four",
+        source=tmp_path / "s.toml",
+        profiles={"smoke": {}},
+    )
+    assert profile_layers(spec, Config(), "full") == []
+    assert profile_layers(spec, Config(), "smoke") == []
+    with pytest.raises(ConfigError, match="unknown profile 'fast'; known: full, smoke"):
+        profile_layers(spec, Config(), "fast")
+    config = Config(profiles={"fast": {4: {"a": 2}}})
+    assert profile_layers(spec, config, "fast") == [("profile fast in config", {"a": 2})]

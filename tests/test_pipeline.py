@@ -1,0 +1,305 @@
+"""The stage graph read from kernel-metadata/, and every way a declaration is refused.
+
+The bundled wiring is checked against the seed pipeline (who reads whose outputs);
+broken declarations are written into temporary folders and must fail with a
+MetadataError that names the offending file.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from kernelgen.errors import MetadataError, UnknownStageError
+from kernelgen.pipeline import DatasetFile, Pipeline, load_pipeline
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Pipeline:
+    return load_pipeline()
+
+
+def stage_toml(number: int, extra: str = "") -> str:
+    return (
+        f'stage = {number}\nmodule = "stages.s{number}"\ntitle = "Stage number {number}"\n' + extra
+    )
+
+
+def write_metadata(folder: Path, stages: dict[int, str], datasets: str | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, text in stages.items():
+        (folder / f"stage{number}.toml").write_text(textwrap.dedent(text))
+    if datasets is not None:
+        (folder / "datasets.toml").write_text(textwrap.dedent(datasets))
+    return folder
+
+
+def refused(folder: Path) -> MetadataError:
+    with pytest.raises(MetadataError) as info:
+        load_pipeline(folder)
+    return info.value
+
+
+# --- the bundled wiring -------------------------------------------------------------------
+
+
+def test_bundled_stages_and_modules(bundled: Pipeline) -> None:
+    assert list(bundled.stages) == [1, 2, 3, 4, 5]
+    assert bundled.stage(5).module == "stages.stage5_submission"
+    assert bundled.stage(3).module == "stages.stage3_threshold"
+    assert bundled.stage("2").name == "stage2"
+
+
+def test_bundled_dependencies(bundled: Pipeline) -> None:
+    assert bundled.dependencies == {1: (), 2: (1,), 3: (1, 2), 4: (), 5: (1, 2, 3, 4)}
+
+
+def test_bundled_order_puts_producers_first(bundled: Pipeline) -> None:
+    order = bundled.order()
+    assert sorted(order) == [1, 2, 3, 4, 5]
+    for stage, needs in bundled.dependencies.items():
+        assert all(order.index(n) < order.index(stage) for n in needs)
+    assert bundled.order([5, 3]) == [3, 5]
+    assert bundled.order([4, 2]) == [2, 4]
+
+
+def test_bundled_dependents(bundled: Pipeline) -> None:
+    assert bundled.dependents(1) == (2, 3, 5)
+    assert bundled.dependents(2) == (3, 5)
+    assert bundled.dependents(3) == (5,)
+    assert bundled.dependents(4) == (5,)
+    assert bundled.dependents(5) == ()
+
+
+def test_bundled_datasets(bundled: Pipeline) -> None:
+    assert set(bundled.datasets) == {"stage1", "stage2", "stage4"}
+    assert bundled.datasets["stage1"].files == (DatasetFile(1, "model.h5"),)
+    assert set(bundled.datasets["stage2"].files) == {
+        DatasetFile(2, "train_missing_count.csv"),
+        DatasetFile(1, "test_missing_count.csv"),
+    }
+    assert bundled.datasets["stage2"].stages == (1, 2)
+    assert bundled.datasets["stage4"].files == (DatasetFile(4, "submission.csv"),)
+    assert [d.slug for d in bundled.datasets_from(1)] == ["stage1", "stage2"]
+    assert bundled.datasets_from(3) == ()
+
+
+def test_bundled_flags(bundled: Pipeline) -> None:
+    assert {n: s.enable_gpu for n, s in bundled.stages.items()} == {
+        1: True,
+        2: True,
+        3: False,
+        4: True,
+        5: False,
+    }
+    assert {n: s.enable_internet for n, s in bundled.stages.items()} == {
+        1: True,
+        2: True,
+        3: True,
+        4: True,
+        5: False,
+    }
+    for spec in bundled.stages.values():
+        assert spec.competition_sources == ("severstal-steel-defect-detection",)
+    threshold = bundled.stage(5).params_from["threshold"]
+    assert (threshold.stage, threshold.file, threshold.key) == (3, "threshold.json", "threshold")
+    assert [p.module for p in bundled.stage(4).pip] == ["segmentation_models_pytorch"]
+
+
+@pytest.mark.parametrize("bad", [0, 6, "x", None])
+def test_unknown_stage_lists_the_known_ones(bundled: Pipeline, bad: object) -> None:
+    with pytest.raises(UnknownStageError, match="known stages: 1, 2, 3, 4, 5"):
+        bundled.stage(bad)  # type: ignore[arg-type]
+
+
+# --- declarations that must be refused ----------------------------------------------------
+
+
+def test_minimal_folder_loads(tmp_path: Path) -> None:
+    pipeline = load_pipeline(write_metadata(tmp_path, {1: stage_toml(1)}))
+    spec = pipeline.stage(1)
+    assert (spec.kernel_type, spec.language, spec.is_private) == ("notebook", "python", True)
+    assert (spec.enable_gpu, spec.enable_internet) == (False, True)
+    assert pipeline.datasets == {}
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    folder = write_metadata(tmp_path, {1: stage_toml(1, "enable_gpus = true\n")})
+    error = refused(folder)
+    assert error.where == folder / "stage1.toml"
+    assert "unknown key 'enable_gpus'" in str(error)
+    assert "enable_gpu" in str(error)  # the known keys are listed
+
+
+@pytest.mark.parametrize(
+    ("line", "key"),
+    [
+        ('enable_gpu = "yes"\n', "enable_gpu"),
+        ("title = 5\n", "title"),
+        ('dataset_sources = "stage1"\n', "dataset_sources"),
+        ("competition_sources = [1]\n", "competition_sources"),
+    ],
+)
+def test_wrong_type(tmp_path: Path, line: str, key: str) -> None:
+    base = stage_toml(1)
+    if line.startswith("title"):
+        base = base.replace('title = "Stage number 1"\n', "")
+    folder = write_metadata(tmp_path, {1: base + line})
+    error = refused(folder)
+    assert str(folder / "stage1.toml") in str(error)
+    assert repr(key) in str(error)
+
+
+def test_bool_is_not_an_int_for_stage(tmp_path: Path) -> None:
+    text = 'stage = true\nmodule = "stages.s1"\ntitle = "Stage number 1"\n'
+    error = refused(write_metadata(tmp_path, {1: text}))
+    assert "'stage' must be int" in str(error)
+
+
+@pytest.mark.parametrize("missing", ["stage", "module", "title"])
+def test_missing_key(tmp_path: Path, missing: str) -> None:
+    lines = [
+        line for line in stage_toml(1).splitlines(keepends=True) if not line.startswith(missing)
+    ]
+    folder = write_metadata(tmp_path, {1: "".join(lines)})
+    error = refused(folder)
+    assert f"missing key {missing!r}" in str(error)
+    assert error.where == folder / "stage1.toml"
+
+
+def test_stage_number_must_match_file_name(tmp_path: Path) -> None:
+    folder = write_metadata(tmp_path, {2: stage_toml(3)})
+    error = refused(folder)
+    assert error.where == folder / "stage2.toml"
+
+
+def test_invalid_toml(tmp_path: Path) -> None:
+    folder = write_metadata(tmp_path, {1: "stage = = 1\n"})
+    error = refused(folder)
+    assert "invalid TOML" in str(error)
+    assert error.where == folder / "stage1.toml"
+
+
+def test_dataset_not_declared(tmp_path: Path) -> None:
+    folder = write_metadata(
+        tmp_path,
+        {1: stage_toml(1), 2: stage_toml(2, 'dataset_sources = ["stage9"]\n')},
+        '[stage1]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\n',
+    )
+    error = refused(folder)
+    assert error.where == folder / "stage2.toml"
+    assert "'stage9'" in str(error)
+
+
+@pytest.mark.parametrize(
+    "ref", ["a.csv", "stage1", "stagex/a.csv", "stage1/dir/a.csv", "stage1/", 3]
+)
+def test_dataset_file_ref_malformed(tmp_path: Path, ref: object) -> None:
+    value = f'"{ref}"' if isinstance(ref, str) else str(ref)
+    folder = write_metadata(
+        tmp_path, {1: stage_toml(1)}, f'[stage1]\ntitle = "Data one"\nfiles = [{value}]\n'
+    )
+    error = refused(folder)
+    assert error.where == folder / "datasets.toml"
+    assert "stageN/<file name>" in str(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '[stage1]\ntitle = "Data one"\n',
+        '[stage1]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nlicense = "x"\n',
+        '[stage1]\ntitle = "Data one"\nfiles = []\n',
+        '[Stage_1]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\n',
+        '[stage1]\ntitle = "Data one"\nfiles = ["stage7/a.csv"]\n',
+    ],
+)
+def test_dataset_declaration_refused(tmp_path: Path, body: str) -> None:
+    folder = write_metadata(tmp_path, {1: stage_toml(1)}, body)
+    assert refused(folder).where == folder / "datasets.toml"
+
+
+def test_params_from_unknown_stage(tmp_path: Path) -> None:
+    extra = '[params_from.x]\nstage = 8\nfile = "t.json"\nkey = "x"\n'
+    folder = write_metadata(tmp_path, {1: stage_toml(1, extra)})
+    error = refused(folder)
+    assert error.where == folder / "stage1.toml"
+    assert "unknown stage 8" in str(error)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        'stage = "three"\nfile = "t.json"\nkey = "x"\n',
+        'stage = 1\nfile = 3\nkey = "x"\n',
+        'stage = 1\nfile = "t.json"\n',
+    ],
+)
+def test_params_from_entry_malformed(tmp_path: Path, body: str) -> None:
+    folder = write_metadata(
+        tmp_path, {1: stage_toml(1), 2: stage_toml(2, "[params_from.x]\n" + body)}
+    )
+    error = refused(folder)
+    assert error.where == folder / "stage2.toml"
+    assert "params_from.x" in str(error)
+
+
+def test_pip_entry_needs_module_and_requirement(tmp_path: Path) -> None:
+    folder = write_metadata(tmp_path, {1: stage_toml(1, '[[pip]]\nmodule = "x"\n')})
+    assert refused(folder).where == folder / "stage1.toml"
+
+
+def test_empty_or_missing_folder(tmp_path: Path) -> None:
+    assert "no stageN.toml" in str(refused(write_metadata(tmp_path / "empty", {})))
+    assert refused(tmp_path / "absent").where == tmp_path / "absent"
+
+
+def _load_in_subprocess(folder: Path) -> subprocess.CompletedProcess[str]:
+    """Load in a child process: a loader that loops forever fails the test, not hangs it."""
+    code = (
+        "import sys\nfrom pathlib import Path\n"
+        "from kernelgen.errors import MetadataError\nfrom kernelgen.pipeline import load_pipeline\n"
+        "try:\n    load_pipeline(Path(sys.argv[1]))\nexcept MetadataError as exc:\n"
+        "    print(exc)\n    sys.exit(3)\n"
+    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-c", code, str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("load_pipeline did not return within 10 s (Pipeline.order loops on a cycle)")
+
+
+def test_cycle_refused(tmp_path: Path) -> None:
+    folder = write_metadata(
+        tmp_path,
+        {
+            1: stage_toml(1, 'dataset_sources = ["dtwo"]\n'),
+            2: stage_toml(2, 'dataset_sources = ["done"]\n'),
+        },
+        '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\n'
+        '[dtwo]\ntitle = "Data two"\nfiles = ["stage2/b.csv"]\n',
+    )
+    result = _load_in_subprocess(folder)
+    assert result.returncode == 3, result.stderr
+    assert "cycle" in result.stdout
+    assert str(folder) in result.stdout
+
+
+def test_stage_reading_its_own_output_refused(tmp_path: Path) -> None:
+    folder = write_metadata(
+        tmp_path,
+        {1: stage_toml(1, 'dataset_sources = ["done"]\n')},
+        '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\n',
+    )
+    result = _load_in_subprocess(folder)
+    assert result.returncode == 3, result.stderr
+    assert str(folder) in result.stdout
