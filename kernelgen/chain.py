@@ -22,6 +22,7 @@ from kernelgen.datasets import build_dataset, files_digest, missing_files
 from kernelgen.errors import KernelFailedError, KernelgenError
 from kernelgen.params import ParamValue
 from kernelgen.pipeline import Pipeline
+from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
 from kernelgen.progress import Reporter, StageRow
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel, write_kernels
@@ -37,9 +38,9 @@ PUBLISHING = "publishing"
 class PollPolicy:
     """Intervals between status calls for one stage grow from `initial` to `maximum`."""
 
-    initial: float = 10.0
-    factor: float = 1.5
-    maximum: float = 60.0
+    initial: float = KERNEL_INITIAL
+    factor: float = DEFAULT_FACTOR
+    maximum: float = KERNEL_MAX_INTERVAL
     stage_timeout: float = 13 * 3600.0
     dataset_timeout: float = 3600.0
 
@@ -55,6 +56,7 @@ class _Live:
     interval: float = 0.0
     polls: int = 0
     note: str = ""
+    log_tail: str = ""
 
 
 @dataclass
@@ -195,7 +197,7 @@ class Chain:
     def _poll(self, number: int, now: float) -> None:
         live = self.live[number]
         record = self.state.stage(number)
-        state = self.backend.status(record.kernel)
+        state = self.backend.status(record.ref)
         live.polls += 1
         if state.status.value != record.status:
             record.status = state.status.value
@@ -209,7 +211,7 @@ class Chain:
         elif state.status.finished:
             self._collect(number)
             live.ended = now
-            live.note = state.message
+            live.note = state.message or f"ended in {state.status.value}"
             self._mark_dependents_blocked(number)
         elif live.started is not None and now - live.started > self.policy.stage_timeout:
             live.status = RunStatus.ERROR.value
@@ -225,13 +227,13 @@ class Chain:
         target = self.outputs / f"stage{number}"
         scratch = self.outputs / f".stage{number}.partial"
         shutil.rmtree(scratch, ignore_errors=True)
-        output = self.backend.output(record.kernel, scratch)
+        output = self.backend.output(record.ref, scratch)
         shutil.rmtree(target, ignore_errors=True)
         scratch.rename(target)
         record.outputs = str(target)
         self.state.save()
         if record.status != RunStatus.COMPLETE.value:
-            self.live[number].note = (record.message or "failed") + "\n" + "\n".join(output.log.rstrip().splitlines()[-20:])
+            self.live[number].log_tail = "\n".join(output.log.rstrip().splitlines()[-20:])
 
     def _mark_dependents_blocked(self, number: int) -> None:
         for other in self.pipeline.dependents(number):
@@ -343,15 +345,13 @@ class Chain:
             failed=[n for n, lv in self.live.items() if lv.status in (RunStatus.ERROR.value, RunStatus.CANCELLED.value)],
         )
         if result.failed:
-            first = result.failed[0]
-            note = self.live[first].note
-            message, _, tail = note.partition("\n")
+            first = self.live[result.failed[0]]
             raise KernelFailedError(
-                f"{self.pipeline.stage(first).title} ended in {self.live[first].status}: {message}; "
-                f"log in {self.outputs / f'stage{first}'}",
-                stage=first,
-                status=self.live[first].status,
-                log_tail=tail,
+                f"{self.pipeline.stage(first.number).title} ended in {first.status}: {first.note}; "
+                f"log in {self.outputs / f'stage{first.number}'}",
+                stage=first.number,
+                status=first.status,
+                log_tail=first.log_tail,
             )
         blocked = [n for n, lv in self.live.items() if lv.status == BLOCKED]
         if blocked:

@@ -111,7 +111,7 @@ def run(
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to create.")
 @click.option("--train", "n_train", type=click.IntRange(min=1), default=48, show_default=True, help="Train images.")
 @click.option("--test", "n_test", type=click.IntRange(min=1), default=16, show_default=True, help="Test images.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
 @click.option("--format", "fmt", type=click.Choice(["new", "old"]), default="new", show_default=True, help="train.csv format.")
 def synth(out: Path, n_train: int, n_test: int, seed: int, fmt: str) -> None:
     """Make synthetic Severstal-shaped data: OUT/input/<competition>/ and hidden test truth in OUT/truth/."""

@@ -110,7 +110,7 @@ def wait_stage(
     record = state.stages.get(number)
     if record is None or not record.kernel:
         raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
-    final = wait_kernel_finished(backend, record.kernel, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
+    final = wait_kernel_finished(backend, record.ref, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
     record.status, record.message = final.status.value, final.message
     state.save()
     return final
@@ -122,7 +122,7 @@ def fetch_output(backend: Backend, workdir: Path, number: int, out: Path | None 
     if record is None or not record.kernel:
         raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
     dest = out or workdir / "outputs" / f"stage{number}"
-    output = backend.output(record.kernel, dest)
+    output = backend.output(record.ref, dest)
     record.outputs = str(dest)
     state.save()
     return dest, output
@@ -150,7 +150,7 @@ def stage_status(project: Project, backend: Backend, workdir: Path, stages: Iter
             rows.append(StatusRow(number, spec.title, "", None, "not pushed", ""))
             continue
         try:
-            live = backend.status(record.kernel)
+            live = backend.status(record.ref)
         except BackendError as exc:
             rows.append(StatusRow(number, spec.title, record.kernel, record.version, record.status or "unknown", str(exc)))
             continue

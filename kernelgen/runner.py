@@ -21,6 +21,7 @@ from kernelgen.render import RenderedKernel, replace_dir
 
 def _promote(root: Path, body: Callable[[Path], None]) -> Path:
     root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
     scratch = Path(tempfile.mkdtemp(dir=root, prefix=".working-"))
     try:
         body(scratch)
@@ -39,6 +40,8 @@ def run_module(spec: StageSpec, params: list[ParamValue], root: Path) -> Path:
 
     module = importlib.import_module(spec.module)
     values = {p.name: p.value for p in params}
+
+    root = root.resolve()
 
     def body(working: Path) -> None:
         try:

@@ -28,6 +28,11 @@ class StageRecord:
     message: str = ""
     params: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def ref(self) -> str:
+        """`owner/slug/version`: the exact run this record follows."""
+        return f"{self.kernel}/{self.version}" if self.version is not None else self.kernel
+
 
 @dataclass
 class DatasetRecord:

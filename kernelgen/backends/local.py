@@ -81,11 +81,16 @@ class LocalBackend:
         owner, slug = dataset.split("/")[:2]
         return self.store / "datasets" / owner / slug
 
-    def _latest_run(self, kernel: str) -> Path:
+    def _run_dir(self, kernel: str) -> Path:
+        """The run of `owner/slug/version`, or of the latest version for `owner/slug`."""
+        parts = kernel.split("/")
         versions = _versions(self._kernel_dir(kernel))
         if not versions:
             raise BackendError(f"kernel {kernel} has never been pushed")
-        return self._kernel_dir(kernel) / str(versions[-1])
+        version = int(parts[2]) if len(parts) > 2 else versions[-1]
+        if version not in versions:
+            raise BackendError(f"kernel {kernel}: no such version")
+        return self._kernel_dir(kernel) / str(version)
 
     def _mount(self, root: Path, meta: dict) -> None:
         inputs = root / "input"
@@ -136,7 +141,7 @@ class LocalBackend:
         _write_json(run_dir / STATUS_FILE, {"status": status.value, "message": result.error})
 
     def status(self, kernel: str) -> KernelState:
-        run_dir = self._latest_run(kernel)
+        run_dir = self._run_dir(kernel)
         record = _read_json(run_dir / STATUS_FILE)
         status = RunStatus(record["status"])
         if not status.finished and run_dir not in self._futures:
@@ -144,7 +149,7 @@ class LocalBackend:
         return KernelState(status, record.get("message", ""))
 
     def output(self, kernel: str, dest: Path) -> KernelOutput:
-        run_dir = self._latest_run(kernel)
+        run_dir = self._run_dir(kernel)
         dest.mkdir(parents=True, exist_ok=True)
         files = []
         working = run_dir / "root" / "working"

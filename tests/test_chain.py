@@ -1,0 +1,143 @@
+"""The chain engine against an in-memory backend and a clock that moves only when slept on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kernelgen.chain import Chain, PollPolicy
+from kernelgen.errors import KernelFailedError
+from kernelgen.project import Project
+from tests.fakes import FakeBackend, FakeClock
+
+HOURS = 3600.0
+SEED_DURATIONS = {1: 6 * HOURS, 2: 0.5 * HOURS, 3: 60.0, 4: 8 * HOURS, 5: 120.0}
+
+
+def make_chain(backend: FakeBackend, clock: FakeClock, workdir: Path, **options) -> Chain:
+    return Chain(
+        Project.load(),
+        backend,
+        workdir,
+        username="alice",
+        clock=clock,
+        sleep=clock.sleep,
+        policy=options.pop("policy", PollPolicy(initial=10, maximum=60, stage_timeout=24 * HOURS)),
+        **options,
+    )
+
+
+def test_full_chain_runs_in_dependency_order_and_feeds_the_threshold(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS, dataset_delay=30.0)
+    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5], submit=True)
+
+    assert result.stages == dict.fromkeys(range(1, 6), "complete")
+    first_push = {stage: at for at, stage in reversed(backend.pushes)}
+    assert first_push[1] == 0.0 and first_push[4] == 0.0  # the two long stages start together
+    assert first_push[2] >= SEED_DURATIONS[1]
+    assert first_push[3] >= first_push[2] + SEED_DURATIONS[2]
+    assert first_push[5] >= max(first_push[3] + SEED_DURATIONS[3], SEED_DURATIONS[4])
+    published = {ref: files for _, ref, files in backend.published}
+    assert set(published["alice/stage2"]) == {"train_missing_count.csv", "test_missing_count.csv"}
+    assert set(published["alice/stage1"]) == {"model.h5"}
+    stage5 = backend.runs["alice/severstal-stage5-submission"][-1]
+    assert stage5.params["threshold"] == 0.5
+    assert "threshold = 0.5  # from stage 3, version 1" in stage5.notebook.replace("\\n", "\n")
+    assert result.submission == tmp_path / "outputs" / "stage5" / "submission.csv"
+    assert result.submission.read_text() == "threshold=0.5\n"
+    assert backend.submissions == [
+        ("severstal-steel-defect-detection", "alice/severstal-stage5-submission", 1, "submission.csv")
+    ]
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["stages"]["5"]["status"] == "complete"
+    assert state["datasets"]["stage4"]["status"] == "ready"
+
+
+def test_rerun_pushes_nothing_when_nothing_changed(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    pushes, publishes = len(backend.pushes), len(backend.published)
+    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    assert result.stages == dict.fromkeys(range(1, 6), "unchanged")
+    assert (len(backend.pushes), len(backend.published)) == (pushes, publishes)
+
+
+def test_changing_one_parameter_reruns_only_that_stage_and_its_dependents(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    before = len(backend.pushes)
+    result = make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"]).run([1, 2, 3, 4, 5])
+    again = [stage for _, stage in backend.pushes[before:]]
+    assert sorted(again) == [4, 5]
+    assert result.stages[1] == result.stages[2] == result.stages[3] == "unchanged"
+
+
+def test_a_failing_stage_stops_its_branch_and_a_rerun_picks_up(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS, fail={2})
+    with pytest.raises(KernelFailedError) as caught:
+        make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    assert caught.value.stage == 2
+    assert "ValueError: boom" in caught.value.log_tail
+    assert (tmp_path / "outputs" / "stage2" / "severstal-stage2-scoring.log").is_file()
+    pushed = [stage for _, stage in backend.pushes]
+    assert 3 not in pushed and 5 not in pushed
+    assert 4 in pushed  # the independent branch finished
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["stages"]["4"]["status"] == "complete"
+
+    backend.fail.clear()
+    before = len(backend.pushes)
+    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    assert sorted(stage for _, stage in backend.pushes[before:]) == [2, 3, 5]
+    assert result.stages[1] == result.stages[4] == "unchanged"
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_after_push_resumes_polling_without_pushing_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    original = backend.status
+
+    def crash(kernel: str):
+        raise _Crash
+
+    backend.status = crash  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    assert sorted(stage for _, stage in backend.pushes) == [1, 4]
+    backend.status = original  # type: ignore[method-assign]
+    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    assert result.stages == dict.fromkeys(range(1, 6), "complete")
+    assert sorted(stage for _, stage in backend.pushes) == [1, 2, 3, 4, 5]
+
+
+def test_a_stuck_kernel_times_out_and_a_rerun_resumes_it(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS, stuck={4})
+    policy = PollPolicy(initial=10, maximum=60, stage_timeout=10 * HOURS)
+    with pytest.raises(KernelFailedError) as caught:
+        make_chain(backend, clock, tmp_path, policy=policy).run([1, 2, 3, 4, 5])
+    assert caught.value.stage == 4
+    assert "still running" in str(caught.value)
+    assert backend.status_calls[4] <= 10 * HOURS / 60 + 20  # backoff keeps polling bounded
+    backend.stuck.clear()
+    before = len(backend.pushes)
+    result = make_chain(backend, clock, tmp_path, policy=policy).run([1, 2, 3, 4, 5])
+    assert [stage for _, stage in backend.pushes[before:]] == [5]
+    assert result.stages[4] == "complete"
+
+
+def test_later_stages_alone_need_earlier_ones_complete(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock)
+    with pytest.raises(Exception, match="stage 2 needs stage 1"):
+        make_chain(backend, clock, tmp_path).run([2, 3])

@@ -1,0 +1,175 @@
+"""The chain on the Kaggle backend: the official client against the local stand-in server.
+
+One run executes every stage's real notebook (smoke profile, synthetic data); the
+others use a quick executor that leaves well-formed outputs, with faults injected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kernelgen.backends.base import RunStatus
+from kernelgen.backends.kaggle import KaggleBackend
+from kernelgen.chain import Chain, PollPolicy
+from kernelgen.errors import KernelFailedError
+from kernelgen.execute import execute_notebook
+from kernelgen.project import Project
+from kernelgen.synth import generate
+from stages.lib.submission import read_submission
+from tests.fakes import FakeClock, quick_executor
+from tests.kaggle_standin import (
+    DatasetScript,
+    ExecutedKernel,
+    Fault,
+    KaggleStandIn,
+    KernelScript,
+    PushedKernel,
+    use_standin,
+)
+
+USER = "chain-user"
+KEY = "k3y-planted-0123456789abcdef"
+STAGES = [1, 2, 3, 4, 5]
+
+
+def notebook_executor(competition: Path):
+    """Runs the pushed notebook here, in a Kaggle-shaped root built from its sources."""
+
+    def execute(pushed: PushedKernel) -> ExecutedKernel:
+        root = pushed.scratch_dir / "root"
+        inputs = root / "input"
+        inputs.mkdir(parents=True)
+        for slug in pushed.competition_sources:
+            (inputs / slug).symlink_to(competition, target_is_directory=True)
+        for ref in pushed.dataset_sources:
+            (inputs / ref.split("/")[1]).symlink_to(pushed.dataset_dir(ref), target_is_directory=True)
+        result = execute_notebook(pushed.text.encode(), root, working=root / "working")
+        status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
+        return ExecutedKernel(status, root / "working", result.log, result.error)
+
+    return execute
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> Iterator[KaggleStandIn]:
+    with KaggleStandIn(
+        tmp_path / "server",
+        executor=quick_executor(set()),
+        credentials={USER: KEY},
+        clock=clock,
+        kernel_script=KernelScript(queued_polls=1, running_polls=2),
+    ) as server:
+        use_standin(monkeypatch, server, username=USER, key=KEY)
+        yield server
+        assert server.count("CONNECT") == 0, "a request tried to leave for the real Kaggle"
+
+
+def chain(clock: FakeClock, workdir: Path, **options) -> Chain:
+    backend = KaggleBackend(sleep=clock.sleep, clock=clock, rng=lambda: 0.5)
+    policy = options.pop("policy", PollPolicy(initial=10, maximum=60, stage_timeout=3600))
+    return Chain(Project.load(), backend, workdir, username=USER, clock=clock, sleep=clock.sleep, policy=policy, **options)
+
+
+def pushes(server: KaggleStandIn, stage: int) -> int:
+    slug = {1: "classifier", 2: "scoring", 3: "threshold", 4: "segmentation", 5: "submission"}[stage]
+    return len(server.kernel_versions(f"{USER}/severstal-stage{stage}-{slug}"))
+
+
+@pytest.mark.slow
+def test_full_remote_chain_runs_real_kernels_and_submits(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
+    data = generate(tmp_path / "data", n_train=32, n_test=8, seed=3)
+    kaggle.executor = notebook_executor(data.competition_dir.resolve())
+    work = tmp_path / "work"
+    result = chain(clock, work, profile="smoke").run(STAGES, submit=True)
+
+    assert result.stages == dict.fromkeys(STAGES, "complete")
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
+    sub = read_submission(result.submission)
+    sample = read_submission(data.competition_dir / "sample_submission.csv")
+    assert len(sub.frame) == len(sample.frame) == 8 * 4
+    assert len(kaggle.submissions) == 1
+    assert kaggle.count("CreateDataset") == 3
+    threshold = json.loads((work / "outputs" / "stage3" / "threshold.json").read_text())["threshold"]
+    assert json.loads((work / "state.json").read_text())["stages"]["5"]["params"]["threshold"] == threshold
+
+
+def test_faults_are_retried_and_nothing_is_pushed_twice(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
+    kaggle.inject("SaveKernel", Fault.rate_limited(7))
+    kaggle.inject("GetKernelSessionStatus", Fault.http(500), Fault.http(503))
+    kaggle.inject("ListKernelSessionOutput", Fault.dropped())
+    kaggle.inject("GetDatasetStatus", Fault.http(502))
+    for slug in ("stage1", "stage2", "stage4"):
+        kaggle.script_dataset(f"{USER}/{slug}", DatasetScript(processing_polls=3))
+    result = chain(clock, tmp_path / "work").run(STAGES, submit=True)
+    assert result.stages == dict.fromkeys(STAGES, "complete")
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
+    assert 7.0 in clock.sleeps  # Retry-After honoured through the injected sleep
+    assert len(kaggle.submissions) == 1
+
+
+def test_an_erroring_kernel_stops_its_branch_and_the_rerun_resumes(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
+    kaggle.executor = quick_executor({2})
+    work = tmp_path / "work"
+    with pytest.raises(KernelFailedError) as caught:
+        chain(clock, work).run(STAGES)
+    assert caught.value.stage == 2
+    assert "ValueError: broken input" in caught.value.log_tail
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 0, 1, 0]
+
+    kaggle.executor = quick_executor(set())
+    result = chain(clock, work).run(STAGES)
+    assert result.stages == {1: "unchanged", 2: "complete", 3: "complete", 4: "unchanged", 5: "complete"}
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 2, 1, 1, 1]
+
+
+def test_a_crash_between_push_and_poll_resumes_without_pushing_again(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    first = chain(clock, work)
+
+    def crash(kernel: str):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(first.backend, "status", crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.run(STAGES)
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 0, 0, 1, 0]
+    result = chain(clock, work).run(STAGES)
+    assert result.stages == dict.fromkeys(STAGES, "complete")
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
+
+
+def test_a_kernel_stuck_running_times_out_cleanly_and_is_resumed(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
+    kaggle.script_kernel(f"{USER}/severstal-stage4-segmentation", KernelScript(stuck=True))
+    work = tmp_path / "work"
+    with pytest.raises(KernelFailedError, match="still running"):
+        chain(clock, work).run(STAGES)
+    assert [pushes(kaggle, s) for s in (1, 2, 3, 4)] == [1, 1, 1, 1]
+    polls = kaggle.count("GetKernelSessionStatus")
+    assert polls < 150  # an hour of polling with backoff, not a busy loop
+    kaggle.script_kernel(f"{USER}/severstal-stage4-segmentation", KernelScript())
+    with pytest.raises(KernelFailedError, match="still running"):
+        chain(clock, work).run(STAGES)  # the pushed version is still stuck: polled, not pushed again
+    assert pushes(kaggle, 4) == 1
+
+
+def test_the_planted_key_never_leaves_the_client(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    chain(clock, work).run(STAGES, submit=True)
+    captured = capsys.readouterr()
+    assert KEY not in captured.out + captured.err
+    for path in work.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
