@@ -45,6 +45,10 @@ class PollPolicy:
     dataset_timeout: float = 3600.0
 
 
+LOCAL_POLL_POLICY = PollPolicy(initial=1.0, factor=1.5, maximum=5.0)
+"""Local runs report their state from files; asking often costs nothing."""
+
+
 @dataclass
 class _Live:
     number: int
@@ -100,8 +104,8 @@ class Chain:
         self.project = project
         self.pipeline: Pipeline = project.pipeline
         self.backend = backend
-        self.workdir = workdir
-        self.outputs = workdir / "outputs"
+        self.workdir = workdir.resolve()
+        self.outputs = self.workdir / "outputs"
         self.username = username
         self.profile = profile
         self.sets = tuple(sets)

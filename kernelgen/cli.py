@@ -284,7 +284,7 @@ def chain(
 ) -> None:
     """Run the whole pipeline in dependency order, publishing datasets between stages."""
     from kernelgen import operations as ops
-    from kernelgen.chain import Chain
+    from kernelgen.chain import LOCAL_POLL_POLICY, Chain
     from kernelgen.progress import make_reporter
 
     project = Project.load(config_path)
@@ -299,7 +299,15 @@ def chain(
     reporter = make_reporter()
     try:
         result = Chain(
-            project, backend, workdir, username=username, profile=profile, sets=sets, jobs=jobs, reporter=reporter
+            project,
+            backend,
+            workdir,
+            username=username,
+            profile=profile,
+            sets=sets,
+            jobs=jobs,
+            reporter=reporter,
+            policy=LOCAL_POLL_POLICY if local else None,
         ).run(selected, submit=submit, competition=project.config.competition)
     finally:
         reporter.close()

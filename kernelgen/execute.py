@@ -7,6 +7,7 @@ notebook that still leans on the project fails here rather than on Kaggle.
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,15 +85,23 @@ def execute_notebook(
         allow_errors=False,
         resources={"metadata": {"path": str(cwd)}},
     )
-    try:
-        client.execute(env=kernel_env(root, working))
-    except CellExecutionError as exc:
-        return ExecutionResult(False, _log_text(notebook), _one_line(exc))
-    except CellTimeoutError:
-        return ExecutionResult(False, _log_text(notebook), f"a cell ran longer than {timeout} s")
-    except DeadKernelError as exc:
-        return ExecutionResult(False, _log_text(notebook), f"the kernel died: {exc}")
-    return ExecutionResult(True, _log_text(notebook))
+    with tempfile.TemporaryFile() as process_output:
+        try:
+            client.execute(env=kernel_env(root, working), stdout=process_output, stderr=process_output)
+        except CellExecutionError as exc:
+            outcome = (False, _one_line(exc))
+        except CellTimeoutError:
+            outcome = (False, f"a cell ran longer than {timeout} s")
+        except DeadKernelError as exc:
+            outcome = (False, f"the kernel died: {exc}")
+        else:
+            outcome = (True, "")
+        process_output.seek(0)
+        stray = process_output.read().decode("utf-8", errors="replace")
+    log = _log_text(notebook)
+    if stray.strip():
+        log += "\n[kernel process output]\n" + stray
+    return ExecutionResult(outcome[0], log, outcome[1])
 
 
 def _one_line(exc: CellExecutionError) -> str:

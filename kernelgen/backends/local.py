@@ -63,8 +63,8 @@ class LocalBackend:
         workers: int = 2,
         timeout: int | None = None,
     ) -> None:
-        self.store = store
-        self.competition_dirs = competition_dirs
+        self.store = store.resolve()
+        self.competition_dirs = {slug: path.resolve() for slug, path in competition_dirs.items()}
         self.timeout = timeout
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernelgen-local")
         self._futures: dict[Path, Future[None]] = {}
