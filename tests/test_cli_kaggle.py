@@ -1,0 +1,109 @@
+"""push, status, output and publish from the command line, through the official client and the stand-in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from kernelgen.cli import main
+from tests.fakes import quick_executor
+from tests.kaggle_standin import KaggleStandIn, KernelScript, use_standin
+
+USER = "cli-user"
+KEY = "cli-secret-key-0000"
+STAGE3 = f"{USER}/severstal-stage3-threshold"
+
+
+@pytest.fixture
+def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KaggleStandIn]:
+    monkeypatch.chdir(tmp_path)
+    with KaggleStandIn(
+        tmp_path / "server",
+        executor=quick_executor({5}),
+        credentials={USER: KEY},
+        kernel_script=KernelScript(running_polls=0),
+    ) as server:
+        use_standin(monkeypatch, server, username=USER, key=KEY)
+        for slug in ("stage1", "stage2", "stage4"):
+            server.seed_dataset(f"{USER}/{slug}", {"placeholder.csv": "a,b\n"})
+        yield server
+        assert server.count("CONNECT") == 0
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_push_status_and_output(kaggle: KaggleStandIn, tmp_path: Path) -> None:
+    pushed = invoke("push", "--stage", "3", "--workdir", "work")
+    assert pushed.exit_code == 0, pushed.output
+    assert f"stage 3: pushed {STAGE3} version 1" in pushed.output
+    assert len(kaggle.kernel_versions(STAGE3)) == 1
+
+    status = invoke("status", "--json", "--workdir", "work")
+    assert status.exit_code == 0, status.output
+    rows = {row["stage"]: row for row in json.loads(status.output)}
+    assert rows[3]["status"] == "complete" and rows[3]["version"] == 1
+    assert rows[1]["status"] == "not pushed"
+
+    table = invoke("status", "--workdir", "work", "--stage", "3")
+    assert table.exit_code == 0 and "complete" in table.output
+
+    fetched = invoke("output", "--stage", "3", "--workdir", "work")
+    assert fetched.exit_code == 0, fetched.output
+    assert json.loads((tmp_path / "work/outputs/stage3/threshold.json").read_text())["threshold"] == 0.5
+    assert (tmp_path / "work/outputs/stage3/severstal-stage3-threshold.log").is_file()
+
+
+def test_push_wait_downloads_and_a_failed_run_exits_non_zero(kaggle: KaggleStandIn, tmp_path: Path) -> None:
+    done = invoke("push", "--stage", "3", "--wait", "--workdir", "work")
+    assert done.exit_code == 0, done.output
+    assert "stage 3: complete" in done.output
+    assert (tmp_path / "work/outputs/stage3/threshold.json").is_file()
+
+    failed = invoke("push", "--stage", "5", "--wait", "--workdir", "work", "--set", "threshold=0.9")
+    assert failed.exit_code != 0
+    assert "kernelgen: error: stage 5: ended in error" in failed.stderr
+    assert "ValueError: broken input" in failed.stderr
+    params = json.loads((tmp_path / "work/state.json").read_text())["stages"]["5"]["params"]
+    assert params == {"threshold": 0.9}
+
+
+def test_push_uses_the_threshold_stage_3_left(kaggle: KaggleStandIn, tmp_path: Path) -> None:
+    assert invoke("push", "--stage", "3", "--wait", "--workdir", "work").exit_code == 0
+    invoke("push", "--stage", "5", "--workdir", "work")
+    notebook = json.loads((tmp_path / "work/kernels/stage5/stage5.ipynb").read_text())
+    text = "".join("".join(c["source"]) for c in notebook["cells"])
+    assert "threshold = 0.5  # from stage 3, version 1" in text
+
+
+def test_publish_versions_an_existing_dataset(kaggle: KaggleStandIn, tmp_path: Path) -> None:
+    missing = invoke("publish", "stage1", "--workdir", "work")
+    assert missing.exit_code != 0
+    assert "missing stage outputs" in missing.stderr
+    outputs = tmp_path / "work/outputs/stage1"
+    outputs.mkdir(parents=True)
+    (outputs / "model.h5").write_bytes(b"weights v1")
+    first = invoke("publish", "stage1", "--workdir", "work")
+    assert first.exit_code == 0, first.output
+    assert f"new version of {USER}/stage1" in first.output
+    (outputs / "model.h5").write_bytes(b"weights v2")
+    second = invoke("publish", "Stage1", "--workdir", "work")
+    assert second.exit_code == 0, second.output
+    assert f"new version of {USER}/stage1" in second.output
+    assert kaggle.count("CreateDatasetVersion") == 2 and kaggle.count("CreateDataset") == 0
+    unknown = invoke("publish", "stage9", "--workdir", "work")
+    assert unknown.exit_code != 0 and "unknown dataset 'stage9'" in unknown.stderr
+
+
+def test_missing_credentials_are_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = invoke("push", "--stage", "3", "--user", "someone", "--workdir", "work")
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kernelgen: error: ")
+    assert "Traceback" not in result.output
