@@ -1,0 +1,375 @@
+"""Stage 4 (UNet-ResNet18 segmentation): data handling, outputs, learning, bad input.
+
+Training runs use synthetic competition data at small training sizes, one
+torch thread (the CI machine has 2 shared cores), and no pretrained weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from kernelgen.synth import SynthDataset, generate
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+from stages.lib.metrics import mean_dice_rle
+from stages.lib.rle import rle_decode, rle_encode
+from stages.lib.segdata import (
+    SteelSegDataset,
+    seg_check_images,
+    seg_image_masks,
+    seg_list_images,
+    seg_resize_nearest,
+    seg_stratified_split,
+)
+from stages.lib.submission import read_submission
+from stages.lib.traincsv import read_train_csv
+from stages.stage4_segmentation import (
+    Params,
+    SegSetup,
+    build_unet,
+    run,
+    seg_make_loader,
+    seg_pair_metrics,
+    seg_predict,
+    seg_random_flip,
+    seg_remove_small,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+COMPETITION = "severstal-steel-defect-detection"
+REPO = Path(__file__).resolve().parent.parent
+
+# The learning run: 64x384 (defects of every class stay several pixels wide), batch 4 for
+# more optimizer steps per image, and a plateau patience that cannot cut the learning
+# rate on a dozen noisy validation images (patience 3 did, and learning stopped).
+LEARN_PARAMS = Params(
+    train_height=64,
+    train_width=384,
+    batch_size=4,
+    accumulate_to=4,
+    epochs=14,
+    lr=1e-3,
+    lr_patience=100,
+    pretrained=False,
+    workers=0,
+)
+# Required lead of the learned submission over the all-empty one (competition metric).
+LEARN_MARGIN = 0.02
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: two threads on two busy cores run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smoke_params() -> Params:
+    """The `smoke` profile of kernel-metadata/stage4.toml applied to the defaults."""
+    with (REPO / "kernel-metadata" / "stage4.toml").open("rb") as handle:
+        profile = tomllib.load(handle)["profiles"]["smoke"]
+    return replace(Params(), **profile)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    data: SynthDataset
+    working: Path
+    log: str
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedRun]:
+    """One training run shared by the output and learning tests."""
+    base = tmp_path_factory.mktemp("stage4-learn")
+    data = generate(base / "data", n_train=64, n_test=24, seed=3)
+    working = base / "working"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run(LEARN_PARAMS, Layout(data.root, working))
+    torch.set_num_threads(before)
+    yield TrainedRun(data, working, log.getvalue())
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> SynthDataset:
+    return generate(tmp_path_factory.mktemp("stage4-small") / "data", n_train=8, n_test=3, seed=1)
+
+
+@pytest.fixture
+def data_copy(small_data: SynthDataset, tmp_path: Path) -> Path:
+    """A private copy of the small dataset to break in one test."""
+    root = tmp_path / "root"
+    shutil.copytree(small_data.root, root)
+    return root
+
+
+# ---------------------------------------------------------------------------------------
+# Pure pieces
+
+
+def test_stratified_split_keeps_strata_and_is_deterministic() -> None:
+    names = [f"{i:03d}.jpg" for i in range(103)]
+    strata = [0] * 50 + [1] * 40 + [2] * 10 + [3] * 3
+    train, val = seg_stratified_split(names, strata, 0.2, seed=69)
+    assert len(val) == 21 and len(train) == 82
+    assert sorted(train + val) == names
+    by_name = dict(zip(names, strata, strict=True))
+    for value, count in zip((0, 1, 2, 3), (50, 40, 10, 3), strict=True):
+        in_val = sum(by_name[n] == value for n in val)
+        assert abs(in_val - count * 21 / 103) < 1.0
+    assert seg_stratified_split(names, strata, 0.2, seed=69) == (train, val)
+    assert seg_stratified_split(names, strata, 0.2, seed=70)[1] != val
+
+
+def test_remove_small_keeps_only_regions_larger_than_min_size() -> None:
+    masks = np.zeros((2, 4, 256, 1600), dtype=bool)
+    masks[0, 0, :35, :100] = True  # exactly 3500 pixels: dropped
+    masks[0, 1, :35, :100] = True
+    masks[0, 1, 35, 100] = True  # touches diagonally: 3501 pixels with 8-connectivity, kept
+    masks[1, 2, 100:110, 200:210] = True  # small: dropped
+    masks[1, 3, :, :20] = True  # 5120 pixels: kept
+    masks[1, 2, :, :20] = True  # same place in another class plane: labelled separately
+    kept = seg_remove_small(masks, 3500)
+    assert not kept[0, 0].any()
+    assert kept[0, 1].sum() == 3501
+    assert kept[1, 3].sum() == 5120
+    assert kept[1, 2].sum() == 5120 and not kept[1, 2, 100:110, 200:210].any()
+    assert kept.sum() == 3501 + 5120 + 5120
+
+
+def test_pair_metrics_score_pairs_like_the_competition() -> None:
+    # pairs: perfect positive, half-overlap positive, empty-empty, false positive
+    inter = torch.tensor([[10.0, 5.0], [0.0, 0.0]])
+    pred = torch.tensor([[10.0, 10.0], [0.0, 7.0]])
+    truth = torch.tensor([[10.0, 10.0], [0.0, 0.0]])
+    m = seg_pair_metrics(inter, pred, truth)
+    assert m["dice_pos"] == pytest.approx((1.0 + 0.5) / 2)
+    assert m["dice_neg"] == pytest.approx(0.5)
+    assert m["dice"] == pytest.approx((1.0 + 0.5 + 1.0 + 0.0) / 4)
+    assert m["iou"] == pytest.approx((1.0 + 5 / 15 + 1.0 + 0.0) / 4)
+
+
+def test_masks_decode_per_class_and_resize_nearest() -> None:
+    full = np.zeros((256, 1600), dtype=bool)
+    full[64:128, 400:800] = True
+    masks = seg_image_masks([(3, rle_encode(full))], 64, 400)
+    assert masks.shape == (4, 64, 400) and masks.dtype == np.uint8
+    assert not masks[[0, 1, 3]].any()
+    assert masks[2].sum() == 16 * 100 and masks[2, 16:32, 100:200].all()
+    same = seg_image_masks([(1, rle_encode(full))], 256, 1600)
+    assert np.array_equal(same[0].astype(bool), full)
+    assert seg_resize_nearest(np.eye(4)[None], 2, 2).tolist() == [[[1.0, 0.0], [0.0, 1.0]]]
+
+
+def test_flip_moves_image_and_masks_together() -> None:
+    images = torch.arange(8 * 3 * 2 * 5, dtype=torch.uint8).view(8, 3, 2, 5)
+    masks = images[:, :1].clone().expand(8, 4, 2, 5).contiguous()
+    out_images, out_masks = seg_random_flip(images, masks, torch.Generator().manual_seed(0))
+    flipped = (out_images != images).flatten(1).any(1)
+    assert 0 < int(flipped.sum()) < 8
+    assert torch.equal(out_images[flipped], images[flipped].flip(-1))
+    assert torch.equal(out_masks[:, 0], out_images[:, 0])
+
+
+def test_image_check_names_the_file(tmp_path: Path) -> None:
+    Image.new("RGB", (1600, 256)).save(tmp_path / "good.jpg")
+    seg_check_images(tmp_path, ["good.jpg"])
+    Image.new("RGB", (800, 256)).save(tmp_path / "narrow.jpg")
+    with pytest.raises(InputError, match=r"narrow\.jpg: image is 800x256"):
+        seg_check_images(tmp_path, ["good.jpg", "narrow.jpg"])
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs and learning (one training run)
+
+
+@pytest.mark.slow
+def test_outputs_and_formats(learned: TrainedRun) -> None:
+    working = learned.working
+    history = pd.read_csv(working / "history.csv")
+    assert list(history["epoch"]) == list(range(1, LEARN_PARAMS.epochs + 1))
+    for column in ("lr", "train_loss", "val_loss", "dice", "dice_pos", "dice_neg", "iou"):
+        assert column in history.columns
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
+    for name in ("segmentation_loss.png", "segmentation_dice_iou.png", "segmentation_lr.png"):
+        with Image.open(working / name) as image:
+            assert image.format == "PNG"
+
+    checkpoint = torch.load(working / "model.pth", map_location="cpu", weights_only=False)
+    assert set(checkpoint) >= {"epoch", "best_loss", "state_dict", "optimizer"}
+    best = history.loc[history["val_loss"].idxmin()]
+    assert checkpoint["epoch"] == int(best["epoch"])
+    assert checkpoint["best_loss"] == pytest.approx(float(best["val_loss"]))
+    model = build_unet(pretrained=False)
+    model.load_state_dict(checkpoint["state_dict"])
+    optimizer = torch.optim.Adam(model.parameters())
+    optimizer.load_state_dict(checkpoint["optimizer"])
+
+    # The submission comes from the saved (best) weights, not the last epoch's.
+    folder = learned.data.competition_dir / "test_images"
+    names = seg_list_images(folder)
+    cpu = torch.device("cpu")
+    loader = seg_make_loader(
+        SteelSegDataset(folder, names, LEARN_PARAMS.train_height, LEARN_PARAMS.train_width),
+        4, 0, cpu, shuffle_seed=None,
+    )
+    setup = SegSetup.create(LEARN_PARAMS, cpu)
+    again = seg_predict(model, loader, setup, LEARN_PARAMS.pixel_threshold, LEARN_PARAMS.min_size)
+    written = read_submission(working / "submission.csv").frame
+    expected = dict(zip(names, again, strict=True))
+    rows = zip(written["ImageId"], written["ClassId"], written["EncodedPixels"], strict=True)
+    assert all(rle == expected[name][cls - 1] for name, cls, rle in rows)
+
+    sample = read_submission(learned.data.competition_dir / "sample_submission.csv")
+    sub = read_submission(working / "submission.csv")
+    assert sub.fmt == sample.fmt == "new"
+    header = (working / "submission.csv").read_text().splitlines()[0]
+    assert header == "ImageId,EncodedPixels,ClassId"
+    assert sub.frame[["ImageId", "ClassId"]].equals(sample.frame[["ImageId", "ClassId"]])
+    structure = np.ones((3, 3), dtype=bool)
+    for rle in sub.frame["EncodedPixels"]:
+        mask = rle_decode(rle)  # full 256x1600 masks although training ran at 32x192
+        labels, count = ndimage.label(mask, structure=structure)
+        assert (np.bincount(labels.ravel())[1:] > LEARN_PARAMS.min_size).all()
+        assert count == 0 or mask.sum() > LEARN_PARAMS.min_size
+
+
+@pytest.mark.slow
+def test_network_drawing_or_one_line_saying_why(learned: TrainedRun) -> None:
+    svg = learned.working / "Unet_visualization.svg"
+    try:
+        import torchviz  # noqa: F401
+    except ImportError:
+        lines = [x for x in learned.log.splitlines() if x.startswith("Unet_visualization.svg")]
+        assert lines == ["Unet_visualization.svg not drawn: torchviz is not installed "
+                         "(pip install torchviz)"]
+        assert not svg.exists()
+    else:
+        assert svg.exists() or "graphviz failed" in learned.log
+
+
+@pytest.mark.slow
+def test_segmenter_beats_all_empty_on_unseen_images(learned: TrainedRun) -> None:
+    truth = read_train_csv(learned.data.test_truth)
+    learned_sub = read_submission(learned.working / "submission.csv").frame
+    empty_sub = learned_sub.assign(EncodedPixels="")
+    learned_score = mean_dice_rle(learned_sub, truth)
+    empty_score = mean_dice_rle(empty_sub, truth)
+    print(f"learned {learned_score:.4f} vs all-empty {empty_score:.4f}")
+    assert learned_score >= empty_score + LEARN_MARGIN
+
+
+# ---------------------------------------------------------------------------------------
+# Smoke profile
+
+
+def test_smoke_profile_names_only_parameters() -> None:
+    with (REPO / "kernel-metadata" / "stage4.toml").open("rb") as handle:
+        profile = tomllib.load(handle)["profiles"]["smoke"]
+    assert set(profile) <= {f.name for f in fields(Params)}
+    assert smoke_params().pretrained is False and smoke_params().workers == 0
+
+
+@pytest.mark.slow
+def test_smoke_profile_run_with_old_format(tmp_path: Path) -> None:
+    data = generate(tmp_path / "data", n_train=24, n_test=6, seed=5, fmt="old")
+    working = tmp_path / "working"
+    run(smoke_params(), Layout(data.root, working))
+    sub = read_submission(working / "submission.csv")
+    assert sub.fmt == "old"
+    assert (working / "submission.csv").read_text().startswith("ImageId_ClassId,EncodedPixels\n")
+    assert len(sub.frame) == 6 * 4
+    assert len(pd.read_csv(working / "history.csv")) == smoke_params().epochs
+    assert (working / "model.pth").is_file()
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one InputError naming the file, nothing written
+
+
+def _run_expecting(root: Path, match: str, params: Params | None = None) -> None:
+    working = root / "working"
+    with pytest.raises(InputError, match=match) as info:
+        run(params or replace(smoke_params(), epochs=1), Layout(root, working))
+    assert "\n" not in str(info.value)
+    assert not working.exists() or not any(working.iterdir())
+
+
+def test_wrong_size_image(data_copy: Path) -> None:
+    folder = data_copy / "input" / COMPETITION / "train_images"
+    victim = sorted(folder.iterdir())[2]
+    Image.new("RGB", (1600, 200)).save(victim, format="JPEG")
+    _run_expecting(data_copy, rf"{victim.name}: image is 1600x200")
+
+
+def test_unreadable_test_image(data_copy: Path) -> None:
+    folder = data_copy / "input" / COMPETITION / "test_images"
+    victim = sorted(folder.iterdir())[0]
+    victim.write_bytes(b"not a jpeg at all")
+    _run_expecting(data_copy, rf"{victim.name}: not a readable image")
+
+
+def test_train_csv_row_for_missing_image(data_copy: Path) -> None:
+    comp = data_copy / "input" / COMPETITION
+    with (comp / "train.csv").open("a") as handle:
+        handle.write("0000nothere.jpg,3,1 10\n")
+    _run_expecting(data_copy, r"train\.csv: defect rows for 1 image\(s\) not in train_images")
+
+
+def test_empty_test_set(data_copy: Path) -> None:
+    folder = data_copy / "input" / COMPETITION / "test_images"
+    for path in folder.iterdir():
+        path.unlink()
+    _run_expecting(data_copy, r"test_images: no images")
+
+
+def test_test_image_listed_but_missing(data_copy: Path) -> None:
+    folder = data_copy / "input" / COMPETITION / "test_images"
+    victim = sorted(folder.iterdir())[1]
+    victim.unlink()
+    _run_expecting(data_copy, rf"{victim.name}: image file not found")
+
+
+def test_missing_train_csv(data_copy: Path) -> None:
+    (data_copy / "input" / COMPETITION / "train.csv").unlink()
+    _run_expecting(data_copy, r"train\.csv")
+
+
+def test_unreachable_pretrained_weights_say_how_to_go_on(
+    data_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    _run_expecting(
+        data_copy,
+        r"ImageNet weights .* could not be fetched .*pretrained=false",
+        replace(smoke_params(), pretrained=True),
+    )
+
+
+def test_training_size_must_suit_the_encoder(data_copy: Path) -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        run(replace(smoke_params(), train_width=400), Layout(data_copy, data_copy / "working"))
