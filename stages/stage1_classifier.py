@@ -1,0 +1,300 @@
+# %% [markdown]
+# # Stage 1: defect / no-defect classifier
+# Trains DenseNet121 to tell images without any defect (`allMissing` = 1) from
+# images with at least one, keeps the model with the best validation accuracy,
+# and scores every test image with it. Later stages use the scores to blank the
+# segmentation of images the classifier is confident are clean.
+#
+# Outputs: `model.h5` (best by validation accuracy), `dense121_model.h5` (after
+# the last epoch), `history.csv` (one row per epoch: every metric and the
+# learning rate), `test_missing_count.csv` (`ImageId,allMissing` for each test
+# image) and learning-curve plots.
+
+# %%
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from stages.lib.classifier import (
+    build_classifier,
+    build_classifier_augmenter,
+    check_classifier_images,
+    classifier_image_dataset,
+    load_classifier,
+)
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+from stages.lib.submission import read_submission
+from stages.lib.traincsv import read_train_csv_images
+
+STAGE1_COMPETITION = "severstal-steel-defect-detection"
+STAGE1_LR_FACTOR = 0.25
+STAGE1_MIN_LR = 5e-7
+# Turning DenseNet121's training step into a graph costs about a minute of CPU before
+# the first step; runs of at most this many steps (smoke runs) finish sooner eagerly.
+STAGE1_EAGER_MAX_STEPS = 24
+
+
+@dataclass(frozen=True)
+class Params:
+    """Defaults are the original notebook's settings.
+
+    `image_size`: side of the square the 256x1600 images are resized to.
+    `validation_split`: share of train images held out, stratified by label.
+    `lr_patience`: epochs without a lower validation loss before the learning
+    rate is cut to a quarter. `pretrained`: start from ImageNet weights (needs
+    internet). `seed`: fixes the split, the augmentation and the initial weights.
+    """
+
+    image_size: int = 256
+    batch_size: int = 32
+    epochs: int = 45
+    validation_split: float = 0.15
+    lr_patience: int = 5
+    pretrained: bool = True
+    seed: int = 2019
+
+
+# %% [markdown]
+# ## Inputs
+# Every file in `train_images/` is a train image; `train.csv` lists only the
+# defects, so an image it does not mention has none. The test set is the one
+# `sample_submission.csv` defines (the images the submission must cover), and
+# each of those must exist in `test_images/`. Every image's header is checked
+# before training starts, so a bad file stops the run in seconds, not hours.
+
+
+# %%
+def _stage1_list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise InputError(f"{folder}: image folder not found")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".jpg")
+
+
+def stage1_train_labels(competition: Path) -> pd.DataFrame:
+    """`ImageId`, `path` and `allMissing` (1.0 = no defect) for every train image.
+
+    The train images are the files in `train_images/`; an old-format train.csv
+    lists every image (four rows each), and then only the images it lists count.
+    Any image train.csv names must exist.
+    """
+    train_dir = competition / "train_images"
+    csv_path = competition / "train.csv"
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path}: file not found")
+    paths = _stage1_list_images(train_dir)
+    defects, listed = read_train_csv_images(csv_path)
+    names = {p.name for p in paths}
+    named = set(defects["ImageId"].astype(str)) | set(listed or ())
+    unknown = sorted(named - names)
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise InputError(f"{train_dir / unknown[0]}: image named in {csv_path} not found{more}")
+    if listed is not None:
+        paths = [p for p in paths if p.name in named]
+    if not paths:
+        raise InputError(f"{train_dir}: no .jpg images found")
+    defective = set(defects["ImageId"].astype(str))
+    labels = [0.0 if p.name in defective else 1.0 for p in paths]
+    return pd.DataFrame({"ImageId": [p.name for p in paths], "path": paths, "allMissing": labels})
+
+
+def stage1_test_images(competition: Path) -> list[Path]:
+    """The test images `sample_submission.csv` names, in its order, each checked to exist."""
+    sample = competition / "sample_submission.csv"
+    if not sample.is_file():
+        raise InputError(f"{sample}: file not found")
+    ids = list(pd.unique(read_submission(sample).frame["ImageId"].astype(str)))
+    if not ids:
+        raise InputError(f"{sample}: names no test images; nothing to score")
+    test_dir = competition / "test_images"
+    paths = [test_dir / image_id for image_id in ids]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise InputError(f"{missing[0]}: test image named in {sample} not found{more}")
+    return paths
+
+
+def stage1_split(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
+    """A boolean validation mask, stratified by label and fixed by `seed`.
+
+    Stratifying keeps the clean/defective ratio of both parts equal, which matters
+    for the small data of tests; on the real 12,568 images it changes little.
+    """
+    if not 0.0 < validation_split < 1.0:
+        raise ValueError(f"validation_split must be between 0 and 1, got {validation_split}")
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(len(labels), dtype=bool)
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        is_val[members[: round(len(members) * validation_split)]] = True
+    if is_val.all() or not is_val.any():
+        raise InputError(
+            f"{len(labels)} train image(s) cannot be split {validation_split:.0%} for validation"
+        )
+    return is_val
+
+
+# %% [markdown]
+# ## Training bookkeeping
+# The best model is saved whenever validation accuracy improves, and the history
+# is rewritten after every epoch, so a run stopped by Kaggle's time limit still
+# leaves its best model and its curves.
+
+
+# %%
+class Stage1EpochLog(keras.callbacks.Callback):
+    """Writes `history.csv` after every epoch: epoch, every metric, learning rate."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.rows: list[dict[str, float]] = []
+        self._lr = float("nan")
+
+    def _learning_rate(self) -> float:
+        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._lr = self._learning_rate()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"epoch": float(epoch + 1)}
+        row.update({k: float(v) for k, v in sorted((logs or {}).items()) if k != "learning_rate"})
+        row["learning_rate"] = self._lr
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        partial = self.path.with_name(self.path.name + ".partial")
+        with partial.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(partial, self.path)
+
+
+def stage1_plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One PNG per learning curve: loss, accuracy, F1/precision/recall, learning rate."""
+    panels = {
+        "learning_curve_loss.png": ["loss"],
+        "learning_curve_accuracy.png": ["accuracy"],
+        "learning_curve_f1_precision_recall.png": ["f1", "precision", "recall"],
+    }
+    written = []
+    for name, metrics in panels.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for metric in metrics:
+            for prefix, style in (("", "-"), ("val_", "--")):
+                if prefix + metric in history:
+                    ax.plot(
+                        history["epoch"], history[prefix + metric], style, label=prefix + metric
+                    )
+        ax.set_xlabel("epoch")
+        ax.set_title(", ".join(metrics))
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        written.append(out_dir / name)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(history["epoch"], history["learning_rate"], "-o")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_title("learning rate")
+    fig.tight_layout()
+    fig.savefig(out_dir / "learning_rate.png", dpi=100)
+    plt.close(fig)
+    written.append(out_dir / "learning_rate.png")
+    return written
+
+
+# %% [markdown]
+# ## Run
+
+
+# %%
+def run(params: Params, layout: Layout) -> None:
+    competition = layout.input(STAGE1_COMPETITION)
+    table = stage1_train_labels(competition)
+    test_paths = stage1_test_images(competition)
+    check_classifier_images([*table["path"], *test_paths])
+    labels = table["allMissing"].to_numpy(dtype=np.float32)
+    is_val = stage1_split(labels, params.validation_split, params.seed)
+    print(
+        f"{len(table)} train images ({int(labels.sum())} without defect): "
+        f"{int((~is_val).sum())} for training, {int(is_val.sum())} for validation; "
+        f"{len(test_paths)} test images"
+    )
+
+    gpus = tf.config.list_physical_devices("GPU")
+    print(f"training on {len(gpus)} GPU(s)" if gpus else "no GPU visible: training on the CPU")
+    keras.utils.set_random_seed(params.seed)
+    model = build_classifier(params.image_size, params.pretrained)
+    train_paths = list(table["path"][~is_val])
+    val_paths = list(table["path"][is_val])
+    train_data = classifier_image_dataset(
+        train_paths,
+        params.image_size,
+        params.batch_size,
+        labels[~is_val],
+        shuffle_seed=params.seed,
+        augmenter=build_classifier_augmenter(params.seed),
+    )
+    val_data = classifier_image_dataset(
+        val_paths, params.image_size, params.batch_size, labels[is_val]
+    )
+
+    steps = -(-len(train_paths) // params.batch_size) * params.epochs
+    if steps <= STAGE1_EAGER_MAX_STEPS:
+        model.run_eagerly = True
+        print(f"{steps} training steps in all: running eagerly rather than tracing a graph")
+
+    out = layout.working
+    best_path, final_path = out / "model.h5", out / "dense121_model.h5"
+    log = Stage1EpochLog(out / "history.csv")
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, verbose=1
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss",
+            factor=STAGE1_LR_FACTOR,
+            patience=params.lr_patience,
+            min_lr=STAGE1_MIN_LR,
+            verbose=1,
+        ),
+        log,
+    ]
+    model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=params.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles its file names itself, every epoch
+        verbose=2,
+    )
+    model.save(final_path)
+    stage1_plot_history(pd.DataFrame(log.rows), out)
+
+    best = load_classifier(best_path)
+    test_data = classifier_image_dataset(test_paths, params.image_size, params.batch_size)
+    scores = np.asarray(best.predict(test_data, verbose=0), dtype=np.float64).reshape(-1)
+    result = pd.DataFrame({"ImageId": [p.name for p in test_paths], "allMissing": scores})
+    target = out / "test_missing_count.csv"
+    partial = target.with_name(target.name + ".partial")
+    result.to_csv(partial, index=False, lineterminator="\n")
+    os.replace(partial, target)
+    print(
+        f"best validation accuracy {max(r['val_accuracy'] for r in log.rows):.4f}; "
+        f"scored {len(result)} test images into {target}"
+    )

@@ -1,0 +1,73 @@
+# %% [markdown]
+# # Stage 2: score the train images
+# Loads stage 1's best classifier (`model.h5` from the Stage1 dataset) and
+# writes its `allMissing` score (belief that the image has no defect) for every
+# train image to `train_missing_count.csv`. Stage 3 compares these scores with
+# `train.csv` to pick the threshold. Images are read exactly as stage 1 read
+# them for training, without augmentation, and keep their original `.jpg` names.
+
+# %%
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.lib.classifier import (
+    check_classifier_images,
+    classifier_image_dataset,
+    classifier_input_size,
+    load_classifier,
+)
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+
+STAGE2_COMPETITION = "severstal-steel-defect-detection"
+
+
+@dataclass(frozen=True)
+class Params:
+    """`image_size` must be the size stage 1 trained at; `batch_size` only sets speed."""
+
+    image_size: int = 256
+    batch_size: int = 32
+
+
+# %% [markdown]
+# ## Run
+
+
+# %%
+def stage2_train_images(competition: Path) -> list[Path]:
+    """Every `.jpg` in `train_images/`, sorted by name."""
+    folder = competition / "train_images"
+    if not folder.is_dir():
+        raise InputError(f"{folder}: image folder not found")
+    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".jpg")
+    if not paths:
+        raise InputError(f"{folder}: no .jpg images found")
+    return paths
+
+
+def run(params: Params, layout: Layout) -> None:
+    model_path = layout.input_file("stage1", "model.h5")
+    paths = stage2_train_images(layout.input(STAGE2_COMPETITION))
+    check_classifier_images(paths)
+    model = load_classifier(model_path)
+    trained_size = classifier_input_size(model, model_path)
+    if trained_size != params.image_size:
+        raise InputError(
+            f"{model_path}: model was trained on {trained_size}x{trained_size} images "
+            f"but image_size={params.image_size}; set image_size={trained_size}"
+        )
+    data = classifier_image_dataset(paths, params.image_size, params.batch_size)
+    scores = np.asarray(model.predict(data, verbose=0), dtype=np.float64).reshape(-1)
+    if scores.shape[0] != len(paths):
+        raise RuntimeError(f"model returned {scores.shape[0]} scores for {len(paths)} images")
+    out = layout.working / "train_missing_count.csv"
+    partial = out.with_name(out.name + ".partial")
+    frame = pd.DataFrame({"ImageId": [p.name for p in paths], "allMissing": scores})
+    frame.to_csv(partial, index=False, lineterminator="\n")
+    os.replace(partial, out)
+    print(f"scored {len(frame)} train images; mean allMissing {scores.mean():.4f}; wrote {out}")

@@ -1,0 +1,334 @@
+"""Stage 1: labels and split, outputs and their formats, model reload, learning, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kernelgen.synth import SynthDataset, generate
+from stages.lib.classifier import RoundedBatchMetric, classifier_image_dataset
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+from stages.lib.scores import read_scores
+from stages.lib.submission import read_submission
+from stages.stage1_classifier import Params, run, stage1_split, stage1_train_labels
+
+# Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+METADATA = REPO / "kernel-metadata" / "stage1.toml"
+OUTPUTS = (
+    "model.h5",
+    "dense121_model.h5",
+    "history.csv",
+    "test_missing_count.csv",
+    "learning_curve_loss.png",
+    "learning_curve_accuracy.png",
+    "learning_curve_f1_precision_recall.png",
+    "learning_rate.png",
+)
+
+
+def smoke_params(**changes: object) -> Params:
+    """The smoke profile of kernel-metadata/stage1.toml, so tests run what users run."""
+    with METADATA.open("rb") as handle:
+        smoke = tomllib.load(handle)["profiles"]["smoke"]
+    return Params(**{**smoke, **changes})
+
+
+def truth_labels(data: SynthDataset, image_ids: list[str]) -> np.ndarray:
+    """allMissing of the hidden test truth: 1.0 for images with no truth row."""
+    truth = pd.read_csv(data.test_truth, dtype=str, keep_default_na=False)
+    defective = set(truth["ImageId"])
+    return np.array([0.0 if i in defective else 1.0 for i in image_ids])
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthDataset, Params]:
+    """One smoke-profile run on a few dozen synthetic images, shared by the output tests."""
+    data = generate(tmp_path_factory.mktemp("stage1") / "data", n_train=40, n_test=12, seed=0)
+    params = smoke_params()
+    run(params, Layout(data.root))
+    return data, params
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> SynthDataset:
+    """A small dataset for bad-input tests, which all stop before training."""
+    return generate(tmp_path / "data", n_train=8, n_test=3, seed=1)
+
+
+# ---------------------------------------------------------------------------------------
+# Labels and split
+
+
+def test_labels_mark_images_without_defect_rows(tiny: SynthDataset) -> None:
+    table = stage1_train_labels(tiny.competition_dir)
+    defects = pd.read_csv(tiny.competition_dir / "train.csv", dtype=str)
+    files = sorted(p.name for p in (tiny.competition_dir / "train_images").iterdir())
+    assert list(table["ImageId"]) == files
+    expected = [0.0 if name in set(defects["ImageId"]) else 1.0 for name in files]
+    assert list(table["allMissing"]) == expected
+    assert 0 < sum(expected) < len(expected)
+
+
+def test_labels_read_the_old_train_csv_format_the_same(tmp_path: Path) -> None:
+    new = generate(tmp_path / "new", n_train=10, n_test=2, seed=3, fmt="new")
+    old = generate(tmp_path / "old", n_train=10, n_test=2, seed=3, fmt="old")
+    a = stage1_train_labels(new.competition_dir)
+    b = stage1_train_labels(old.competition_dir)
+    assert list(a["ImageId"]) == list(b["ImageId"])
+    assert list(a["allMissing"]) == list(b["allMissing"])
+
+
+def test_split_is_stratified_and_fixed_by_seed() -> None:
+    labels = np.array([1.0] * 40 + [0.0] * 60)
+    first = stage1_split(labels, 0.15, seed=7)
+    assert first.sum() == 15
+    assert labels[first].sum() == 6  # 15% of each class
+    assert np.array_equal(first, stage1_split(labels, 0.15, seed=7))
+    assert not np.array_equal(first, stage1_split(labels, 0.15, seed=8))
+
+
+def test_split_rejects_a_split_outside_zero_and_one() -> None:
+    with pytest.raises(ValueError, match="validation_split"):
+        stage1_split(np.array([0.0, 1.0]), 0.0, seed=0)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_rounded_batch_metrics_score_rounded_predictions() -> None:
+    y_true = np.array([[1.0], [1.0], [0.0], [0.0]])
+    y_pred = np.array([[0.9], [0.2], [0.7], [0.1]])  # one hit, one miss, one false alarm
+    values = {}
+    for kind in RoundedBatchMetric.KINDS:
+        metric = RoundedBatchMetric(kind)
+        metric.update_state(y_true, y_pred)
+        values[kind] = float(metric.result())
+    assert values["precision"] == pytest.approx(0.5, abs=1e-5)
+    assert values["recall"] == pytest.approx(0.5, abs=1e-5)
+    assert values["f1"] == pytest.approx(0.5, abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs of one smoke run
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_output(smoke_run: tuple[SynthDataset, Params]) -> None:
+    data, _ = smoke_run
+    working = data.root / "working"
+    for name in OUTPUTS:
+        assert (working / name).is_file(), name
+        assert (working / name).stat().st_size > 0, name
+    for name in OUTPUTS:
+        if name.endswith(".png"):
+            with Image.open(working / name) as image:
+                assert image.format == "PNG"
+    assert not list(working.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_history_has_one_row_per_epoch_with_metrics_and_rate(
+    smoke_run: tuple[SynthDataset, Params],
+) -> None:
+    data, params = smoke_run
+    history = pd.read_csv(data.root / "working" / "history.csv")
+    assert list(history["epoch"]) == list(range(1, params.epochs + 1))
+    for metric in ("loss", "accuracy", "f1", "precision", "recall"):
+        assert metric in history and f"val_{metric}" in history, metric
+    assert history["learning_rate"].iloc[0] == pytest.approx(1e-3)
+    assert history.notna().all().all()
+
+
+@pytest.mark.slow
+def test_test_scores_cover_every_test_image_by_jpg_name(
+    smoke_run: tuple[SynthDataset, Params],
+) -> None:
+    data, _ = smoke_run
+    path = data.root / "working" / "test_missing_count.csv"
+    frame = pd.read_csv(path, dtype={"ImageId": str})
+    assert list(frame.columns) == ["ImageId", "allMissing"]
+    sample = read_submission(data.competition_dir / "sample_submission.csv")
+    expected = list(pd.unique(sample.frame["ImageId"]))
+    assert list(frame["ImageId"]) == expected
+    assert all(name.endswith(".jpg") for name in frame["ImageId"])
+    scores = read_scores(path, expected_ids=expected)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.slow
+def test_saved_models_reload_with_metrics_and_give_the_written_scores(
+    smoke_run: tuple[SynthDataset, Params],
+) -> None:
+    data, params = smoke_run
+    working = data.root / "working"
+    for name in ("model.h5", "dense121_model.h5"):
+        model = keras.models.load_model(working / name)
+        assert tuple(model.inputs[0].shape) == (None, params.image_size, params.image_size, 3)
+        assert type(model.optimizer).__name__ == "Nadam"
+        metrics = model.get_compile_config()["metrics"]
+        kinds = {
+            m["config"]["kind"]
+            for m in metrics
+            if isinstance(m, dict) and "kind" in m.get("config", {})
+        }
+        assert kinds == {"f1", "precision", "recall"}
+    best = keras.models.load_model(working / "model.h5")
+    written = pd.read_csv(working / "test_missing_count.csv", dtype={"ImageId": str})
+    paths = [data.competition_dir / "test_images" / name for name in written["ImageId"]]
+    images = classifier_image_dataset(paths, params.image_size, params.batch_size)
+    again = best.predict(images, verbose=0).reshape(-1)
+    assert np.allclose(again, written["allMissing"].to_numpy(), atol=1e-5)
+    result = best.evaluate(
+        classifier_image_dataset(paths, params.image_size, params.batch_size, [1.0] * len(paths)),
+        verbose=0,
+        return_dict=True,
+    )
+    assert {"f1", "precision", "recall", "accuracy"} <= set(result)
+
+
+# ---------------------------------------------------------------------------------------
+# Learning on images the model never saw
+
+
+@pytest.mark.slow
+def test_classifier_beats_majority_baseline_on_unseen_images(tmp_path: Path) -> None:
+    data = generate(tmp_path / "data", n_train=160, n_test=48, seed=1)
+    params = Params(
+        image_size=64,
+        batch_size=16,
+        epochs=12,
+        validation_split=0.15,
+        lr_patience=10,
+        pretrained=False,
+        seed=0,
+    )
+    run(params, Layout(data.root))
+    written = pd.read_csv(data.root / "working" / "test_missing_count.csv", dtype={"ImageId": str})
+    labels = truth_labels(data, list(written["ImageId"]))
+    scores = written["allMissing"].to_numpy()
+    majority = max(labels.mean(), 1.0 - labels.mean())
+    accuracy = float(((scores > 0.5) == (labels == 1.0)).mean())
+    print(
+        f"unseen images: accuracy {accuracy:.3f} vs majority {majority:.3f}, AUC {auc(scores, labels):.3f}"
+    )
+    assert accuracy >= majority + 0.1, (accuracy, majority)
+    assert auc(scores, labels) >= 0.6
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input: one InputError naming the file, raised before anything is written
+
+
+def run_expecting_error(data: SynthDataset, params: Params | None = None) -> str:
+    with pytest.raises(InputError) as caught:
+        run(params or smoke_params(), Layout(data.root))
+    working = data.root / "working"
+    assert not working.exists() or not any(working.iterdir())
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def first_train_image(data: SynthDataset) -> Path:
+    return sorted((data.competition_dir / "train_images").glob("*.jpg"))[0]
+
+
+def test_wrong_size_image_is_named(tiny: SynthDataset) -> None:
+    path = first_train_image(tiny)
+    Image.new("RGB", (800, 256)).save(path, format="JPEG")
+    message = run_expecting_error(tiny)
+    assert str(path) in message and "256x800" in message
+
+
+def test_grayscale_image_is_named(tiny: SynthDataset) -> None:
+    path = sorted((tiny.competition_dir / "test_images").glob("*.jpg"))[0]
+    Image.new("L", (1600, 256)).save(path, format="JPEG")
+    message = run_expecting_error(tiny)
+    assert str(path) in message and "3-channel" in message
+
+
+def test_unreadable_image_is_named(tiny: SynthDataset) -> None:
+    path = first_train_image(tiny)
+    path.write_bytes(b"not a jpeg at all")
+    message = run_expecting_error(tiny)
+    assert str(path) in message and "unreadable" in message
+
+
+def test_png_named_jpg_is_named(tiny: SynthDataset) -> None:
+    path = first_train_image(tiny)
+    Image.new("RGB", (1600, 256)).save(path, format="PNG")
+    message = run_expecting_error(tiny)
+    assert str(path) in message and "JPEG" in message
+
+
+def test_train_csv_row_for_a_missing_image_is_named(tiny: SynthDataset) -> None:
+    defects = pd.read_csv(tiny.competition_dir / "train.csv", dtype=str)
+    missing = defects["ImageId"].iloc[0]
+    (tiny.competition_dir / "train_images" / missing).unlink()
+    message = run_expecting_error(tiny)
+    assert missing in message and "train.csv" in message
+
+
+def test_empty_test_set_is_an_error_naming_the_sample_submission(tiny: SynthDataset) -> None:
+    sample = tiny.competition_dir / "sample_submission.csv"
+    sample.write_text("ImageId,EncodedPixels,ClassId\n")
+    message = run_expecting_error(tiny)
+    assert str(sample) in message and "no test images" in message
+
+
+def test_missing_test_image_is_named(tiny: SynthDataset) -> None:
+    path = sorted((tiny.competition_dir / "test_images").glob("*.jpg"))[0]
+    path.unlink()
+    message = run_expecting_error(tiny)
+    assert str(path) in message
+
+
+def test_missing_train_csv_is_named(tiny: SynthDataset) -> None:
+    path = tiny.competition_dir / "train.csv"
+    path.unlink()
+    assert str(path) in run_expecting_error(tiny)
+
+
+def test_missing_competition_data_is_named(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="severstal-steel-defect-detection"):
+        run(smoke_params(), Layout(tmp_path))
+
+
+def test_unreachable_pretrained_weights_say_how_to_go_on(
+    tiny: SynthDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy on a closed port makes any download fail at once, online or not.
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tiny.root / "keras-home"))
+    shutil.rmtree(tiny.root / "keras-home", ignore_errors=True)
+    message = run_expecting_error(tiny, smoke_params(pretrained=True))
+    assert "ImageNet weights" in message and "pretrained=false" in message

@@ -1,0 +1,149 @@
+"""Stage 2: scores every train image with stage 1's model; bad input fails naming the file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kernelgen.synth import SynthDataset, generate
+from stages.lib.classifier import RoundedBatchMetric, build_classifier
+from stages.lib.errors import InputError
+from stages.lib.layout import Layout
+from stages.lib.scores import read_scores
+from stages.stage2_scoring import Params, run
+
+# Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+SIZE = 32
+
+
+def brightness_model(size: int) -> keras.Model:
+    """A model whose score is the mean pixel value of its input, compiled like stage 1's.
+
+    Its output is known in advance for any image, so the test can check that stage 2
+    scaled the pixels to [0, 1] and wrote each score beside the right image.
+    """
+    inputs = keras.Input((size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    mean = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1 / 3))(pooled)
+    model = keras.Model(inputs, mean)
+    model.compile(
+        optimizer=keras.optimizers.Nadam(),
+        loss="binary_crossentropy",
+        metrics=["accuracy", *(RoundedBatchMetric(kind) for kind in RoundedBatchMetric.KINDS)],
+    )
+    return model
+
+
+def mount_model(data: SynthDataset, model: keras.Model) -> Path:
+    """Place `model` where the Stage1 dataset is mounted, as `model.h5`."""
+    folder = data.root / "input" / "stage1"
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.h5")
+    return folder / "model.h5"
+
+
+def output(data: SynthDataset) -> Path:
+    return data.root / "working" / "train_missing_count.csv"
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> SynthDataset:
+    return generate(tmp_path / "data", n_train=12, n_test=2, seed=4)
+
+
+def test_scores_every_train_image_under_its_jpg_name(data: SynthDataset) -> None:
+    mount_model(data, brightness_model(SIZE))
+    run(Params(image_size=SIZE, batch_size=5), Layout(data.root))
+    frame = pd.read_csv(output(data), dtype={"ImageId": str})
+    assert list(frame.columns) == ["ImageId", "allMissing"]
+    files = sorted((data.competition_dir / "train_images").glob("*.jpg"))
+    assert list(frame["ImageId"]) == [p.name for p in files]
+    read_scores(output(data), expected_ids=[p.name for p in files])
+    # Resizing keeps the mean brightness, so each score is its own image's mean in [0, 1].
+    expected = [np.asarray(Image.open(p), dtype=np.float64).mean() / 255.0 for p in files]
+    assert np.allclose(frame["allMissing"], expected, atol=0.01)
+    assert np.std(expected) > 0.03  # images differ enough for a mix-up to show
+
+
+@pytest.mark.slow
+def test_scores_with_a_densenet_classifier_as_stage1_saves_it(data: SynthDataset) -> None:
+    mount_model(data, build_classifier(SIZE, pretrained=False))
+    run(Params(image_size=SIZE, batch_size=8), Layout(data.root))
+    scores = read_scores(output(data))
+    assert len(scores) == 12
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_smoke_profile_names_only_stage2_parameters() -> None:
+    with (REPO / "kernel-metadata" / "stage2.toml").open("rb") as handle:
+        smoke = tomllib.load(handle)["profiles"]["smoke"]
+    with (REPO / "kernel-metadata" / "stage1.toml").open("rb") as handle:
+        smoke1 = tomllib.load(handle)["profiles"]["smoke"]
+    params = Params(**smoke)
+    assert params.image_size == smoke1["image_size"]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+
+
+def expect_error(data: SynthDataset, params: Params | None = None) -> str:
+    with pytest.raises(InputError) as caught:
+        run(params or Params(image_size=SIZE, batch_size=4), Layout(data.root))
+    assert not output(data).exists()
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_missing_stage1_dataset_is_named(data: SynthDataset) -> None:
+    assert "stage1" in expect_error(data)
+
+
+def test_missing_model_file_is_named(data: SynthDataset) -> None:
+    (data.root / "input" / "stage1").mkdir(parents=True)
+    message = expect_error(data)
+    assert str(data.root / "input" / "stage1" / "model.h5") in message
+
+
+def test_model_file_that_is_not_a_keras_model_is_named(data: SynthDataset) -> None:
+    folder = data.root / "input" / "stage1"
+    folder.mkdir(parents=True)
+    (folder / "model.h5").write_bytes(b"\x00 this is not HDF5 " * 20)
+    message = expect_error(data)
+    assert str(folder / "model.h5") in message and "not a Keras model" in message
+
+
+def test_image_size_other_than_the_models_is_refused(data: SynthDataset) -> None:
+    path = mount_model(data, brightness_model(SIZE))
+    message = expect_error(data, Params(image_size=64, batch_size=4))
+    assert str(path) in message and f"image_size={SIZE}" in message
+
+
+def test_wrong_size_train_image_is_named(data: SynthDataset) -> None:
+    mount_model(data, brightness_model(SIZE))
+    path = sorted((data.competition_dir / "train_images").glob("*.jpg"))[3]
+    Image.new("RGB", (1600, 128)).save(path, format="JPEG")
+    assert str(path) in expect_error(data)
+
+
+def test_unreadable_train_image_is_named(data: SynthDataset) -> None:
+    mount_model(data, brightness_model(SIZE))
+    path = sorted((data.competition_dir / "train_images").glob("*.jpg"))[0]
+    path.write_bytes(b"")
+    assert str(path) in expect_error(data)
