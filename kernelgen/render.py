@@ -133,7 +133,7 @@ def render_stage(
 ) -> RenderedKernel:
     """Render one stage in memory and validate it as the Kaggle client would."""
     spec = pipeline.stage(number)
-    check_username(username, where=str(spec.source))
+    check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
     code_file = f"{spec.name}.ipynb"
     notebook = nb.assemble(_cells(spec, params, profile), prefix=spec.name)
     try:

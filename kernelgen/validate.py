@@ -25,11 +25,11 @@ def kernel_slug(title: str) -> str:
 
 def check_username(username: str, *, where: str) -> None:
     if not _NAME.match(username):
-        raise MetadataError(f"Kaggle username {username!r} is not valid", where=where)
+        raise MetadataError(f"Kaggle username {username!r} is not valid (letters, digits, '-' and '_')", where=where)
 
 
-def _check_ref(ref: str, parts_allowed: tuple[int, ...], what: str, where: str) -> None:
-    parts = ref.split("/")
+def _check_ref(ref: object, parts_allowed: tuple[int, ...], what: str, where: str) -> None:
+    parts = ref.split("/") if isinstance(ref, str) else []
     if len(parts) not in parts_allowed or not all(parts):
         forms = " or ".join(["owner/slug", "owner/slug/version"][: max(parts_allowed) - 1])
         raise MetadataError(f"{what} {ref!r} must have the form {forms}", where=where)
@@ -84,5 +84,10 @@ def validate_dataset_metadata(meta: Mapping[str, Any], *, where: str) -> None:
     if not isinstance(title, str) or not 6 <= len(title) <= 50:
         raise MetadataError(f"dataset title {title!r} must have 6 to 50 characters", where=where)
     licenses = meta.get("licenses")
-    if not isinstance(licenses, list) or len(licenses) != 1 or not licenses[0].get("name"):
+    if (
+        not isinstance(licenses, list)
+        or len(licenses) != 1
+        or not isinstance(licenses[0], dict)
+        or not licenses[0].get("name")
+    ):
         raise MetadataError("a dataset needs exactly one license", where=where)

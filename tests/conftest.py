@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# PyTorch must load before TensorFlow in one process: the other order crashes when
+# torchvision pulls in triton (both bring their own LLVM). Stage 1 tests import
+# TensorFlow and stage 4 tests PyTorch, so load PyTorch's side first.
+import torchvision  # noqa: F401
+
 
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

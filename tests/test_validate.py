@@ -114,7 +114,7 @@ def test_username_accepted(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["", "no spaces", "-lead", "a/b", "é"])
 def test_username_refused(name: str) -> None:
-    with pytest.raises(MetadataError, match=r"^x: Kaggle username .* is not valid$"):
+    with pytest.raises(MetadataError, match=r"^x: Kaggle username .* is not valid \(letters, digits"):
         check_username(name, where="x")
 
 
