@@ -71,16 +71,29 @@ class ChainResult:
     failed: list[int] = field(default_factory=list)
 
 
-def read_param_source(outputs: Path, number: int, file: str, key: str, version: int | None) -> ParamValue | None:
-    path = outputs / f"stage{number}" / file
-    if not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))[key]
-    except (ValueError, KeyError, TypeError):
-        raise KernelgenError(f"{path}: no {key!r} in this JSON file") from None
-    where = f"from stage {number}" + (f", version {version}" if version is not None else "")
-    return ParamValue(key, value, where)
+def chained_params(
+    pipeline: Pipeline, state: ChainState, outputs: Path, number: int, *, required: bool
+) -> list[ParamValue]:
+    """Parameters of stage `number` taken from other stages' downloaded outputs.
+
+    A missing output file is an error when `required`, and skipped otherwise
+    (a single push then keeps the stage's own value).
+    """
+    found = []
+    for name, ref in pipeline.stage(number).params_from.items():
+        path = outputs / f"stage{ref.stage}" / ref.file
+        if not path.is_file():
+            if required:
+                raise KernelgenError(f"stage {number} needs {path} from stage {ref.stage}, which is missing")
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))[ref.key]
+        except (ValueError, KeyError, TypeError):
+            raise KernelgenError(f"{path}: no {ref.key!r} in this JSON file") from None
+        record = state.stages.get(ref.stage)
+        version = f", version {record.version}" if record and record.version is not None else ""
+        found.append(ParamValue(name, value, f"from stage {ref.stage}{version}"))
+    return found
 
 
 class Chain:
@@ -150,13 +163,7 @@ class Chain:
 
     # -- one stage ---------------------------------------------------------------------
     def _render(self, number: int) -> RenderedKernel:
-        extra = []
-        for name, ref in self.pipeline.stage(number).params_from.items():
-            record = self.state.stages.get(ref.stage)
-            value = read_param_source(self.outputs, ref.stage, ref.file, ref.key, record.version if record else None)
-            if value is None:
-                raise KernelgenError(f"stage {number} needs {ref.file} from stage {ref.stage}, which is missing")
-            extra.append(ParamValue(name, value.value, value.source))
+        extra = chained_params(self.pipeline, self.state, self.outputs, number, required=True)
         return self.project.render(
             [number], username=self.username, profile=self.profile, sets=self._sets_for(number), extra={number: extra}
         )[0]

@@ -9,6 +9,7 @@ All inlined code shares one namespace, so a top-level name defined twice is refu
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def read_unit(module: str, stages_root: Path, stage: int) -> SourceUnit:
             drop.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     lines = text.splitlines(keepends=True)
     kept = "".join(line for number, line in enumerate(lines, start=1) if number not in drop)
+    kept = re.sub(r"\n{4,}", "\n\n\n", kept)  # no wider gaps where imports were
     return SourceUnit(
         module=module,
         path=path,

@@ -19,10 +19,9 @@ from kernelgen.backends.base import (
     PushResult,
     RunStatus,
 )
-from kernelgen.chain import read_param_source
+from kernelgen.chain import chained_params
 from kernelgen.datasets import build_dataset, files_digest
 from kernelgen.errors import BackendError, KernelgenError
-from kernelgen.params import ParamValue
 from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
 from kernelgen.project import Project
 from kernelgen.render import write_kernels
@@ -60,16 +59,6 @@ def open_backend(project: Project, workdir: Path, *, local: bool, jobs: int = 2)
     return KaggleBackend()
 
 
-def _extra_params(project: Project, workdir: Path, state: ChainState, number: int) -> list[ParamValue]:
-    found = []
-    for name, ref in project.pipeline.stage(number).params_from.items():
-        record = state.stages.get(ref.stage)
-        value = read_param_source(workdir / "outputs", ref.stage, ref.file, ref.key, record.version if record else None)
-        if value is not None:
-            found.append(ParamValue(name, value.value, value.source))
-    return found
-
-
 def push_stage(
     project: Project,
     backend: Backend,
@@ -84,7 +73,7 @@ def push_stage(
     state = ChainState.load(workdir / "state.json", backend.name)
     kernel = project.render(
         [number], username=username, profile=profile, sets=sets,
-        extra={number: _extra_params(project, workdir, state, number)},
+        extra={number: chained_params(project.pipeline, state, workdir / "outputs", number, required=False)},
     )[0]
     folder = write_kernels([kernel], workdir / "kernels")[0]
     pushed = backend.push(folder)

@@ -20,11 +20,16 @@ from kernelgen.backends.base import (
 
 
 class FakeClock:
+    """A clock that only moves when something sleeps on it; call it, or use `.clock`."""
+
     def __init__(self) -> None:
         self.now = 0.0
         self.sleeps: list[float] = []
 
     def __call__(self) -> float:
+        return self.now
+
+    def clock(self) -> float:
         return self.now
 
     def sleep(self, seconds: float) -> None:

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kaggle_standin import (
+
+from kernelgen.backends.base import DatasetStatus, RunStatus
+from kernelgen.backends.kaggle import KaggleBackend, log_text
+from kernelgen.errors import AuthError, BackendError, PollTimeoutError
+from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
+from kernelgen.retry import RetryPolicy
+from tests.fakes import FakeClock
+from tests.kaggle_standin import (
     DatasetScript,
     ExecutedKernel,
     Fault,
@@ -18,31 +25,10 @@ from kaggle_standin import (
     use_standin,
 )
 
-from kernelgen.backends.base import DatasetStatus, RunStatus
-from kernelgen.backends.kaggle import KaggleBackend, log_text
-from kernelgen.errors import AuthError, BackendError, PollTimeoutError
-from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
-from kernelgen.retry import RetryPolicy
-
 USER = "alice"
 KEY = "planted-Key-7f3a9c1e5b2d"
 KERNEL = f"{USER}/stage-one-kernel"
 DATASET = f"{USER}/stage1-outputs"
-
-
-class FakeTime:
-    """A clock that only moves when something sleeps on it."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def many_files_executor(pushed: PushedKernel) -> ExecutedKernel:
@@ -57,8 +43,8 @@ def many_files_executor(pushed: PushedKernel) -> ExecutedKernel:
 
 
 @pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
+def fake_time() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -75,7 +61,7 @@ def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KaggleS
 
 
 @pytest.fixture
-def backend(fake_time: FakeTime) -> KaggleBackend:
+def backend(fake_time: FakeClock) -> KaggleBackend:
     return KaggleBackend(
         sleep=fake_time.sleep,
         clock=fake_time.clock,
@@ -141,7 +127,7 @@ def complete_kernel(backend: KaggleBackend, tmp_path: Path) -> None:
 
 
 def test_push_status_output_through_the_official_client(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     pushed = backend.push(make_kernel(tmp_path / "kernel"))
     assert (pushed.kernel, pushed.version) == (KERNEL, 1)
@@ -222,7 +208,7 @@ def test_cancelled_runs_map_to_cancelled(
 
 
 def test_a_kernel_stuck_in_running_times_out(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     standin.script_kernel(KERNEL, KernelScript(stuck=True))
     backend.push(make_kernel(tmp_path / "kernel"))
@@ -236,7 +222,7 @@ def test_a_kernel_stuck_in_running_times_out(
 
 
 def test_publish_creates_then_versions_and_skips_folders(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     folder = make_dataset(tmp_path / "ds")
     (folder / "nested").mkdir()
@@ -266,7 +252,7 @@ def test_publish_creates_then_versions_and_skips_folders(
 
 
 def test_dataset_processing_then_ready(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     standin.script_dataset(DATASET, DatasetScript(processing_polls=3))
     backend.publish(make_dataset(tmp_path / "ds"))
@@ -289,7 +275,7 @@ def test_a_new_version_waits_for_the_last_to_finish_processing(
 
 
 def test_failed_dataset_processing_is_an_error(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     standin.script_dataset(DATASET, DatasetScript(fail=True))
     backend.publish(make_dataset(tmp_path / "ds"))
@@ -356,7 +342,7 @@ def test_submitting_a_missing_output_is_refused_once(
 
 
 def test_429_waits_as_long_as_retry_after_says(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     backend.push(make_kernel(tmp_path / "kernel"))
     standin.inject("GetKernelSessionStatus", Fault.rate_limited(7))
@@ -366,7 +352,7 @@ def test_429_waits_as_long_as_retry_after_says(
 
 
 def test_500_then_success_retries_with_backoff(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     standin.inject("SaveKernel", Fault.http(500), Fault.http(503))
     assert backend.push(make_kernel(tmp_path / "kernel")).version == 1
@@ -375,7 +361,7 @@ def test_500_then_success_retries_with_backoff(
 
 
 def test_jitter_shortens_the_backoff(standin: KaggleStandIn, tmp_path: Path) -> None:
-    time = FakeTime()
+    time = FakeClock()
     backend = KaggleBackend(
         sleep=time.sleep,
         clock=time.clock,
@@ -389,7 +375,7 @@ def test_jitter_shortens_the_backoff(standin: KaggleStandIn, tmp_path: Path) -> 
 
 
 def test_a_dropped_connection_is_retried(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     complete_kernel(backend, tmp_path)
     standin.inject("ListKernelSessionOutput", Fault.dropped())
@@ -401,7 +387,7 @@ def test_a_dropped_connection_is_retried(
 
 
 def test_a_push_whose_answer_is_lost_is_not_pushed_twice(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     standin.inject("SaveKernel", Fault.dropped(after_processing=True))
     result = backend.push(make_kernel(tmp_path / "kernel"))
@@ -437,7 +423,7 @@ def test_a_push_refused_before_processing_is_pushed_once_on_retry(
 
 @pytest.mark.parametrize("status", [400, 404])
 def test_client_errors_are_not_retried(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path, status: int
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path, status: int
 ) -> None:
     standin.inject("SaveKernel", Fault.http(status, "no such thing"))
     with pytest.raises(BackendError, match=f"push {KERNEL}: HTTP {status}: no such thing") as info:
@@ -448,7 +434,7 @@ def test_client_errors_are_not_retried(
 
 
 def test_retries_are_bounded_in_attempts(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     backend.push(make_kernel(tmp_path / "kernel"))
     standin.inject("GetKernelSessionStatus", *[Fault.http(500)] * 10)
@@ -459,7 +445,7 @@ def test_retries_are_bounded_in_attempts(
 
 
 def test_retries_are_bounded_in_time(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     backend.push(make_kernel(tmp_path / "kernel"))
     standin.inject("GetKernelSessionStatus", Fault.rate_limited(60), Fault.rate_limited(60))
@@ -469,7 +455,7 @@ def test_retries_are_bounded_in_time(
 
 
 def test_a_submission_is_not_repeated_after_an_ambiguous_failure(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     complete_kernel(backend, tmp_path)
     standin.inject("CreateCodeSubmission", Fault.http(500, after_processing=True))
@@ -485,7 +471,7 @@ def test_a_submission_is_not_repeated_after_an_ambiguous_failure(
 
 
 def test_an_unreachable_server_is_retried_even_for_a_submission(
-    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeTime, tmp_path: Path
+    standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     complete_kernel(backend, tmp_path)
     standin.stop()  # connections are now refused: the request cannot have been processed
@@ -502,7 +488,7 @@ def test_a_refused_key_is_an_auth_error_and_not_retried(
     standin: KaggleStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     use_standin(monkeypatch, standin, username=USER, key="wrong-" + KEY)
-    time = FakeTime()
+    time = FakeClock()
     backend = KaggleBackend(sleep=time.sleep, clock=time.clock)
     with pytest.raises(AuthError, match="HTTP 401") as info:
         backend.push(make_kernel(tmp_path / "kernel"))

@@ -12,19 +12,7 @@ from hypothesis import strategies as st
 from kernelgen.backends.base import DatasetStatus, KernelState, RunStatus
 from kernelgen.errors import BackendError, PollTimeoutError
 from kernelgen.polling import max_polls, poll_until, wait_dataset_ready, wait_kernel_finished
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 class Sequence:
@@ -65,7 +53,7 @@ class FakeBackend:
 
 
 def test_returns_the_first_accepted_value_without_waiting_first() -> None:
-    time = FakeTime()
+    time = FakeClock()
     fetch = Sequence(["a", "b", "done", "never"])
     assert (
         poll_until(
@@ -85,7 +73,7 @@ def test_returns_the_first_accepted_value_without_waiting_first() -> None:
 
 
 def test_intervals_grow_to_the_cap() -> None:
-    time = FakeTime()
+    time = FakeClock()
     fetch = Sequence([0] * 7 + [1])
     poll_until(
         fetch,
@@ -101,7 +89,7 @@ def test_intervals_grow_to_the_cap() -> None:
 
 
 def test_timeout_names_what_was_polled_and_for_how_long() -> None:
-    time = FakeTime()
+    time = FakeClock()
     fetch = Sequence(["running"])
     with pytest.raises(PollTimeoutError) as info:
         poll_until(
@@ -124,7 +112,7 @@ def test_timeout_names_what_was_polled_and_for_how_long() -> None:
 
 
 def test_on_poll_sees_every_value_and_the_elapsed_time() -> None:
-    time = FakeTime()
+    time = FakeClock()
     seen: list[tuple[object, float]] = []
     poll_until(
         Sequence(["q", "r", "c"]),
@@ -159,7 +147,7 @@ def test_a_sleep_that_does_not_move_the_clock_still_ends() -> None:
 
 
 def test_a_zero_timeout_polls_once() -> None:
-    time = FakeTime()
+    time = FakeClock()
     fetch = Sequence([False])
     with pytest.raises(PollTimeoutError):
         poll_until(fetch, bool, timeout=0, clock=time.clock, sleep=time.sleep)
@@ -185,7 +173,7 @@ def test_rejects_settings_that_would_never_end(kwargs: dict[str, float]) -> None
 def test_calls_are_bounded_and_waits_never_pass_the_deadline(
     timeout: float, initial: float, factor: float, cap: float
 ) -> None:
-    time = FakeTime()
+    time = FakeClock()
     fetch = Sequence([False])
     with pytest.raises(PollTimeoutError):
         poll_until(
@@ -208,7 +196,7 @@ def test_a_two_hour_kernel_wait_makes_few_calls() -> None:
 
 
 def test_wait_dataset_ready_polls_until_ready() -> None:
-    time = FakeTime()
+    time = FakeClock()
     backend = FakeBackend(dataset=[DatasetStatus.PROCESSING] * 3 + [DatasetStatus.READY])
     status = wait_dataset_ready(
         backend, "alice/stage1", timeout=600, clock=time.clock, sleep=time.sleep
@@ -219,14 +207,14 @@ def test_wait_dataset_ready_polls_until_ready() -> None:
 
 
 def test_wait_dataset_ready_raises_on_failed_processing() -> None:
-    time = FakeTime()
+    time = FakeClock()
     backend = FakeBackend(dataset=[DatasetStatus.PROCESSING, DatasetStatus.ERROR])
     with pytest.raises(BackendError, match="dataset alice/stage2: processing"):
         wait_dataset_ready(backend, "alice/stage2", timeout=600, clock=time.clock, sleep=time.sleep)
 
 
 def test_wait_dataset_ready_times_out() -> None:
-    time = FakeTime()
+    time = FakeClock()
     backend = FakeBackend(dataset=[DatasetStatus.PROCESSING])
     with pytest.raises(PollTimeoutError, match="dataset alice/stage4 did not finish within 5m 00s"):
         wait_dataset_ready(backend, "alice/stage4", timeout=300, clock=time.clock, sleep=time.sleep)
@@ -234,7 +222,7 @@ def test_wait_dataset_ready_times_out() -> None:
 
 
 def test_wait_kernel_finished_returns_the_final_state() -> None:
-    time = FakeTime()
+    time = FakeClock()
     backend = FakeBackend(kernel=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.ERROR])
     progress: list[RunStatus] = []
     state = wait_kernel_finished(

@@ -50,6 +50,16 @@ def _versions(folder: Path) -> list[int]:
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
 
 
+def _pick_version(folder: Path, ref: str, what: str) -> Path:
+    """The folder of `owner/slug/N`, or of the latest version for `owner/slug`."""
+    parts = ref.split("/")
+    versions = _versions(folder)
+    version = int(parts[2]) if len(parts) > 2 else (versions[-1] if versions else None)
+    if version is None or version not in versions:
+        raise BackendError(f"{what} {ref} does not exist in the local store")
+    return folder / str(version)
+
+
 class LocalBackend:
     """Runs pushed notebooks here; `competition_dirs` maps competition slugs to data folders."""
 
@@ -82,15 +92,15 @@ class LocalBackend:
         return self.store / "datasets" / owner / slug
 
     def _run_dir(self, kernel: str) -> Path:
-        """The run of `owner/slug/version`, or of the latest version for `owner/slug`."""
-        parts = kernel.split("/")
-        versions = _versions(self._kernel_dir(kernel))
-        if not versions:
-            raise BackendError(f"kernel {kernel} has never been pushed")
-        version = int(parts[2]) if len(parts) > 2 else versions[-1]
-        if version not in versions:
-            raise BackendError(f"kernel {kernel}: no such version")
-        return self._kernel_dir(kernel) / str(version)
+        return _pick_version(self._kernel_dir(kernel), kernel, "kernel")
+
+    def _new_version(self, base: Path) -> tuple[int, Path]:
+        """Reserve the next version folder under `base`."""
+        with self._lock:
+            version = (_versions(base) or [0])[-1] + 1
+            folder = base / str(version)
+            folder.mkdir(parents=True)
+        return version, folder
 
     def _mount(self, root: Path, meta: dict) -> None:
         inputs = root / "input"
@@ -100,22 +110,13 @@ class LocalBackend:
                 raise BackendError(f"no local data for competition {slug!r}")
             (inputs / slug).symlink_to(self.competition_dirs[slug].resolve(), target_is_directory=True)
         for ref in meta.get("dataset_sources", []):
-            parts = ref.split("/")
-            folder = self._dataset_dir(ref)
-            versions = _versions(folder)
-            version = int(parts[2]) if len(parts) > 2 else (versions[-1] if versions else None)
-            if version is None or version not in versions:
-                raise BackendError(f"dataset {ref} does not exist in {self.store}")
-            (inputs / parts[1]).symlink_to((folder / str(version)).resolve(), target_is_directory=True)
+            folder = _pick_version(self._dataset_dir(ref), ref, "dataset")
+            (inputs / ref.split("/")[1]).symlink_to(folder, target_is_directory=True)
 
     def push(self, folder: Path) -> PushResult:
         meta = _read_json(folder / "kernel-metadata.json")
         kernel = meta["id"]
-        with self._lock:
-            base = self._kernel_dir(kernel)
-            version = (_versions(base) or [0])[-1] + 1
-            run_dir = base / str(version)
-            run_dir.mkdir(parents=True)
+        version, run_dir = self._new_version(self._kernel_dir(kernel))
         shutil.copytree(folder, run_dir / "kernel")
         root = run_dir / "root"
         try:
@@ -168,11 +169,7 @@ class LocalBackend:
     def publish(self, folder: Path) -> PublishResult:
         meta = _read_json(folder / "dataset-metadata.json")
         dataset = meta["id"]
-        with self._lock:
-            base = self._dataset_dir(dataset)
-            version = (_versions(base) or [0])[-1] + 1
-            target = base / str(version)
-            target.mkdir(parents=True)
+        version, target = self._new_version(self._dataset_dir(dataset))
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name != "dataset-metadata.json":
                 shutil.copy2(path, target / path.name)
@@ -182,8 +179,7 @@ class LocalBackend:
         return DatasetStatus.READY if _versions(self._dataset_dir(dataset)) else DatasetStatus.ERROR
 
     def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
-        run_dir = self._kernel_dir(kernel) / str(version)
-        output = run_dir / "root" / "working" / file_name
+        output = self._run_dir(f"{kernel}/{version}") / "root" / "working" / file_name
         if not output.is_file():
             raise BackendError(f"kernel {kernel} version {version} has no output {file_name}")
         record = {"competition": competition, "kernel": kernel, "version": version, "file": file_name, "message": message}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.lib.csvtext import read_text_csv
 from stages.lib.errors import InputError
 
 SCORE_COLUMNS = ("ImageId", "allMissing")
@@ -31,15 +32,7 @@ def read_scores(
     for the error message.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: score file not found")
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: score file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a readable CSV ({detail})") from None
+    raw = read_text_csv(path, "score file")
     missing_columns = [c for c in SCORE_COLUMNS if c not in raw.columns]
     if missing_columns:
         raise InputError(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.lib.csvtext import read_text_csv
 from stages.lib.errors import InputError
 from stages.lib.rle import rle_runs
 
@@ -43,19 +44,6 @@ def _sub_where(path: Path, frame: pd.DataFrame, pos: int) -> str:
     """The file, line and (image, class) of row `pos`, to start an error message."""
     row = frame.iloc[pos]
     return f"{path}: line {pos + 2} (image {row['ImageId']!s}, class {row['ClassId']!s})"
-
-
-def _sub_read_table(path: Path) -> pd.DataFrame:
-    """The CSV as text columns, with file-level problems turned into InputError."""
-    if not path.is_file():
-        raise InputError(f"{path}: submission file not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: submission file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not a readable CSV ({detail})") from None
 
 
 def _sub_split_old(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
@@ -155,7 +143,7 @@ def _sub_first_rle_problem(rles: pd.Series, pixels: int) -> tuple[int, str] | No
 def read_submission(path: Path, shape: tuple[int, int] = SUBMISSION_SHAPE) -> Submission:
     """Read a submission in either format, refusing anything Kaggle's scorer would choke on."""
     path = Path(path)
-    raw = _sub_read_table(path)
+    raw = read_text_csv(path, "submission file")
     columns = tuple(str(c) for c in raw.columns)
     if set(columns) == set(SUBMISSION_COLUMNS_NEW) and len(columns) == 3:
         fmt, frame = "new", _sub_from_new(path, raw)

@@ -12,25 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stages.lib.csvtext import read_text_csv
 from stages.lib.errors import InputError
 from stages.lib.rle import MASK_SHAPE, rle_decode, rle_runs
 
 DEFECT_CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
 DEFECT_COLUMNS: tuple[str, ...] = ("ImageId", "ClassId", "EncodedPixels")
 _TRAINCSV_OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
-
-
-def _traincsv_table(path: Path) -> pd.DataFrame:
-    """Every cell of the file as text, empty cells as ""; unreadable files as InputError."""
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path}: file is empty; expected a train.csv header") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: not a readable CSV ({reason})") from None
 
 
 def _traincsv_error(path: Path, row: int, message: str) -> InputError:
@@ -62,7 +50,7 @@ def _traincsv_split_keys(path: Path, table: pd.DataFrame) -> tuple[pd.Series, pd
 def _traincsv_load(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
     """The defect frame and, for the old format, every image id in file order."""
     path = Path(path)
-    table = _traincsv_table(path)
+    table = read_text_csv(path, "file")
     columns = set(table.columns)
     if set(DEFECT_COLUMNS) <= columns:
         images = table["ImageId"].astype(str).str.strip()
