@@ -218,6 +218,7 @@ class Chain:
         if state.status is RunStatus.COMPLETE:
             self._collect(number)
             live.ended = now
+            self._report(now)
             self._after_complete(number)
         elif state.status.finished:
             self._collect(number)
@@ -288,6 +289,10 @@ class Chain:
         if self.reporter:
             self.reporter.message(text)
 
+    def _report(self, now: float) -> None:
+        if self.reporter:
+            self.reporter.update(self._rows(now))
+
     def _rows(self, now: float) -> list[StageRow]:
         rows = []
         for number, live in self.live.items():
@@ -324,8 +329,7 @@ class Chain:
                     self._start(number, now)
                     if live.status in (RunStatus.QUEUED.value, RunStatus.RUNNING.value):
                         active.append(number)
-            if self.reporter:
-                self.reporter.update(self._rows(now))
+            self._report(now)
             waiting = [n for n, lv in self.live.items() if lv.status == WAITING]
             processing = [s for s, r in self.state.datasets.items() if r.status == DatasetStatus.PROCESSING.value]
             if not active and not processing:
@@ -345,8 +349,7 @@ class Chain:
             if processing:
                 wake = min(wake, now + self.policy.initial)
             self.sleep(max(wake - now, 0.0))
-        if self.reporter:
-            self.reporter.update(self._rows(self.clock()))
+        self._report(self.clock())
         return self._finish(selected, submit=submit, competition=competition)
 
     def _finish(self, selected: list[int], *, submit: bool, competition: str | None) -> ChainResult:
