@@ -136,7 +136,10 @@ class Chain:
         if number in self.live:
             return self.live[number].status in (RunStatus.COMPLETE.value, SKIPPED)
         record = self.state.stages.get(number)
-        return bool(record and record.status == RunStatus.COMPLETE.value and (self.outputs / f"stage{number}").is_dir())
+        return bool(record and record.status == RunStatus.COMPLETE.value and self._has_outputs(number))
+
+    def _has_outputs(self, number: int) -> bool:
+        return (self.outputs / f"stage{number}").is_dir()
 
     def _dataset_ready(self, slug: str) -> bool:
         spec = self.pipeline.datasets[slug]
@@ -183,7 +186,7 @@ class Chain:
         key = self._key(kernel)
         record = self.state.stage(number)
         record.params = {p.name: p.value for p in kernel.params}
-        if record.key == key and record.status == RunStatus.COMPLETE.value and (self.outputs / f"stage{number}").is_dir():
+        if record.key == key and record.status == RunStatus.COMPLETE.value and self._has_outputs(number):
             live.status = SKIPPED
             live.version = record.version
             self._note(f"stage {number}: unchanged since version {record.version}, skipped")
