@@ -16,13 +16,11 @@ import nbformat
 import pytest
 
 from kernelgen.config import Config
-from kernelgen.errors import RenderError, StageRunError
+from kernelgen.errors import StageRunError
 from kernelgen.execute import execute_notebook, kernel_env
-from kernelgen.inline import collect_units
 from kernelgen.pipeline import load_pipeline
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel
-from kernelgen.resources import stages_dir
 from kernelgen.runner import run_module, run_notebook
 from kernelgen.validate import kernel_slug
 
@@ -179,16 +177,6 @@ def stage3_root(folder: Path) -> Path:
     return folder
 
 
-def require_stage(stage: int) -> None:
-    spec = load_pipeline().stage(stage)
-    try:
-        collect_units(spec.module, stages_dir(), stage)
-    except RenderError as exc:
-        if "not found at" in str(exc):
-            pytest.skip(f"stage {stage} or a library module it uses does not exist yet: {exc}")
-        raise
-
-
 # --- run_module and promotion -------------------------------------------------------------
 
 
@@ -256,7 +244,6 @@ def test_failing_notebook_run_leaves_working_untouched(tmp_path: Path) -> None:
 def compare_runs(
     stage: int, make_root, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, bytes]:
-    require_stage(stage)
     monkeypatch.chdir(tmp_path)
     by_module = make_root(tmp_path / "module")
     by_notebook = make_root(tmp_path / "notebook")

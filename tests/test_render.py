@@ -20,11 +20,9 @@ from slugify import slugify
 from kernelgen import render as render_module
 from kernelgen.config import Config
 from kernelgen.errors import MetadataError, RenderError
-from kernelgen.inline import collect_units
 from kernelgen.pipeline import load_pipeline
 from kernelgen.project import Project
 from kernelgen.render import METADATA_FILE, RenderedKernel, write_kernels
-from kernelgen.resources import stages_dir
 from kernelgen.templating import comment, pyliteral
 
 USER = "tester"
@@ -36,19 +34,7 @@ def project(config: Config | None = None) -> Project:
     return Project(pipeline=load_pipeline(), config=config or Config())
 
 
-def require_renderable(stage: int) -> None:
-    """Skip when the stage module or a library module it imports has not been written yet."""
-    spec = load_pipeline().stage(stage)
-    try:
-        collect_units(spec.module, stages_dir(), stage)
-    except RenderError as exc:
-        if "not found at" in str(exc):
-            pytest.skip(f"stage {stage} cannot be rendered yet: {exc}")
-        raise
-
-
 def render_one(stage: int, **kwargs: object) -> RenderedKernel:
-    require_renderable(stage)
     config = kwargs.pop("config", None)
     return project(config).render([stage], username=USER, **kwargs)[0]  # type: ignore[arg-type]
 
@@ -99,7 +85,6 @@ def test_different_parameters_give_a_different_digest() -> None:
 
 
 def test_different_user_changes_only_the_metadata() -> None:
-    require_renderable(5)
     mine, yours = (project().render([5], username=u)[0] for u in ("first-user", "second-user"))
     assert mine.files[mine.code_file] == yours.files[yours.code_file]
     assert mine.files[METADATA_FILE] != yours.files[METADATA_FILE]
@@ -233,8 +218,6 @@ def test_no_pip_cell_without_pip_requirements(stage: int) -> None:
 
 
 def test_stage4_pip_cell() -> None:
-    if not (stages_dir() / "stage4_segmentation.py").is_file():
-        pytest.skip("stages/stage4_segmentation.py does not exist yet")
     notebook = notebook_of(render_one(4))
     pip_cells = [s for s in code_cells(notebook) if PIP_INSTALL in s]
     assert len(pip_cells) == 1
