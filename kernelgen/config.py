@@ -19,17 +19,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kernelgen.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from kernelgen.tomlfile import read_toml
 
 CONFIG_FILE = "kernelgen.toml"
 BUILTIN_PROFILES = ("full", "smoke")
@@ -94,14 +89,8 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", source=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=path) from None
+def _read_config(path: Path) -> dict[str, Any]:
+    return read_toml(path, lambda message: ConfigError(message, source=path))
 
 
 def load_config(explicit: Path | None = None, start: Path | None = None) -> Config:
@@ -109,17 +98,17 @@ def load_config(explicit: Path | None = None, start: Path | None = None) -> Conf
     if explicit is not None:
         if not explicit.is_file():
             raise ConfigError("config file not found", source=explicit)
-        raw = _read_toml(explicit)
+        raw = _read_config(explicit)
         if explicit.name == "pyproject.toml":
             raw = raw.get("tool", {}).get("kernelgen", {})
         return parse_config(raw, explicit)
     folder = start or Path.cwd()
     own = folder / CONFIG_FILE
     if own.is_file():
-        return parse_config(_read_toml(own), own)
+        return parse_config(_read_config(own), own)
     pyproject = folder / "pyproject.toml"
     if pyproject.is_file():
-        section = _read_toml(pyproject).get("tool", {}).get("kernelgen")
+        section = _read_config(pyproject).get("tool", {}).get("kernelgen")
         if section is not None:
             return parse_config(section, pyproject)
     return Config()

@@ -7,7 +7,6 @@ another stage's output); nothing states a dependency twice.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,11 +15,7 @@ from typing import Any
 
 from kernelgen.errors import MetadataError, UnknownStageError
 from kernelgen.resources import metadata_dir
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from kernelgen.tomlfile import read_toml
 
 _STAGE_FILE = re.compile(r"^stage(\d+)\.toml$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
@@ -170,11 +165,7 @@ def _str_list(value: list[Any], key: str, where: Path) -> tuple[str, ...]:
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise MetadataError(f"invalid TOML: {exc}", where=path) from None
+    return read_toml(path, lambda message: MetadataError(message, where=path))
 
 
 def _parse_stage(path: Path, number: int) -> StageSpec:
