@@ -127,7 +127,7 @@ class Chain:
         self.policy = policy or PollPolicy()
         self.clock = clock
         self.sleep = sleep
-        self.state = ChainState.load(workdir / "state.json", backend.name)
+        self.state = ChainState.open(self.workdir, backend.name)
         self.live: dict[int, _Live] = {}
         self.routed = project.overrides(self.sets, list(self.pipeline.stages))
 
@@ -199,8 +199,7 @@ class Chain:
         else:
             folder = write_kernels([kernel], self.workdir / "kernels")[0]
             pushed = self.backend.push(folder)
-            record.key, record.kernel, record.version = key, pushed.kernel, pushed.version
-            record.status, record.url, record.message, record.outputs = RunStatus.QUEUED.value, pushed.url, "", ""
+            record.mark_pushed(key=key, kernel=pushed.kernel, version=pushed.version, url=pushed.url)
             self.state.save()
             live.status, live.version = RunStatus.QUEUED.value, pushed.version
             self._note(f"stage {number}: pushed {pushed.kernel} version {pushed.version} {pushed.url}")

@@ -17,7 +17,6 @@ from kernelgen.backends.base import (
     KernelState,
     PublishResult,
     PushResult,
-    RunStatus,
 )
 from kernelgen.chain import chained_params
 from kernelgen.datasets import build_dataset, files_digest
@@ -70,7 +69,7 @@ def push_stage(
     sets: Iterable[str] = (),
 ) -> PushResult:
     """Render, validate and push one stage; record it so `status` and `chain` see it."""
-    state = ChainState.load(workdir / "state.json", backend.name)
+    state = ChainState.open(workdir, backend.name)
     kernel = project.render(
         [number], username=username, profile=profile, sets=sets,
         extra={number: chained_params(project.pipeline, state, workdir / "outputs", number, required=False)},
@@ -78,8 +77,7 @@ def push_stage(
     folder = write_kernels([kernel], workdir / "kernels")[0]
     pushed = backend.push(folder)
     record = state.stage(number)
-    record.key, record.kernel, record.version = "", pushed.kernel, pushed.version
-    record.status, record.url, record.message = RunStatus.QUEUED.value, pushed.url, ""
+    record.mark_pushed(key="", kernel=pushed.kernel, version=pushed.version, url=pushed.url)
     record.params = {p.name: p.value for p in kernel.params}
     state.save()
     return pushed
@@ -95,7 +93,7 @@ def wait_stage(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> KernelState:
-    state = ChainState.load(workdir / "state.json", backend.name)
+    state = ChainState.open(workdir, backend.name)
     record = state.stages.get(number)
     if record is None or not record.kernel:
         raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
@@ -106,7 +104,7 @@ def wait_stage(
 
 
 def fetch_output(backend: Backend, workdir: Path, number: int, out: Path | None = None) -> tuple[Path, KernelOutput]:
-    state = ChainState.load(workdir / "state.json", backend.name)
+    state = ChainState.open(workdir, backend.name)
     record = state.stages.get(number)
     if record is None or not record.kernel:
         raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
@@ -129,7 +127,7 @@ class StatusRow:
 
 def stage_status(project: Project, backend: Backend, workdir: Path, stages: Iterable[int]) -> list[StatusRow]:
     """Each stage's latest known state, asking the backend about those that were pushed."""
-    state = ChainState.load(workdir / "state.json", backend.name)
+    state = ChainState.open(workdir, backend.name)
     rows = []
     changed = False
     for number in stages:
@@ -170,7 +168,7 @@ def publish_dataset(
     spec = project.pipeline.datasets[slug]
     outputs = workdir / "outputs"
     folder = build_dataset(spec, outputs, workdir / "datasets", username=username)
-    state = ChainState.load(workdir / "state.json", backend.name)
+    state = ChainState.open(workdir, backend.name)
     published = backend.publish(folder)
     record = state.dataset(slug)
     record.digest, record.dataset, record.status = files_digest(spec, outputs), published.dataset, "processing"

@@ -12,9 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernelgen.backends.base import RunStatus
 from kernelgen.errors import KernelgenError
 
 STATE_VERSION = 1
+STATE_FILE = "state.json"
 
 
 @dataclass
@@ -27,6 +29,11 @@ class StageRecord:
     outputs: str = ""
     message: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+
+    def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str) -> None:
+        """A new version was pushed: forget the last run's status, message and outputs."""
+        self.key, self.kernel, self.version, self.url = key, kernel, version, url
+        self.status, self.message, self.outputs = RunStatus.QUEUED.value, "", ""
 
     @property
     def ref(self) -> str:
@@ -69,6 +76,11 @@ class ChainState:
                 f"{path}: this work folder belongs to the {state.backend} backend; use another --workdir"
             )
         return state
+
+    @classmethod
+    def open(cls, workdir: Path, backend: str) -> ChainState:
+        """The state of work folder `workdir`, empty when it has none yet."""
+        return cls.load(workdir / STATE_FILE, backend)
 
     def stage(self, number: int) -> StageRecord:
         return self.stages.setdefault(number, StageRecord())
