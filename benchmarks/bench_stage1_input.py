@@ -29,8 +29,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from _timing import best_of  # noqa: E402
 
-from kernelgen.synth import generate  # noqa: E402
 from stages.lib.classifier import classifier_image_dataset  # noqa: E402
+from stages.synth import generate  # noqa: E402
 
 IMAGE_SIZE = 256
 BATCH_SIZE = 32

@@ -43,7 +43,6 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from _timing import best_of  # noqa: E402
 
-from kernelgen.synth import generate  # noqa: E402
 from stages.lib.segdata import (  # noqa: E402
     SteelSegDataset,
     seg_defects_by_image,
@@ -60,6 +59,7 @@ from stages.stage4_segmentation import (  # noqa: E402
     seg_make_loader,
     seg_train_epoch,
 )
+from stages.synth import generate  # noqa: E402
 
 
 class OriginalStyleDataset(Dataset):

@@ -27,7 +27,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from _timing import best_of  # noqa: E402
 
-from stages.lib.layout import Layout  # noqa: E402
+from kernelgen.runtime.layout import Layout  # noqa: E402
 from stages.lib.submission import Submission, write_submission  # noqa: E402
 from stages.stage3_threshold import Params as Stage3Params  # noqa: E402
 from stages.stage3_threshold import choose_threshold, threshold_sweep  # noqa: E402

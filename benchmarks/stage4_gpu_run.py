@@ -21,11 +21,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernelgen.synth import generate
-from stages.lib.layout import Layout
+from kernelgen.runtime import Layout
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.submission import read_submission
 from stages.stage4_segmentation import Params, run
+from stages.synth import generate
 
 
 def main() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,27 @@ config_option = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     help="Config file (default: ./kernelgen.toml, else [tool.kernelgen] in ./pyproject.toml).",
 )
+project_dir_option = click.option(
+    "--project",
+    "project_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Project folder with kernel-metadata/ (default: the config's pipeline, else the current "
+    "folder when it has kernel-metadata/, else the bundled Severstal pipeline).",
+)
+
+
+def with_project(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Adds --project and --config and hands the command the loaded `project`."""
+
+    @config_option
+    @project_dir_option
+    @functools.wraps(command)
+    def wrapper(*args: Any, config_path: Path | None, project_dir: Path | None, **kwargs: Any) -> Any:
+        return command(*args, project=Project.load(config_path, project_dir), **kwargs)
+
+    return wrapper
+
+
 profile_option = click.option("--profile", help="Parameter profile: full (seed values), smoke (tiny), or one of yours.")
 set_option = click.option(
     "--set",
@@ -56,7 +79,7 @@ def main() -> None:
 @click.option("--user", help="Kaggle username owning the kernels (default: config, KAGGLE_USERNAME, kaggle.json).")
 @profile_option
 @set_option
-@config_option
+@with_project
 def render(
     stages: tuple[int, ...],
     all_stages: bool,
@@ -64,13 +87,12 @@ def render(
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
-    config_path: Path | None,
+    project: Project,
 ) -> None:
     """Render kernels: OUT/stageN/kernel-metadata.json and the notebook it names.
 
     Everything is validated as the Kaggle client would before anything is written.
     """
-    project = Project.load(config_path)
     if all_stages == bool(stages):
         raise click.UsageError("give --stage N (repeatable) or --all")
     chosen = list(project.pipeline.stages) if all_stages else list(stages)
@@ -91,7 +113,7 @@ def render(
 @click.option("--timeout", type=int, default=None, help="With --notebook: seconds a cell may run.")
 @profile_option
 @set_option
-@config_option
+@with_project
 def run(
     stage: int,
     root: Path,
@@ -99,26 +121,38 @@ def run(
     timeout: int | None,
     profile: str | None,
     sets: tuple[str, ...],
-    config_path: Path | None,
+    project: Project,
 ) -> None:
     """Run one stage here against a Kaggle-shaped folder."""
-    project = Project.load(config_path)
     working = project.run(stage, root, profile=profile, sets=sets, notebook=notebook, timeout=timeout)
     click.echo(f"stage {stage}: outputs in {working}")
 
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Folder to create.")
-@click.option("--train", "n_train", type=click.IntRange(min=1), default=48, show_default=True, help="Train images.")
-@click.option("--test", "n_test", type=click.IntRange(min=1), default=16, show_default=True, help="Test images.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed; the same seed gives the same bytes.")
-@click.option("--format", "fmt", type=click.Choice(["new", "old"]), default="new", show_default=True, help="train.csv format.")
-def synth(out: Path, n_train: int, n_test: int, seed: int, fmt: str) -> None:
-    """Make synthetic Severstal-shaped data: OUT/input/<competition>/ and hidden test truth in OUT/truth/."""
-    from kernelgen.synth import generate
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A generator option (for the bundled pipeline: n_train, n_test, seed, fmt, height, width). Repeatable.",
+)
+@with_project
+def synth(out: Path, sets: tuple[str, ...], project: Project) -> None:
+    """Make local competition data with the pipeline's generator: OUT/input/<competition>/.
 
-    dataset = generate(out, n_train=n_train, n_test=n_test, seed=seed, fmt=fmt)
-    click.echo(f"competition data in {dataset.competition_dir}; test truth in {dataset.test_truth}")
+    The generator and its default options are declared in kernel-metadata/pipeline.toml.
+    """
+    from kernelgen.localdata import generate_data
+    from kernelgen.params import parse_overrides
+
+    texts = {}
+    for item in parse_overrides(sets):
+        if item.stage is not None:
+            raise click.UsageError(f"--set {item.name}: generator options take no stage prefix")
+        texts[item.name] = item.text
+    generate_data(project.pipeline, out, texts)
+    click.echo(f"competition data in {out / 'input'}")
 
 
 workdir_option = click.option(
@@ -151,7 +185,7 @@ def _username(project: Project, user: str | None, local: bool) -> str:
 @set_option
 @workdir_option
 @local_option
-@config_option
+@with_project
 def push(
     stage: int,
     wait: bool,
@@ -161,13 +195,12 @@ def push(
     sets: tuple[str, ...],
     workdir: Path,
     local: bool,
-    config_path: Path | None,
+    project: Project,
 ) -> None:
     """Render, validate and push one stage's kernel; print its URL and version."""
     from kernelgen import operations as ops
     from kernelgen.progress import format_elapsed
 
-    project = Project.load(config_path)
     username = _username(project, user, local)
     project.render([stage], username=username, profile=profile, sets=sets)
     backend = ops.open_backend(project, workdir, local=local)
@@ -198,15 +231,14 @@ def push(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @workdir_option
 @local_option
-@config_option
-def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, config_path: Path | None) -> None:
+@with_project
+def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, project: Project) -> None:
     """A table of stages with their backend status and version."""
     import dataclasses
     import json
 
     from kernelgen import operations as ops
 
-    project = Project.load(config_path)
     chosen = [project.pipeline.stage(n).number for n in stages] or list(project.pipeline.stages)
     backend = ops.open_backend(project, workdir, local=local)
     rows = ops.stage_status(project, backend, workdir, chosen)
@@ -229,12 +261,11 @@ def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, c
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Folder (default: WORKDIR/outputs/stageN).")
 @workdir_option
 @local_option
-@config_option
-def output(stage: int, out: Path | None, workdir: Path, local: bool, config_path: Path | None) -> None:
+@with_project
+def output(stage: int, out: Path | None, workdir: Path, local: bool, project: Project) -> None:
     """Download a stage's output files and its whole log."""
     from kernelgen import operations as ops
 
-    project = Project.load(config_path)
     project.pipeline.stage(stage)
     backend = ops.open_backend(project, workdir, local=local)
     dest, fetched = ops.fetch_output(backend, workdir, stage, out)
@@ -247,12 +278,11 @@ def output(stage: int, out: Path | None, workdir: Path, local: bool, config_path
 @user_option
 @workdir_option
 @local_option
-@config_option
-def publish(dataset: str, no_wait: bool, user: str | None, workdir: Path, local: bool, config_path: Path | None) -> None:
+@with_project
+def publish(dataset: str, no_wait: bool, user: str | None, workdir: Path, local: bool, project: Project) -> None:
     """Build DATASET (stage1, stage2, stage4) from the stages' outputs and create or version it."""
     from kernelgen import operations as ops
 
-    project = Project.load(config_path)
     username = _username(project, user, local)
     backend = ops.open_backend(project, workdir, local=local)
     result = ops.publish_dataset(project, backend, workdir, dataset.lower(), username=username, wait=not no_wait)
@@ -269,7 +299,7 @@ def publish(dataset: str, no_wait: bool, user: str | None, workdir: Path, local:
 @profile_option
 @set_option
 @workdir_option
-@config_option
+@with_project
 def chain(
     local: bool,
     first: int | None,
@@ -280,14 +310,13 @@ def chain(
     profile: str | None,
     sets: tuple[str, ...],
     workdir: Path,
-    config_path: Path | None,
+    project: Project,
 ) -> None:
     """Run the whole pipeline in dependency order, publishing datasets between stages."""
     from kernelgen import operations as ops
     from kernelgen.chain import LOCAL_POLL_POLICY, Chain
     from kernelgen.progress import make_reporter
 
-    project = Project.load(config_path)
     numbers = list(project.pipeline.stages)
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
     hi = project.pipeline.stage(last).number if last is not None else numbers[-1]

@@ -5,6 +5,7 @@ username = "me"                    # Kaggle user that owns kernels and datasets
 competition = "severstal-steel-defect-detection"
 profile = "full"                   # default profile: full (seed values) or smoke
 data = "data/severstal"            # local competition folder for --local runs
+pipeline = "../my-pipeline"        # project folder to use (default: the current one, else the bundled one)
 
 [profiles.quick.stage4]            # a profile of your own, or additions to a built-in one
 epochs = 3
@@ -28,7 +29,7 @@ from kernelgen.tomlfile import read_toml
 
 CONFIG_FILE = "kernelgen.toml"
 BUILTIN_PROFILES = ("full", "smoke")
-_TOP_KEYS = {"username", "competition", "profile", "data", "profiles", "stages"}
+_TOP_KEYS = {"username", "competition", "profile", "data", "pipeline", "profiles", "stages"}
 _STAGE_KEY = re.compile(r"^stage(\d+)$")
 
 
@@ -39,6 +40,7 @@ class Config:
     competition: str | None = None
     profile: str = "full"
     data: Path | None = None
+    pipeline: Path | None = None
     profiles: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     stages: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -65,7 +67,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         raise ConfigError(
             f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_TOP_KEYS))})", source=path
         )
-    for key in ("username", "competition", "profile", "data"):
+    for key in ("username", "competition", "profile", "data", "pipeline"):
         if key in raw and (not isinstance(raw[key], str) or not raw[key]):
             raise ConfigError(f"{key!r} must be a non-empty string", source=path)
     profiles_raw = raw.get("profiles", {})
@@ -75,18 +77,25 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     profile = raw.get("profile", "full")
     if profile not in BUILTIN_PROFILES and profile not in profiles:
         raise ConfigError(f"profile {profile!r} is not defined", source=path)
-    data = Path(raw["data"]) if "data" in raw else None
-    if data is not None and not data.is_absolute():
-        data = path.parent / data
+    data, pipeline = (_relative_to(path, raw.get(key)) for key in ("data", "pipeline"))
     return Config(
         path=path,
         username=raw.get("username"),
         competition=raw.get("competition"),
         profile=profile,
         data=data,
+        pipeline=pipeline,
         profiles=profiles,
         stages=_stage_tables(raw.get("stages", {}), "stages", path),
     )
+
+
+def _relative_to(config: Path, value: str | None) -> Path | None:
+    """A folder named in the config, relative to the config file's own folder."""
+    if value is None:
+        return None
+    folder = Path(value)
+    return folder if folder.is_absolute() else config.parent / folder
 
 
 def _read_config(path: Path) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Run a rendered notebook here, the way Kaggle would: a fresh interpreter, a Kaggle-shaped root.
 
-The kernel runs with a guard that makes `kernelgen` and `stages` unimportable, so a
-notebook that still leans on the project fails here rather than on Kaggle.
+The kernel runs with a guard that lets `kernelgen` and the project's packages load only
+from the module folder the kernel writes itself, so a notebook that still leans on the
+installed tool or the project's source fails here rather than on Kaggle.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,18 +17,39 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
-_GUARD = '''
+_GUARD = """
 import sys
+from importlib.machinery import PathFinder
+
+
 class _ProjectImportGuard:
+    def __init__(self, names):
+        self.names = names
+        self.installed = set(sys.path)
+
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("kernelgen", "stages"):
-            raise ModuleNotFoundError(f"No module named {name!r} (a kernel must not import it)")
-        return None
-sys.meta_path.insert(0, _ProjectImportGuard())
-for _name in [m for m in sys.modules if m.split(".")[0] in ("kernelgen", "stages")]:
+        if name.split(".")[0] not in self.names:
+            return None
+        if path is None:
+            path = [entry for entry in sys.path if entry not in self.installed]
+        spec = PathFinder.find_spec(name, path)
+        if spec is None:
+            raise ModuleNotFoundError(f"No module named {name!r} (a kernel imports only the modules it writes)")
+        return spec
+
+
+sys.meta_path.insert(0, _ProjectImportGuard(GUARDED))
+for _name in [m for m in sys.modules if m.split(".")[0] in GUARDED]:
     del sys.modules[_name]
-'''
-GUARD_CELL = f"exec(compile({_GUARD!r}, '<kernelgen guard>', 'exec'), {{}})"
+"""
+TOOL_PACKAGES = ("kernelgen",)
+
+
+def guard_cell(packages: Sequence[str]) -> str:
+    """A first cell that lets the project's packages load only from folders the kernel adds."""
+    names = tuple(sorted({*TOOL_PACKAGES, *packages}))
+    source = _GUARD.replace("GUARDED", repr(names))
+    return f"exec(compile({source!r}, '<kernelgen guard>', 'exec'), {{}})"
 
 
 @dataclass(frozen=True)
@@ -69,12 +92,16 @@ def execute_notebook(
     working: Path | None = None,
     timeout: int | None = None,
     kernel_name: str = "python3",
+    packages: Sequence[str] = (),
 ) -> ExecutionResult:
-    """Execute a notebook with `root` as its `/kaggle`; outputs land in `working` (default root/working)."""
+    """Execute a notebook with `root` as its `/kaggle`; outputs land in `working` (default root/working).
+
+    `packages` names the project's packages, guarded like kernelgen itself.
+    """
     root = root.resolve()
     working = working.resolve() if working is not None else None
     notebook = nbformat.reads(notebook_bytes.decode("utf-8"), as_version=4)
-    notebook.cells.insert(0, nbformat.v4.new_code_cell(GUARD_CELL))
+    notebook.cells.insert(0, nbformat.v4.new_code_cell(guard_cell(packages)))
     cwd = working or root / "working"
     cwd.mkdir(parents=True, exist_ok=True)
     client = NotebookClient(

@@ -27,32 +27,17 @@ from kernelgen.render import write_kernels
 from kernelgen.state import ChainState
 
 DEFAULT_WORKDIR = Path("kernelgen-work")
-SYNTH_TRAIN = 48
-SYNTH_TEST = 16
-
-
-def local_competition_data(project: Project, workdir: Path, *, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Competition folders for local runs: the configured one, else synthetic data made once."""
-    slugs = sorted({s for spec in project.pipeline.stages.values() for s in spec.competition_sources})
-    if project.config.data is not None:
-        if not project.config.data.is_dir():
-            raise KernelgenError(f"{project.config.label}: data folder {project.config.data} does not exist")
-        return dict.fromkeys(slugs, project.config.data)
-    from kernelgen.synth import COMPETITION, generate
-
-    root = workdir / "synthetic-data"
-    folder = root / "input" / COMPETITION
-    if not folder.is_dir():
-        log(f"making synthetic competition data in {root} ({SYNTH_TRAIN} train, {SYNTH_TEST} test images)")
-        generate(root, n_train=SYNTH_TRAIN, n_test=SYNTH_TEST, seed=0)
-    return dict.fromkeys(slugs, folder)
 
 
 def open_backend(project: Project, workdir: Path, *, local: bool, jobs: int = 2) -> Backend:
     if local:
         from kernelgen.backends.local import LocalBackend
+        from kernelgen.localdata import local_competition_data
 
-        return LocalBackend(workdir / "local-store", local_competition_data(project, workdir), workers=jobs)
+        data = local_competition_data(project.pipeline, project.config.data, workdir)
+        return LocalBackend(
+            workdir / "local-store", data, workers=jobs, packages=project.pipeline.packages
+        )
     from kernelgen.backends.kaggle import KaggleBackend
 
     return KaggleBackend()

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from kernelgen.errors import MetadataError, UnknownStageError
-from kernelgen.resources import metadata_dir
+from kernelgen.resources import bundled_project
 from kernelgen.tomlfile import read_toml
+
+METADATA_DIR = "kernel-metadata"
+PIPELINE_FILE = "pipeline.toml"
 
 _STAGE_FILE = re.compile(r"^stage(\d+)\.toml$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
@@ -96,10 +99,31 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class LocalData:
+    """How `--local` runs get competition data: a generator `module:function` and its options."""
+
+    generator: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Pipeline:
+    """A project folder: `kernel-metadata/` and the package(s) of stage modules beside it."""
+
     stages: Mapping[int, StageSpec]
     datasets: Mapping[str, DatasetSpec]
     source: Path
+    root: Path = Path(".")
+    local: LocalData = field(default_factory=LocalData)
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        """The top-level packages holding the stage modules: what kernels carry of the project."""
+        return tuple(sorted({spec.module.split(".")[0] for spec in self.stages.values()}))
+
+    def module_path(self, module: str) -> Path:
+        base = self.root.joinpath(*module.split("."))
+        return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
 
     def stage(self, number: int | str) -> StageSpec:
         try:
@@ -268,11 +292,37 @@ def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, Dataset
         raise MetadataError(f"stages {stuck} depend on each other in a cycle", where=where)
 
 
-def load_pipeline(folder: Path | None = None) -> Pipeline:
-    """Read every `stageN.toml` and `datasets.toml` in `folder` (the bundled one by default)."""
-    folder = folder or metadata_dir()
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _parse_local(path: Path) -> LocalData:
+    if not path.is_file():
+        return LocalData()
+    raw = _load_toml(path)
+    unknown = sorted(set(raw) - {"local"})
+    if unknown:
+        raise MetadataError(f"unknown key {unknown[0]!r} (known: local)", where=path)
+    local = raw.get("local", {})
+    if not isinstance(local, dict) or set(local) - {"generator", "options"}:
+        raise MetadataError("[local] takes only 'generator' and [local.options]", where=path)
+    generator = local.get("generator")
+    if generator is not None:
+        module, sep, function = generator.partition(":") if isinstance(generator, str) else ("", "", "")
+        if not sep or not _MODULE.match(module) or not function.isidentifier():
+            raise MetadataError(f"local.generator must read 'package.module:function', got {generator!r}", where=path)
+    options = local.get("options", {})
+    if not isinstance(options, dict):
+        raise MetadataError("[local.options] must be a table of generator arguments", where=path)
+    return LocalData(generator=generator, options=dict(options))
+
+
+def load_pipeline(root: Path | None = None) -> Pipeline:
+    """Read the project at `root` (the bundled one by default): every
+    `kernel-metadata/stageN.toml`, `datasets.toml` and `pipeline.toml`."""
+    root = (root or bundled_project()).resolve()
+    folder = root / METADATA_DIR
     if not folder.is_dir():
-        raise MetadataError("kernel-metadata folder not found", where=folder)
+        raise MetadataError("folder not found: not a kernelgen project", where=folder)
     stages: dict[int, StageSpec] = {}
     for path in sorted(folder.iterdir()):
         match = _STAGE_FILE.match(path.name)
@@ -283,4 +333,15 @@ def load_pipeline(folder: Path | None = None) -> Pipeline:
         raise MetadataError("no stageN.toml files", where=folder)
     datasets = _parse_datasets(folder / "datasets.toml")
     _check_graph(stages, datasets, folder / "datasets.toml")
-    return Pipeline(stages=dict(sorted(stages.items())), datasets=datasets, source=folder)
+    for spec in stages.values():
+        if not _MODULE.match(spec.module) or "." not in spec.module:
+            raise MetadataError(f"module {spec.module!r} must read 'package.module'", where=spec.source)
+        if spec.module.split(".")[0] == "kernelgen":
+            raise MetadataError("stage modules cannot live in the kernelgen package", where=spec.source)
+    return Pipeline(
+        stages=dict(sorted(stages.items())),
+        datasets=datasets,
+        source=folder,
+        root=root,
+        local=_parse_local(folder / PIPELINE_FILE),
+    )

@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernelgen.config import Config, load_config, resolve_username
+from kernelgen.errors import ConfigError
 from kernelgen.params import ParamValue, assign_overrides, parse_overrides
-from kernelgen.pipeline import Pipeline, load_pipeline
+from kernelgen.pipeline import METADATA_DIR, Pipeline, load_pipeline
 from kernelgen.render import RenderedKernel, render_stage, stage_params, write_kernels
+from kernelgen.resources import bundled_project
 from kernelgen.runner import run_module, run_notebook
 
 
@@ -19,8 +21,19 @@ class Project:
     config: Config
 
     @classmethod
-    def load(cls, config_path: Path | None = None, metadata: Path | None = None) -> Project:
-        return cls(pipeline=load_pipeline(metadata), config=load_config(config_path))
+    def load(
+        cls, config_path: Path | None = None, project_dir: Path | None = None, *, cwd: Path | None = None
+    ) -> Project:
+        """The project named by `--project`, else the config's `pipeline`, else the current
+        folder when it holds `kernel-metadata/`, else the bundled one.
+
+        The config is `--config`, else the current folder's, else the project folder's.
+        """
+        here = cwd or Path.cwd()
+        config = load_config(config_path, start=here)
+        if config.path is None and project_dir is not None:
+            config = load_config(start=project_dir)
+        return cls(pipeline=load_pipeline(find_project_root(project_dir, config, here)), config=config)
 
     def profile(self, name: str | None) -> str:
         return name or self.config.profile
@@ -39,6 +52,7 @@ class Project:
         extra: Iterable[ParamValue] = (),
     ) -> list[ParamValue]:
         return stage_params(
+            self.pipeline,
             self.pipeline.stage(number),
             config=self.config,
             profile=self.profile(profile),
@@ -89,6 +103,18 @@ class Project:
         texts = self.overrides(sets, [number]).get(number)
         if notebook:
             kernel = self.render([number], username="local", profile=profile, sets=sets)[0]
-            return run_notebook(kernel, root, timeout=timeout)
+            return run_notebook(kernel, root, packages=self.pipeline.packages, timeout=timeout)
         params = self.params(number, profile=profile, texts=texts)
-        return run_module(self.pipeline.stage(number), params, root)
+        return run_module(self.pipeline, self.pipeline.stage(number), params, root)
+
+
+def find_project_root(explicit: Path | None, config: Config, cwd: Path) -> Path:
+    named = [(explicit, "--project"), (config.pipeline, f"{config.label}: pipeline")]
+    for folder, where in named:
+        if folder is not None:
+            if not (folder / METADATA_DIR).is_dir():
+                raise ConfigError(f"{where} {folder}: no {METADATA_DIR}/ folder there")
+            return folder
+    if (cwd / METADATA_DIR).is_dir():
+        return cwd
+    return bundled_project()

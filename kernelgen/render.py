@@ -20,10 +20,9 @@ import nbformat
 from kernelgen import notebook as nb
 from kernelgen.config import BUILTIN_PROFILES, Config
 from kernelgen.errors import ConfigError, MetadataError, RenderError
-from kernelgen.inline import collect_units
+from kernelgen.modules import SourceModule, collect_modules
 from kernelgen.params import ParamValue, read_param_fields, resolve_params
 from kernelgen.pipeline import Pipeline, StageSpec
-from kernelgen.resources import stages_dir
 from kernelgen.templating import render_template
 from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
 
@@ -51,10 +50,6 @@ class RenderedKernel:
         return hasher.hexdigest()
 
 
-def module_path(spec: StageSpec) -> Path:
-    return stages_dir().joinpath(*spec.module.split(".")[1:]).with_suffix(".py")
-
-
 def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[str, dict]]:
     """Typed parameter layers for one stage: built-in profile, config profile, config overrides."""
     known = set(BUILTIN_PROFILES) | set(config.profiles)
@@ -72,6 +67,7 @@ def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[
 
 
 def stage_params(
+    pipeline: Pipeline,
     spec: StageSpec,
     *,
     config: Config,
@@ -79,7 +75,7 @@ def stage_params(
     texts: Mapping[str, str] | None = None,
     extra: Iterable[ParamValue] = (),
 ) -> list[ParamValue]:
-    fields = read_param_fields(module_path(spec), spec.number)
+    fields = read_param_fields(pipeline.module_path(spec.module), spec.number)
     return resolve_params(
         fields,
         stage=spec.number,
@@ -89,15 +85,34 @@ def stage_params(
     )
 
 
-def _cells(spec: StageSpec, params: list[ParamValue], profile: str) -> list[nbformat.NotebookNode]:
-    libs, main = collect_units(spec.module, stages_dir(), spec.number)
-    taken = set(main.names).union(*(unit.names for unit in libs))
+MODULES_VARIABLE = "KERNEL_MODULES"
+
+
+def _module_cells(module: SourceModule) -> list[nbformat.NotebookNode]:
+    """A module as cells: its markdown as it is, its code written to its file in the kernel."""
+    cells = []
+    written = False
+    for cell in nb.percent_cells(module.text):
+        if cell.cell_type == "markdown":
+            cells.append(cell)
+            continue
+        magic = f"%%writefile {'-a ' if written else ''}{{{MODULES_VARIABLE}}}/{module.file}"
+        cells.append(nb.code_cell(f"{magic}\n{cell.source}"))
+        written = True
+    if not written:
+        cells.append(nb.code_cell(f"%%writefile {{{MODULES_VARIABLE}}}/{module.file}\n# (empty module)"))
+    return cells
+
+
+def _cells(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], profile: str) -> list[nbformat.NotebookNode]:
+    modules = collect_modules(spec.module, root=pipeline.root, packages=pipeline.packages, stage=spec.number)
+    taken = set(modules.main.names) | {MODULES_VARIABLE}
     clashes = sorted(p.name for p in params if p.name in taken)
     if clashes:
         raise RenderError(
-            f"parameter names {clashes} clash with top-level names of the inlined code", stage=spec.number
+            f"parameter names {clashes} clash with top-level names of the stage module", stage=spec.number
         )
-    main_cells = nb.percent_cells(main.text)
+    main_cells = nb.percent_cells(modules.main.text)
     if main_cells and main_cells[0].cell_type == "markdown":
         title = main_cells.pop(0)
     else:
@@ -116,8 +131,9 @@ def _cells(spec: StageSpec, params: list[ParamValue], profile: str) -> list[nbfo
     cells.append(
         nb.code_cell(render_template("parameters.py.j2", stage=spec.number, params=params), tags=("parameters",))
     )
-    for unit in libs:
-        cells.extend(nb.percent_cells(unit.text))
+    cells.append(nb.code_cell(render_template("modules.py.j2", stage=spec.number, packages=modules.packages)))
+    for module in modules.modules:
+        cells.extend(_module_cells(module))
     cells.extend(main_cells)
     cells.append(nb.code_cell(render_template("run.py.j2", stage=spec.number, params=params)))
     return cells
@@ -135,7 +151,7 @@ def render_stage(
     spec = pipeline.stage(number)
     check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
     code_file = f"{spec.name}.ipynb"
-    notebook = nb.assemble(_cells(spec, params, profile), prefix=spec.name)
+    notebook = nb.assemble(_cells(pipeline, spec, params, profile), prefix=spec.name)
     try:
         nbformat.validate(notebook)
     except nbformat.ValidationError as exc:

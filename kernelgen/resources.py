@@ -1,4 +1,4 @@
-"""Where the pipeline's files live: beside the package in a wheel, at the repo root otherwise."""
+"""Where the tool's own files live: beside the package in a wheel, at the repo root otherwise."""
 
 from __future__ import annotations
 
@@ -7,23 +7,12 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent
 
 
-def _data_dir(name: str) -> Path:
-    bundled = _PACKAGE / "_data" / name
-    if bundled.is_dir():
-        return bundled
-    return _PACKAGE.parent / name
-
-
 def templates_dir() -> Path:
-    return _data_dir("templates")
+    bundled = _PACKAGE / "_data" / "templates"
+    return bundled if bundled.is_dir() else _PACKAGE.parent / "templates"
 
 
-def metadata_dir() -> Path:
-    return _data_dir("kernel-metadata")
-
-
-def stages_dir() -> Path:
-    """The `stages` package folder, found through its import so wheels and checkouts agree."""
-    import stages
-
-    return Path(stages.__file__).resolve().parent
+def bundled_project() -> Path:
+    """The project kernelgen ships as its default: a wheel carries it as data, a checkout at its root."""
+    bundled = _PACKAGE / "_data" / "pipeline"
+    return bundled if bundled.is_dir() else _PACKAGE.parent

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 from kernelgen.errors import StageRunError
 from kernelgen.execute import execute_notebook
 from kernelgen.params import ParamValue
-from kernelgen.pipeline import StageSpec
+from kernelgen.pipeline import Pipeline, StageSpec
 from kernelgen.render import RenderedKernel, replace_dir
+from kernelgen.runtime import InputError, Layout
 
 
 def _promote(root: Path, body: Callable[[Path], None]) -> Path:
@@ -33,12 +36,24 @@ def _promote(root: Path, body: Callable[[Path], None]) -> Path:
     return target
 
 
-def run_module(spec: StageSpec, params: list[ParamValue], root: Path) -> Path:
-    """Import the stage module and call its `run`; returns the outputs folder."""
-    from stages.lib.errors import InputError
-    from stages.lib.layout import Layout
+def import_project_module(pipeline: Pipeline, module: str) -> ModuleType:
+    """Import a module of the project from its folder, not from another project of the same package name."""
+    package = module.split(".")[0]
+    loaded = sys.modules.get(package)
+    origin = getattr(loaded, "__file__", None) or ""
+    if loaded is not None and not Path(origin).resolve().is_relative_to(pipeline.root):
+        for name in [m for m in sys.modules if m.split(".")[0] == package]:
+            del sys.modules[name]
+    root = str(pipeline.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    importlib.invalidate_caches()
+    return importlib.import_module(module)
 
-    module = importlib.import_module(spec.module)
+
+def run_module(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], root: Path) -> Path:
+    """Import the stage module and call its `run`; returns the outputs folder."""
+    module = import_project_module(pipeline, spec.module)
     values = {p.name: p.value for p in params}
 
     root = root.resolve()
@@ -52,11 +67,15 @@ def run_module(spec: StageSpec, params: list[ParamValue], root: Path) -> Path:
     return _promote(root, body)
 
 
-def run_notebook(kernel: RenderedKernel, root: Path, *, timeout: int | None = None) -> Path:
+def run_notebook(
+    kernel: RenderedKernel, root: Path, *, packages: tuple[str, ...] = (), timeout: int | None = None
+) -> Path:
     """Execute the rendered notebook in a fresh interpreter; returns the outputs folder."""
 
     def body(working: Path) -> None:
-        result = execute_notebook(kernel.files[kernel.code_file], root, working=working, timeout=timeout)
+        result = execute_notebook(
+            kernel.files[kernel.code_file], root, working=working, timeout=timeout, packages=packages
+        )
         (working / f"{kernel.slug}.log").write_text(result.log, encoding="utf-8")
         if not result.ok:
             raise StageRunError(result.error, stage=kernel.stage, log_tail=result.tail())

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
+from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import (
     build_classifier,
     build_classifier_augmenter,
@@ -32,8 +33,6 @@ from stages.lib.classifier import (
     classifier_image_dataset,
     load_classifier,
 )
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv_images
 

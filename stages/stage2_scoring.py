@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import (
     check_classifier_images,
     classifier_image_dataset,
     classifier_input_size,
     load_classifier,
 )
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
 
 STAGE2_COMPETITION = "severstal-steel-defect-detection"
 

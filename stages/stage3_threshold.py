@@ -20,8 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
+from kernelgen.runtime import InputError, Layout
 from stages.lib.scores import read_scores
 from stages.lib.traincsv import read_train_csv
 

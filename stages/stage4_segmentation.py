@@ -38,8 +38,7 @@ try:
 except ImportError:  # optional: only the network drawing needs it
     make_dot = None
 
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
+from kernelgen.runtime import InputError, Layout
 from stages.lib.rle import rle_encode
 from stages.lib.segdata import (
     SEG_CLASSES,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from stages.lib.layout import Layout
+from kernelgen.runtime import Layout
 from stages.lib.scores import read_scores
 from stages.lib.submission import Submission, read_submission, write_submission
 

@@ -125,7 +125,7 @@ def test_invalid_config_refused(tmp_path: Path, text: str, needle: str) -> None:
 def test_unknown_key_lists_known_ones(tmp_path: Path) -> None:
     (tmp_path / "kernelgen.toml").write_text('usrname = "me"\n')
     with pytest.raises(
-        ConfigError, match="known: competition, data, profile, profiles, stages, username"
+        ConfigError, match="known: competition, data, pipeline, profile, profiles, stages, username"
     ):
         load_config(start=tmp_path)
 

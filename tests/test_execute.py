@@ -80,7 +80,7 @@ def test_execute_notebook_guard_and_error_cell(tmp_path: Path) -> None:
     root = tmp_path / "kaggle"
     source = notebook_bytes(
         "import json\n"
-        "for name in ('kernelgen', 'stages', 'stages.lib.layout', 'kernelgen.cli'):\n"
+        "for name in ('kernelgen', 'stages', 'stages.lib.rle', 'kernelgen.cli', 'kernelgen.runtime'):\n"
         "    try:\n"
         "        __import__(name)\n"
         "        print('imported', name)\n"
@@ -89,17 +89,34 @@ def test_execute_notebook_guard_and_error_cell(tmp_path: Path) -> None:
         "print('before the error')\n1 / 0",
         "print('never reached')",
     )
-    result = execute_notebook(source, root, timeout=60)
+    result = execute_notebook(source, root, timeout=60, packages=("stages",))
     assert not result.ok
     assert result.error == "ZeroDivisionError: division by zero"
     assert "imported" not in result.log
-    for name in ("kernelgen", "stages", "stages.lib.layout", "kernelgen.cli"):
+    for name in ("kernelgen", "stages", "stages.lib.rle", "kernelgen.cli", "kernelgen.runtime"):
         assert f"blocked {name} |" in result.log
-    assert "(a kernel must not import it)" in result.log
+    assert "(a kernel imports only the modules it writes)" in result.log
     assert "before the error\n" in result.log
     assert "ZeroDivisionError" in result.log
     assert "never reached" not in result.log
     assert (root / "working").is_dir()
+
+
+@pytest.mark.slow
+def test_the_guard_lets_through_what_the_kernel_writes(tmp_path: Path) -> None:
+    """A package the kernel writes to a folder it adds to sys.path imports; the project's copy does not."""
+    source = notebook_bytes(
+        "import pathlib, sys, tempfile\n"
+        "folder = tempfile.mkdtemp()\n"
+        "pathlib.Path(folder, 'stages').mkdir()\n"
+        "pathlib.Path(folder, 'stages', '__init__.py').write_text('WHERE = \"kernel\"')\n"
+        "sys.path.insert(0, folder)\n"
+        "import stages\n"
+        "print('loaded from', stages.WHERE)",
+    )
+    result = execute_notebook(source, tmp_path / "kaggle", timeout=60, packages=("stages",))
+    assert result.ok, result.log
+    assert "loaded from kernel" in result.log
 
 
 def test_the_guard_is_what_blocks_the_project(tmp_path: Path) -> None:
@@ -108,7 +125,7 @@ def test_the_guard_is_what_blocks_the_project(tmp_path: Path) -> None:
     assert "PYTHONPATH" not in env
     assert env["KERNELGEN_ROOT"] == str(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-c", "import kernelgen, stages.lib.layout; print('ok')"],
+        [sys.executable, "-c", "import kernelgen, stages.lib.rle; print('ok')"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -185,7 +202,7 @@ def test_run_module_replaces_working(tmp_path: Path) -> None:
     (root / "working").mkdir()
     (root / "working" / "stale.txt").write_text("from an earlier run")
     spec = load_pipeline().stage(5)
-    working = run_module(spec, project().params(5), root)
+    working = run_module(load_pipeline(), spec, project().params(5), root)
     assert working == root / "working"
     assert sorted(p.name for p in working.iterdir()) == ["submission.csv"]
     lines = (working / "submission.csv").read_text().splitlines()
@@ -201,7 +218,7 @@ def test_failing_module_run_leaves_working_untouched(tmp_path: Path) -> None:
     (root / "working").mkdir()
     (root / "working" / "submission.csv").write_text("previous")
     with pytest.raises(StageRunError) as info:
-        run_module(load_pipeline().stage(5), project().params(5), root)
+        run_module(load_pipeline(), load_pipeline().stage(5), project().params(5), root)
     assert info.value.stage == 5
     assert str(info.value).startswith("stage 5 failed: ")
     assert "test_missing_count.csv" in str(info.value)

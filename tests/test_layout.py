@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from stages.lib.errors import InputError
-from stages.lib.layout import KAGGLE_ROOT, ROOT_ENV, WORKING_ENV, Layout
+from kernelgen.runtime import InputError
+from kernelgen.runtime.layout import KAGGLE_ROOT, ROOT_ENV, WORKING_ENV, Layout
 
 SLUG = "stage2"
 

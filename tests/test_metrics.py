@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.metrics import batch_dice, dice, mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
 

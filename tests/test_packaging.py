@@ -23,21 +23,26 @@ def test_wheel_carries_pipeline_files_and_finds_them(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for expected in (
         "kernelgen/cli.py",
-        "stages/stage5_submission.py",
-        "stages/lib/rle.py",
+        "kernelgen/runtime/layout.py",
+        "kernelgen/_data/pipeline/stages/stage5_submission.py",
+        "kernelgen/_data/pipeline/stages/lib/rle.py",
         "kernelgen/_data/templates/parameters.py.j2",
-        "kernelgen/_data/kernel-metadata/stage1.toml",
-        "kernelgen/_data/kernel-metadata/datasets.toml",
+        "kernelgen/_data/pipeline/kernel-metadata/stage1.toml",
+        "kernelgen/_data/pipeline/kernel-metadata/datasets.toml",
     ):
         assert expected in names, expected
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "from kernelgen.resources import metadata_dir, stages_dir, templates_dir\n"
-        "print(templates_dir()); print(metadata_dir()); print(stages_dir())\n"
+        "from kernelgen.project import Project\n"
+        "from kernelgen.resources import bundled_project, templates_dir\n"
+        "print(templates_dir()); print(bundled_project())\n"
+        "print(Project.load().render([5], username='someone')[0].kernel_id)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
-    found = [Path(line) for line in out.stdout.splitlines()]
-    assert found == [site / "kernelgen/_data/templates", site / "kernelgen/_data/kernel-metadata", site / "stages"]
+    lines = out.stdout.splitlines()
+    assert [Path(line) for line in lines[:2]] == [site / "kernelgen/_data/templates", site / "kernelgen/_data/pipeline"]
+    assert lines[2] == "someone/severstal-stage5-submission"
+    assert not any(name.startswith("stages/") for name in names)

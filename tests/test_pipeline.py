@@ -30,17 +30,19 @@ def stage_toml(number: int, extra: str = "") -> str:
 
 
 def write_metadata(folder: Path, stages: dict[int, str], datasets: str | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    """`folder/kernel-metadata/` with these stages and datasets; returns that metadata folder."""
+    meta = folder / "kernel-metadata"
+    meta.mkdir(parents=True, exist_ok=True)
     for number, text in stages.items():
-        (folder / f"stage{number}.toml").write_text(textwrap.dedent(text))
+        (meta / f"stage{number}.toml").write_text(textwrap.dedent(text))
     if datasets is not None:
-        (folder / "datasets.toml").write_text(textwrap.dedent(datasets))
-    return folder
+        (meta / "datasets.toml").write_text(textwrap.dedent(datasets))
+    return meta
 
 
 def refused(folder: Path) -> MetadataError:
     with pytest.raises(MetadataError) as info:
-        load_pipeline(folder)
+        load_pipeline(folder.parent)
     return info.value
 
 
@@ -120,7 +122,7 @@ def test_unknown_stage_lists_the_known_ones(bundled: Pipeline, bad: object) -> N
 
 
 def test_minimal_folder_loads(tmp_path: Path) -> None:
-    pipeline = load_pipeline(write_metadata(tmp_path, {1: stage_toml(1)}))
+    pipeline = load_pipeline(write_metadata(tmp_path, {1: stage_toml(1)}).parent)
     spec = pipeline.stage(1)
     assert (spec.kernel_type, spec.language, spec.is_private) == ("notebook", "python", True)
     assert (spec.enable_gpu, spec.enable_internet) == (False, True)
@@ -255,7 +257,9 @@ def test_pip_entry_needs_module_and_requirement(tmp_path: Path) -> None:
 
 def test_empty_or_missing_folder(tmp_path: Path) -> None:
     assert "no stageN.toml" in str(refused(write_metadata(tmp_path / "empty", {})))
-    assert refused(tmp_path / "absent").where == tmp_path / "absent"
+    with pytest.raises(MetadataError) as info:
+        load_pipeline(tmp_path / "absent")
+    assert info.value.where == tmp_path / "absent" / "kernel-metadata"
 
 
 def _load_in_subprocess(folder: Path) -> subprocess.CompletedProcess[str]:

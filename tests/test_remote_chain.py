@@ -18,8 +18,8 @@ from kernelgen.chain import Chain, PollPolicy
 from kernelgen.errors import KernelFailedError
 from kernelgen.execute import execute_notebook
 from kernelgen.project import Project
-from kernelgen.synth import generate
 from stages.lib.submission import read_submission
+from stages.synth import generate
 from tests.fakes import FakeClock, quick_executor
 from tests.kaggle_standin import (
     DatasetScript,

@@ -17,7 +17,6 @@ import nbformat
 import pytest
 from slugify import slugify
 
-from kernelgen import render as render_module
 from kernelgen.config import Config
 from kernelgen.errors import MetadataError, RenderError
 from kernelgen.pipeline import load_pipeline
@@ -90,6 +89,19 @@ def test_different_user_changes_only_the_metadata() -> None:
     assert mine.files[METADATA_FILE] != yours.files[METADATA_FILE]
 
 
+WRITEFILE = re.compile(r"^%%writefile (-a )?\{KERNEL_MODULES\}/(?P<file>\S+\.py)\n")
+
+
+def written_files(notebook: nbformat.NotebookNode) -> dict[str, str]:
+    """What the kernel's `%%writefile` cells write into its module folder, by file."""
+    files: dict[str, str] = {}
+    for cell in notebook.cells:
+        match = WRITEFILE.match(cell.source) if cell.cell_type == "code" else None
+        if match:
+            files[match["file"]] = files.get(match["file"], "") + cell.source[match.end():] + "\n"
+    return files
+
+
 @pytest.mark.parametrize("stage", [3, 5])
 def test_notebook_is_valid_and_self_contained(stage: int) -> None:
     kernel = render_one(stage)
@@ -97,20 +109,23 @@ def test_notebook_is_valid_and_self_contained(stage: int) -> None:
     nbformat.validate(notebook)
     assert (notebook.nbformat, notebook.nbformat_minor) == (4, 5)
     assert set(notebook.metadata) == {"kernelspec", "language_info"}
-    for source in code_cells(notebook):
-        tree = ast.parse(source)
-        for node in ast.walk(tree):
+    files = written_files(notebook)
+    assert {"kernelgen/runtime/__init__.py", "kernelgen/runtime/layout.py"} <= set(files)
+    sources = [*(c.source for c in notebook.cells if c.cell_type == "code" and not WRITEFILE.match(c.source)), *files.values()]
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Import):
-                roots = {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                roots = {(node.module or "").split(".")[0]} | (
-                    {"relative"} if node.level else set()
-                )
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules = [node.module or ""]
             else:
                 continue
-            assert not roots & {"stages", "kernelgen", "relative"}, ast.unparse(node)
-        for line in source.splitlines():
-            assert not re.match(r"\s*(from|import)\s+(stages|kernelgen)\b", line), line
+            for module in modules:
+                if module.split(".")[0] in ("stages", "kernelgen"):
+                    path = module.replace(".", "/")
+                    assert f"{path}.py" in files or f"{path}/__init__.py" in files or path in (
+                        "kernelgen", "stages", "stages/lib"
+                    ), f"{module} is imported but the kernel does not carry it"
     for cell in notebook.cells:
         assert cell.metadata in ({}, {"tags": ["parameters"]})
         if cell.cell_type == "code":
@@ -141,8 +156,9 @@ def test_last_cell_runs_the_stage(stage: int) -> None:
     last = notebook.cells[-1]
     assert last.cell_type == "code"
     tree = ast.parse(last.source)
-    assert len(tree.body) == 1
-    call = tree.body[0].value  # type: ignore[attr-defined]
+    assert len(tree.body) == 2
+    assert ast.unparse(tree.body[0]) == "from kernelgen.runtime import Layout"
+    call = tree.body[1].value  # type: ignore[attr-defined]
     assert isinstance(call, ast.Call) and ast.unparse(call.func) == "run"
     params_call, layout_call = call.args
     assert ast.unparse(layout_call) == "Layout.kaggle()"
@@ -280,14 +296,13 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (stages / "lib").mkdir(parents=True)
     (stages / "lib" / "helpers.py").write_text(textwrap.dedent(FAKE_LIB).lstrip())
     (stages / "stage1_fake.py").write_text(textwrap.dedent(FAKE_STAGE).lstrip())
-    (tmp_path / "meta").mkdir()
-    (tmp_path / "meta" / "stage1.toml").write_text(FAKE_META.format(internet="true"))
-    monkeypatch.setattr(render_module, "stages_dir", lambda: stages)
+    (tmp_path / "kernel-metadata").mkdir()
+    (tmp_path / "kernel-metadata" / "stage1.toml").write_text(FAKE_META.format(internet="true"))
     return tmp_path
 
 
 def fake_project(folder: Path) -> Project:
-    return Project(pipeline=load_pipeline(folder / "meta"), config=Config())
+    return Project(pipeline=load_pipeline(folder), config=Config())
 
 
 def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
@@ -304,19 +319,18 @@ def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
         "count": (2, "default"),
         "label": ('it\'s "quoted"\n', "default"),
     }
-    assert "def double(x):" in notebook.cells[5].source
-    namespace: dict[str, object] = {}
-    exec(compile("\n".join(code_cells(notebook)[1:-1]), "<kernel>", "exec"), namespace)
-    assert namespace["double"](namespace["count"]) == 4  # type: ignore[operator]
+    files = written_files(notebook)
+    assert "def double(x):" in files["stages/lib/helpers.py"]
+    assert any("from stages.lib.helpers import double" in source for source in code_cells(notebook))
 
 
 def test_pip_without_internet_refused(fake: Path) -> None:
-    (fake / "meta" / "stage1.toml").write_text(FAKE_META.format(internet="false"))
+    (fake / "kernel-metadata" / "stage1.toml").write_text(FAKE_META.format(internet="false"))
     with pytest.raises(
         MetadataError, match=r"fancy-pkg>=1\.2 but enable_internet is false"
     ) as info:
         fake_project(fake).render([1], username=USER)
-    assert info.value.where == fake / "meta" / "stage1.toml"
+    assert info.value.where == fake / "kernel-metadata" / "stage1.toml"
 
 
 def test_parameter_clashing_with_inlined_name_refused(fake: Path) -> None:
@@ -333,7 +347,7 @@ def test_invalid_username_refused(fake: Path) -> None:
 
 def test_title_that_does_not_give_the_slug_cannot_happen(fake: Path) -> None:
     """The id is made from the title, so the two always agree; a short title is refused."""
-    meta = fake / "meta" / "stage1.toml"
+    meta = fake / "kernel-metadata" / "stage1.toml"
     meta.write_text(meta.read_text().replace('"Fake Stage One"', '"Fake"'))
     with pytest.raises(MetadataError, match="at least five characters"):
         fake_project(fake).render([1], username=USER)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.rle import (
     MASK_SHAPE,
     rle_decode,

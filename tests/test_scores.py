@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.scores import read_scores
 
 

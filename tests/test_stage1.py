@@ -12,13 +12,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kernelgen.synth import SynthDataset, generate
+from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, classifier_image_dataset
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
 from stages.lib.scores import read_scores
 from stages.lib.submission import read_submission
 from stages.stage1_classifier import Params, run, stage1_split, stage1_train_labels
+from stages.synth import SynthDataset, generate
 
 # Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
 pytestmark = pytest.mark.filterwarnings(

@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kernelgen.synth import SynthDataset, generate
+from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, build_classifier
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
 from stages.lib.scores import read_scores
 from stages.stage2_scoring import Params, run
+from stages.synth import SynthDataset, generate
 
 # Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
 pytestmark = pytest.mark.filterwarnings(

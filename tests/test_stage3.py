@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
+from kernelgen.runtime import InputError, Layout
 from stages.stage3_threshold import Params, choose_threshold, run, threshold_sweep
 
 COMPETITION = "severstal-steel-defect-detection"

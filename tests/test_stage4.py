@@ -21,9 +21,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from kernelgen.synth import SynthDataset, generate
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
+from kernelgen.runtime import InputError, Layout
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
 from stages.lib.segdata import (
@@ -47,6 +45,7 @@ from stages.stage4_segmentation import (
     seg_random_flip,
     seg_remove_small,
 )
+from stages.synth import SynthDataset, generate
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.lib.errors import InputError
-from stages.lib.layout import Layout
+from kernelgen.runtime import InputError, Layout
 from stages.stage5_submission import Params, run
 
 # Rows deliberately not grouped by image, to show that row order is kept.

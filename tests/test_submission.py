@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.rle import rle_encode
 from stages.lib.submission import Submission, read_submission, write_submission
 

@@ -16,10 +16,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from kernelgen import synth
-from kernelgen.errors import ConfigError
-from kernelgen.synth import COMPETITION, SynthDataset, generate
+from stages import synth
 from stages.lib.rle import rle_decode, rle_encode
+from stages.synth import COMPETITION, SynthDataset, generate
 
 SHAPE = (256, 1600)
 N_TRAIN, N_TEST = 32, 8
@@ -248,12 +247,12 @@ def test_refuses_non_empty_output_and_leaves_it_alone(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not an empty folder"):
+    with pytest.raises(ValueError, match="not an empty folder"):
         generate(out, n_train=1, n_test=1)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(ConfigError, match="not an empty folder"):
+    with pytest.raises(ValueError, match="not an empty folder"):
         generate(a_file, n_train=1, n_test=1)
     assert a_file.read_text() == "x"
 
@@ -278,7 +277,7 @@ def test_accepts_an_existing_empty_folder(tmp_path: Path) -> None:
     ],
 )
 def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ValueError, match=message):
         generate(tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
 

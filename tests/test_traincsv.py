@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.rle import rle_decode
 from stages.lib.traincsv import (
     defect_count_per_image,

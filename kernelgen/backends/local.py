@@ -61,7 +61,8 @@ def _pick_version(folder: Path, ref: str, what: str) -> Path:
 
 
 class LocalBackend:
-    """Runs pushed notebooks here; `competition_dirs` maps competition slugs to data folders."""
+    """Runs pushed notebooks here; `competition_dirs` maps competition slugs to data folders,
+    and `packages` names the project's packages, which a kernel must not import from the project."""
 
     name = "local"
 
@@ -72,10 +73,12 @@ class LocalBackend:
         *,
         workers: int = 2,
         timeout: int | None = None,
+        packages: tuple[str, ...] = (),
     ) -> None:
         self.store = store.resolve()
         self.competition_dirs = {slug: path.resolve() for slug, path in competition_dirs.items()}
         self.timeout = timeout
+        self.packages = packages
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernelgen-local")
         self._futures: dict[Path, Future[None]] = {}
         self._lock = threading.Lock()
@@ -132,7 +135,9 @@ class LocalBackend:
     def _execute(self, run_dir: Path, root: Path, notebook: bytes, kernel: str) -> None:
         _write_json(run_dir / STATUS_FILE, {"status": RunStatus.RUNNING.value, "message": ""})
         try:
-            result = execute_notebook(notebook, root, working=root / "working", timeout=self.timeout)
+            result = execute_notebook(
+                notebook, root, working=root / "working", timeout=self.timeout, packages=self.packages
+            )
         except Exception as exc:
             (run_dir / "log.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
             _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})

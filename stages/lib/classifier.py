@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 
 # Every competition image is a 256 high x 1600 wide JPEG with three channels.
 CLASSIFIER_SOURCE_HEIGHT = 256

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 
 
 def read_text_csv(path: Path, what: str) -> pd.DataFrame:

@@ -8,7 +8,7 @@
 import numpy as np
 import pandas as pd
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.rle import MASK_SHAPE, rle_runs
 
 _METRICS_KEYS = ["ImageId", "ClassId"]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 
 MASK_SHAPE: tuple[int, int] = (256, 1600)
 

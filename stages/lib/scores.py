@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kernelgen.runtime import InputError
 from stages.lib.csvtext import read_text_csv
-from stages.lib.errors import InputError
 
 SCORE_COLUMNS = ("ImageId", "allMissing")
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from stages.lib.errors import InputError
+from kernelgen.runtime import InputError
 from stages.lib.rle import rle_decode_many
 
 SEG_IMAGE_SHAPE: tuple[int, int] = (256, 1600)

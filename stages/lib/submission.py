@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kernelgen.runtime import InputError
 from stages.lib.csvtext import read_text_csv
-from stages.lib.errors import InputError
 from stages.lib.rle import rle_runs
 
 SUBMISSION_COLUMNS_NEW = ("ImageId", "EncodedPixels", "ClassId")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kernelgen.runtime import InputError
 from stages.lib.csvtext import read_text_csv
-from stages.lib.errors import InputError
 from stages.lib.rle import MASK_SHAPE, rle_decode, rle_runs
 
 DEFECT_CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from stages.lib.errors import InputError
+from kernelgen.runtime.errors import InputError
 
 ROOT_ENV = "KERNELGEN_ROOT"
 WORKING_ENV = "KERNELGEN_WORKING"

@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from kernelgen.errors import ConfigError
 from stages.lib.rle import rle_encode
 
 COMPETITION = "severstal-steel-defect-detection"
@@ -104,9 +103,7 @@ def generate(
     _validate(n_train=n_train, n_test=n_test, seed=seed, fmt=fmt, height=height, width=width)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(
-            "exists and is not an empty folder; refusing to write into it", source=out
-        )
+        raise ValueError(f"{out}: exists and is not an empty folder; refusing to write into it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.synth-tmp-{os.getpid()}"
     if tmp.exists():
@@ -132,11 +129,11 @@ def _validate(*, n_train: int, n_test: int, seed: int, fmt: str, height: int, wi
         ("seed", seed, 0),
     ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {value!r}")
         if value < low:
-            raise ConfigError(f"{name} must be at least {low}, got {value}")
+            raise ValueError(f"{name} must be at least {low}, got {value}")
     if fmt not in FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
 def _write_dataset(
