@@ -176,6 +176,21 @@ def _username(project: Project, user: str | None, local: bool) -> str:
     return resolve_username(user, project.config)
 
 
+def _steps(project: Project, workdir: Path, *, local: bool, user: str | None = None, profile: str | None = None, jobs: int = 2):  # type: ignore[no-untyped-def]
+    """The work folder's steps on the chosen backend."""
+    from kernelgen import operations as ops
+    from kernelgen.steps import Steps
+
+    backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
+    return Steps(
+        project,
+        backend,
+        workdir,
+        username=_username(project, user, local),
+        profile=ops.run_profile(project, profile, local=local),
+    )
+
+
 @main.command()
 @click.option("--stage", type=int, required=True, help="Stage to push.")
 @click.option("--wait", is_flag=True, help="Follow the run until it ends, then download outputs and log.")
@@ -197,33 +212,38 @@ def push(
     local: bool,
     project: Project,
 ) -> None:
-    """Render, validate and push one stage's kernel; print its URL and version."""
+    """Render, validate and push one stage's kernel; print its URL and version.
+
+    With --local it runs here, with the smoke profile unless --profile names another.
+    """
     from kernelgen import operations as ops
+    from kernelgen.backends.base import RunStatus
+    from kernelgen.errors import KernelFailedError
     from kernelgen.progress import format_elapsed
 
-    username = _username(project, user, local)
-    project.render([stage], username=username, profile=profile, sets=sets)
-    backend = ops.open_backend(project, workdir, local=local)
-    pushed = ops.push_stage(project, backend, workdir, stage, username=username, profile=profile, sets=sets)
+    chosen = ops.run_profile(project, profile, local=local)
+    project.render([stage], username=_username(project, user, local), profile=chosen, sets=sets)
+    steps = _steps(project, workdir, local=local, user=user, profile=profile)
+    pushed = ops.push_stage(steps, stage, sets)
     click.echo(f"stage {stage}: pushed {pushed.kernel} version {pushed.version}")
     click.echo(pushed.url)
     if not wait:
         return
-    seen: list[str] = []
+    seen: list[RunStatus] = []
 
     def on_poll(state, elapsed: float) -> None:  # type: ignore[no-untyped-def]
-        if not seen or seen[-1] != state.status.value:
-            seen.append(state.status.value)
+        if not seen or seen[-1] is not state.status:
+            seen.append(state.status)
             click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]")
 
-    final = ops.wait_stage(backend, workdir, stage, timeout=timeout, on_poll=on_poll)
-    dest, output = ops.fetch_output(backend, workdir, stage)
+    final = steps.wait(stage, timeout=timeout, on_poll=on_poll)
+    dest, output = steps.collect(stage)
     click.echo(f"stage {stage}: {len(output.files)} output files and the log in {dest}")
-    if final.status.value != "complete":
-        from kernelgen.errors import KernelFailedError
-
+    if final.status is not RunStatus.COMPLETE:
         tail = "\n".join(output.log.rstrip().splitlines()[-20:])
-        raise KernelFailedError(f"ended in {final.status.value}: {final.message}", stage=stage, status=final.status.value, log_tail=tail)
+        raise KernelFailedError(
+            f"ended in {final.status.value}: {final.message}", stage=stage, status=final.status.value, log_tail=tail
+        )
 
 
 @main.command()
@@ -240,15 +260,15 @@ def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, p
     from kernelgen import operations as ops
 
     chosen = [project.pipeline.stage(n).number for n in stages] or list(project.pipeline.stages)
-    backend = ops.open_backend(project, workdir, local=local)
-    rows = ops.stage_status(project, backend, workdir, chosen)
+    steps = _steps(project, workdir, local=local)
+    rows = ops.stage_status(steps, chosen)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"kernelgen status ({backend.name}, {workdir})")
+    table = Table(title=f"kernelgen status ({steps.backend.name}, {workdir})")
     for column in ("stage", "title", "kernel", "version", "status", "message"):
         table.add_column(column)
     for row in rows:
@@ -264,33 +284,38 @@ def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, p
 @with_project
 def output(stage: int, out: Path | None, workdir: Path, local: bool, project: Project) -> None:
     """Download a stage's output files and its whole log."""
-    from kernelgen import operations as ops
-
     project.pipeline.stage(stage)
-    backend = ops.open_backend(project, workdir, local=local)
-    dest, fetched = ops.fetch_output(backend, workdir, stage, out)
+    dest, fetched = _steps(project, workdir, local=local).collect(stage, out)
     click.echo(f"stage {stage}: {len(fetched.files)} files and the log in {dest}")
 
 
 @main.command()
 @click.argument("dataset")
 @click.option("--no-wait", is_flag=True, help="Do not wait for the dataset to be ready.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait for the dataset.")
 @user_option
 @workdir_option
 @local_option
 @with_project
-def publish(dataset: str, no_wait: bool, user: str | None, workdir: Path, local: bool, project: Project) -> None:
-    """Build DATASET (stage1, stage2, stage4) from the stages' outputs and create or version it."""
-    from kernelgen import operations as ops
-
-    username = _username(project, user, local)
-    backend = ops.open_backend(project, workdir, local=local)
-    result = ops.publish_dataset(project, backend, workdir, dataset.lower(), username=username, wait=not no_wait)
-    click.echo(f"{'created' if result.created else 'new version of'} {result.dataset} {result.url}")
+def publish(
+    dataset: str, no_wait: bool, timeout: float, user: str | None, workdir: Path, local: bool, project: Project
+) -> None:
+    """Build DATASET (as kernel-metadata/datasets.toml declares it) from the stages' outputs
+    and create or version it; nothing is uploaded when it already holds these files."""
+    steps = _steps(project, workdir, local=local, user=user)
+    slug = dataset.lower()
+    result = steps.publish(slug)
+    if result is None:
+        record = steps.state.datasets[slug]
+        click.echo(f"{record.dataset} already holds these files ({record.status.value if record.status else 'unknown'})")
+    else:
+        click.echo(f"{'created' if result.created else 'new version of'} {result.dataset} {result.url}")
+    if not no_wait:
+        click.echo(f"{slug}: {steps.wait_dataset(slug, timeout=timeout).value}")
 
 
 @main.command()
-@click.option("--local", is_flag=True, help="Run every stage here on synthetic data (smoke profile unless --profile).")
+@click.option("--local", is_flag=True, help="Run every stage here on local data (smoke profile unless --profile).")
 @click.option("--from", "first", type=int, help="First stage to run (earlier ones must be complete in WORKDIR).")
 @click.option("--to", "last", type=int, help="Last stage to run.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
@@ -321,8 +346,7 @@ def chain(
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
     hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
     selected = [n for n in numbers if lo <= n <= hi]
-    if local and profile is None and project.config.profile == "full":
-        profile = "smoke"
+    profile = ops.run_profile(project, profile, local=local)
     username = _username(project, user, local)
     backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
     reporter = make_reporter()

@@ -1,30 +1,19 @@
-"""Single-step commands over a backend: push one stage, report status, fetch outputs, publish.
+"""What the single commands do, over the same steps the chain takes.
 
 They share the chain's work folder and state file, so `kernelgen status` shows what
-`push` and `chain` did, and `chain` resumes what `push` started.
+`push` and `chain` did, and `chain` takes a version `push` started as its own.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelgen.backends.base import (
-    Backend,
-    KernelOutput,
-    KernelState,
-    PublishResult,
-    PushResult,
-)
-from kernelgen.chain import chained_params
-from kernelgen.datasets import build_dataset, files_digest
-from kernelgen.errors import BackendError, KernelgenError
-from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
+from kernelgen.backends.base import Backend, PushResult
+from kernelgen.errors import BackendError
 from kernelgen.project import Project
-from kernelgen.render import write_kernels
-from kernelgen.state import ChainState
+from kernelgen.steps import Steps
 
 DEFAULT_WORKDIR = Path("kernelgen-work")
 
@@ -43,61 +32,16 @@ def open_backend(project: Project, workdir: Path, *, local: bool, jobs: int = 2)
     return KaggleBackend()
 
 
-def push_stage(
-    project: Project,
-    backend: Backend,
-    workdir: Path,
-    number: int,
-    *,
-    username: str,
-    profile: str | None = None,
-    sets: Iterable[str] = (),
-) -> PushResult:
-    """Render, validate and push one stage; record it so `status` and `chain` see it."""
-    state = ChainState.open(workdir, backend.name)
-    kernel = project.render(
-        [number], username=username, profile=profile, sets=sets,
-        extra={number: chained_params(project.pipeline, state, workdir / "outputs", number, required=False)},
-    )[0]
-    folder = write_kernels([kernel], workdir / "kernels")[0]
-    pushed = backend.push(folder)
-    record = state.stage(number)
-    record.mark_pushed(key="", kernel=pushed.kernel, version=pushed.version, url=pushed.url)
-    record.params = {p.name: p.value for p in kernel.params}
-    state.save()
-    return pushed
+def run_profile(project: Project, profile: str | None, *, local: bool) -> str | None:
+    """Local runs use the smoke profile unless one is named (on the command line or in the config)."""
+    if local and profile is None and project.config.profile == "full":
+        return "smoke"
+    return profile
 
 
-def wait_stage(
-    backend: Backend,
-    workdir: Path,
-    number: int,
-    *,
-    timeout: float,
-    on_poll: Callable[[KernelState, float], None] | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> KernelState:
-    state = ChainState.open(workdir, backend.name)
-    record = state.stages.get(number)
-    if record is None or not record.kernel:
-        raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
-    final = wait_kernel_finished(backend, record.ref, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
-    record.status, record.message = final.status.value, final.message
-    state.save()
-    return final
-
-
-def fetch_output(backend: Backend, workdir: Path, number: int, out: Path | None = None) -> tuple[Path, KernelOutput]:
-    state = ChainState.open(workdir, backend.name)
-    record = state.stages.get(number)
-    if record is None or not record.kernel:
-        raise KernelgenError(f"stage {number} has not been pushed from {workdir}")
-    dest = out or workdir / "outputs" / f"stage{number}"
-    output = backend.output(record.ref, dest)
-    record.outputs = str(dest)
-    state.save()
-    return dest, output
+def push_stage(steps: Steps, number: int, sets: Iterable[str] = ()) -> PushResult:
+    """Render, validate and push one stage, taking what earlier stages left where it can."""
+    return steps.push(steps.render(number, sets, required=False))
 
 
 @dataclass(frozen=True)
@@ -110,55 +54,23 @@ class StatusRow:
     message: str
 
 
-def stage_status(project: Project, backend: Backend, workdir: Path, stages: Iterable[int]) -> list[StatusRow]:
+NOT_PUSHED = "not pushed"
+
+
+def stage_status(steps: Steps, stages: Iterable[int]) -> list[StatusRow]:
     """Each stage's latest known state, asking the backend about those that were pushed."""
-    state = ChainState.open(workdir, backend.name)
     rows = []
-    changed = False
     for number in stages:
-        spec = project.pipeline.stage(number)
-        record = state.stages.get(number)
+        spec = steps.pipeline.stage(number)
+        record = steps.state.stages.get(number)
         if record is None or not record.kernel:
-            rows.append(StatusRow(number, spec.title, "", None, "not pushed", ""))
+            rows.append(StatusRow(number, spec.title, "", None, NOT_PUSHED, ""))
             continue
         try:
-            live = backend.status(record.ref)
+            live = steps.poll(number)
         except BackendError as exc:
-            rows.append(StatusRow(number, spec.title, record.kernel, record.version, record.status or "unknown", str(exc)))
+            known = record.status.value if record.status else "unknown"
+            rows.append(StatusRow(number, spec.title, record.kernel, record.version, known, str(exc)))
             continue
-        if live.status.value != record.status:
-            record.status, record.message, changed = live.status.value, live.message, True
         rows.append(StatusRow(number, spec.title, record.kernel, record.version, live.status.value, live.message))
-    if changed:
-        state.save()
     return rows
-
-
-def publish_dataset(
-    project: Project,
-    backend: Backend,
-    workdir: Path,
-    slug: str,
-    *,
-    username: str,
-    wait: bool = True,
-    timeout: float = 3600.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> PublishResult:
-    """Build dataset `slug` from the stages' downloaded outputs, create or version it, wait for ready."""
-    if slug not in project.pipeline.datasets:
-        known = ", ".join(sorted(project.pipeline.datasets))
-        raise KernelgenError(f"unknown dataset {slug!r}; known: {known}")
-    spec = project.pipeline.datasets[slug]
-    outputs = workdir / "outputs"
-    folder = build_dataset(spec, outputs, workdir / "datasets", username=username)
-    state = ChainState.open(workdir, backend.name)
-    published = backend.publish(folder)
-    record = state.dataset(slug)
-    record.digest, record.dataset, record.status = files_digest(spec, outputs), published.dataset, "processing"
-    state.save()
-    if wait:
-        record.status = wait_dataset_ready(backend, published.dataset, timeout=timeout, clock=clock, sleep=sleep).value
-        state.save()
-    return published

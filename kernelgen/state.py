@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kernelgen.backends.base import RunStatus
+from kernelgen.backends.base import DatasetStatus, RunStatus
 from kernelgen.errors import KernelgenError
 
 STATE_VERSION = 1
@@ -24,7 +24,7 @@ class StageRecord:
     key: str = ""
     kernel: str = ""
     version: int | None = None
-    status: str = ""
+    status: RunStatus | None = None
     url: str = ""
     outputs: str = ""
     message: str = ""
@@ -33,7 +33,7 @@ class StageRecord:
     def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str) -> None:
         """A new version was pushed: forget the last run's status, message and outputs."""
         self.key, self.kernel, self.version, self.url = key, kernel, version, url
-        self.status, self.message, self.outputs = RunStatus.QUEUED.value, "", ""
+        self.status, self.message, self.outputs = RunStatus.QUEUED, "", ""
 
     @property
     def ref(self) -> str:
@@ -41,11 +41,22 @@ class StageRecord:
         return f"{self.kernel}/{self.version}" if self.version is not None else self.kernel
 
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> StageRecord:
+        status = raw.get("status")
+        return cls(**{**raw, "status": RunStatus(status) if status else None})
+
+
 @dataclass
 class DatasetRecord:
     digest: str = ""
     dataset: str = ""
-    status: str = ""
+    status: DatasetStatus | None = None
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> DatasetRecord:
+        status = raw.get("status")
+        return cls(**{**raw, "status": DatasetStatus(status) if status else None})
 
 
 @dataclass
@@ -66,8 +77,8 @@ class ChainState:
             state = cls(
                 path=path,
                 backend=raw["backend"],
-                stages={int(k): StageRecord(**v) for k, v in raw["stages"].items()},
-                datasets={k: DatasetRecord(**v) for k, v in raw["datasets"].items()},
+                stages={int(k): StageRecord.from_json(v) for k, v in raw["stages"].items()},
+                datasets={k: DatasetRecord.from_json(v) for k, v in raw["datasets"].items()},
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise KernelgenError(f"{path}: unreadable chain state ({exc}); move it away to start afresh") from None

@@ -107,3 +107,28 @@ def test_missing_credentials_are_one_clear_line(tmp_path: Path, monkeypatch: pyt
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kernelgen: error: ")
     assert "Traceback" not in result.output
+
+
+def test_push_wait_then_chain_takes_that_version_as_its_own(kaggle: KaggleStandIn, tmp_path: Path) -> None:
+    """A stage pushed and collected by `push --wait` is not pushed again by the chain."""
+    from kernelgen.backends.kaggle import KaggleBackend
+    from kernelgen.chain import Chain, Phase, PollPolicy
+    from kernelgen.project import Project
+    from tests.fakes import FakeClock
+
+    stage1 = f"{USER}/severstal-stage1-classifier"
+    pushed = invoke("push", "--stage", "1", "--wait", "--workdir", "work")
+    assert pushed.exit_code == 0, pushed.output
+    assert len(kaggle.kernel_versions(stage1)) == 1
+
+    clock = FakeClock()
+    backend = KaggleBackend(sleep=clock.sleep, clock=clock, rng=lambda: 0.5)
+    chain = Chain(
+        Project.load(), backend, tmp_path / "work", username=USER, clock=clock, sleep=clock.sleep,
+        policy=PollPolicy(initial=10, maximum=60, stage_timeout=3600),
+    )
+    result = chain.run([1, 2, 3, 4])
+    assert result.stages[1] is Phase.UNCHANGED
+    assert result.stages[2] is result.stages[3] is result.stages[4] is Phase.COMPLETE
+    assert len(kaggle.kernel_versions(stage1)) == 1
+    assert len(kaggle.kernel_versions(f"{USER}/severstal-stage4-segmentation")) == 1

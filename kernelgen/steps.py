@@ -1,0 +1,216 @@
+"""The steps every command and the chain take on one work folder: render, push, poll,
+wait, collect outputs, publish a dataset. Each is written once, here, and records what
+it did in the work folder's state, so `push --wait` followed by `chain` sees the push
+as the chain's own and `status` shows what either did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from kernelgen.backends.base import (
+    Backend,
+    DatasetStatus,
+    KernelOutput,
+    KernelState,
+    PublishResult,
+    PushResult,
+    RunStatus,
+)
+from kernelgen.datasets import build_dataset, files_digest, missing_files
+from kernelgen.errors import KernelgenError
+from kernelgen.params import ParamValue
+from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
+from kernelgen.project import Project
+from kernelgen.render import RenderedKernel, write_kernels
+from kernelgen.state import ChainState, StageRecord
+
+
+class Steps:
+    """One work folder on one backend, for one user, profile and set of overrides."""
+
+    def __init__(
+        self,
+        project: Project,
+        backend: Backend,
+        workdir: Path,
+        *,
+        username: str,
+        profile: str | None = None,
+    ) -> None:
+        self.project = project
+        self.pipeline = project.pipeline
+        self.backend = backend
+        self.workdir = workdir.resolve()
+        self.outputs = self.workdir / "outputs"
+        self.username = username
+        self.profile = profile
+        self.state = ChainState.open(self.workdir, backend.name)
+
+    # -- rendering ---------------------------------------------------------------------
+    def chained_params(self, number: int, *, required: bool) -> list[ParamValue]:
+        """Parameters of stage `number` taken from other stages' downloaded outputs.
+
+        A missing output file is an error when `required`, and skipped otherwise
+        (a single push then keeps the stage's own value).
+        """
+        found = []
+        for name, ref in self.pipeline.stage(number).params_from.items():
+            path = self.outputs / f"stage{ref.stage}" / ref.file
+            if not path.is_file():
+                if required:
+                    raise KernelgenError(f"stage {number} needs {path} from stage {ref.stage}, which is missing")
+                continue
+            try:
+                value = json.loads(path.read_text(encoding="utf-8"))[ref.key]
+            except (ValueError, KeyError, TypeError):
+                raise KernelgenError(f"{path}: no {ref.key!r} in this JSON file") from None
+            record = self.state.stages.get(ref.stage)
+            version = f", version {record.version}" if record and record.version is not None else ""
+            found.append(ParamValue(name, value, f"from stage {ref.stage}{version}"))
+        return found
+
+    def render(self, number: int, sets: Iterable[str] = (), *, required: bool = True) -> RenderedKernel:
+        extra = self.chained_params(number, required=required)
+        return self.project.render(
+            [number], username=self.username, profile=self.profile, sets=sets, extra={number: extra}
+        )[0]
+
+    def key(self, kernel: RenderedKernel) -> str:
+        """What a run depends on: the rendered kernel and the datasets it reads."""
+        hasher = hashlib.sha256(kernel.digest.encode())
+        for slug in self.pipeline.stage(kernel.stage).dataset_sources:
+            hasher.update(f"{slug}:{self.state.dataset(slug).digest}".encode())
+        return hasher.hexdigest()
+
+    # -- kernels -----------------------------------------------------------------------
+    def record(self, number: int) -> StageRecord:
+        return self.state.stage(number)
+
+    def pushed(self, number: int) -> StageRecord:
+        record = self.state.stages.get(number)
+        if record is None or not record.kernel:
+            raise KernelgenError(f"stage {number} has not been pushed from {self.workdir}")
+        return record
+
+    def has_outputs(self, number: int) -> bool:
+        return (self.outputs / f"stage{number}").is_dir()
+
+    def is_done(self, number: int, key: str) -> bool:
+        """Stage `number` completed with exactly this key and its outputs are here."""
+        record = self.record(number)
+        return record.key == key and record.status is RunStatus.COMPLETE and self.has_outputs(number)
+
+    def is_running(self, number: int, key: str) -> bool:
+        record = self.record(number)
+        return record.key == key and record.version is not None and record.status in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+    def push(self, kernel: RenderedKernel) -> PushResult:
+        """Write the kernel folder, push it, and record the run as the one to follow."""
+        folder = write_kernels([kernel], self.workdir / "kernels")[0]
+        pushed = self.backend.push(folder)
+        record = self.record(kernel.stage)
+        record.mark_pushed(key=self.key(kernel), kernel=pushed.kernel, version=pushed.version, url=pushed.url)
+        record.params = {p.name: p.value for p in kernel.params}
+        self.state.save()
+        return pushed
+
+    def poll(self, number: int) -> KernelState:
+        record = self.pushed(number)
+        live = self.backend.status(record.ref)
+        self._record_status(record, live)
+        return live
+
+    def _record_status(self, record: StageRecord, live: KernelState) -> None:
+        if live.status is not record.status or live.message != record.message:
+            record.status, record.message = live.status, live.message
+            self.state.save()
+
+    def wait(
+        self,
+        number: int,
+        *,
+        timeout: float,
+        on_poll: Callable[[KernelState, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> KernelState:
+        """Poll with backoff until the run ends; the final state is recorded."""
+        record = self.pushed(number)
+        final = wait_kernel_finished(self.backend, record.ref, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
+        self._record_status(record, final)
+        return final
+
+    def collect(self, number: int, dest: Path | None = None) -> tuple[Path, KernelOutput]:
+        """Download the run's files and log; into the work folder's outputs unless `dest`.
+
+        The outputs folder is replaced only once the download is whole.
+        """
+        record = self.pushed(number)
+        target = (dest or self.outputs / f"stage{number}").resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(scratch, ignore_errors=True)
+        output = self.backend.output(record.ref, scratch)
+        shutil.rmtree(target, ignore_errors=True)
+        scratch.rename(target)
+        files = [target / path.relative_to(scratch) for path in output.files]
+        if dest is None:
+            record.outputs = str(target)
+            self.state.save()
+        return target, KernelOutput(files=files, log=output.log)
+
+    # -- datasets ----------------------------------------------------------------------
+    def dataset_ready(self, slug: str) -> bool:
+        """The dataset holds exactly the current outputs and the backend has it ready."""
+        spec = self.pipeline.datasets[slug]
+        if missing_files(spec, self.outputs):
+            return False
+        record = self.state.datasets.get(slug)
+        return bool(record and record.status is DatasetStatus.READY and record.digest == files_digest(spec, self.outputs))
+
+    def publish(self, slug: str) -> PublishResult | None:
+        """Create or version dataset `slug` from the outputs; None when it already holds them."""
+        if slug not in self.pipeline.datasets:
+            known = ", ".join(sorted(self.pipeline.datasets))
+            raise KernelgenError(f"unknown dataset {slug!r}; known: {known}")
+        spec = self.pipeline.datasets[slug]
+        absent = missing_files(spec, self.outputs)
+        if absent:
+            raise KernelgenError(f"dataset {slug}: missing stage outputs: {', '.join(map(str, absent))}")
+        digest = files_digest(spec, self.outputs)
+        record = self.state.dataset(slug)
+        if record.digest == digest and record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING):
+            return None
+        folder = build_dataset(spec, self.outputs, self.workdir / "datasets", username=self.username)
+        published = self.backend.publish(folder)
+        record.digest, record.dataset, record.status = digest, published.dataset, DatasetStatus.PROCESSING
+        self.state.save()
+        return published
+
+    def poll_dataset(self, slug: str) -> DatasetStatus:
+        record = self.state.datasets[slug]
+        status = self.backend.dataset_status(record.dataset)
+        if status is not record.status:
+            record.status = status
+            self.state.save()
+        return status
+
+    def wait_dataset(
+        self,
+        slug: str,
+        *,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> DatasetStatus:
+        record = self.state.datasets[slug]
+        status = wait_dataset_ready(self.backend, record.dataset, timeout=timeout, clock=clock, sleep=sleep)
+        record.status = status
+        self.state.save()
+        return status
