@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,52 @@ def read_param_fields(source: Path, stage: int) -> list[ParamField]:
         kind = SCALAR_TYPES[annotation]
         fields.append(ParamField(name, kind, coerce_value(default, kind, name=name, stage=stage)))
     return fields
+
+
+def _standard_import(node: ast.stmt) -> bool:
+    if isinstance(node, ast.Import):
+        return all(a.name.split(".")[0] in sys.stdlib_module_names for a in node.names)
+    if isinstance(node, ast.ImportFrom):
+        return not node.level and (node.module or "").split(".")[0] in sys.stdlib_module_names
+    return False
+
+
+def _literal_assignment(node: ast.stmt) -> bool:
+    value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+    if value is None:
+        return False
+    try:
+        ast.literal_eval(value)
+    except ValueError:
+        return False
+    return True
+
+
+def check_values(source: Path, values: Mapping[str, Any], stage: int) -> None:
+    """Build the stage's `Params` with `values`, so whatever it refuses fails at render.
+
+    The module itself is not imported (it may need TensorFlow): only its standard-library
+    imports, its literal constants and `class Params` run, in a namespace of their own.
+    """
+    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    kept = [
+        node
+        for node in tree.body
+        if _standard_import(node)
+        or _literal_assignment(node)
+        or (isinstance(node, ast.ClassDef) and node.name == "Params")
+    ]
+    namespace: dict[str, Any] = {"__name__": f"kernelgen_params_stage{stage}"}
+    try:
+        exec(compile(ast.Module(body=kept, type_ignores=[]), str(source), "exec", dont_inherit=True), namespace)
+        namespace["Params"](**values)
+    except (ValueError, TypeError) as exc:
+        raise ParameterError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, stage=stage) from None
+    except NameError as exc:
+        raise RenderError(
+            f"{source}: Params may use only the standard library and the module's literal constants ({exc})",
+            stage=stage,
+        ) from None
 
 
 def coerce_value(value: Any, kind: type, *, name: str, stage: int | None) -> Any:

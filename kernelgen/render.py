@@ -21,7 +21,7 @@ from kernelgen import notebook as nb
 from kernelgen.config import BUILTIN_PROFILES, Config
 from kernelgen.errors import ConfigError, MetadataError, RenderError
 from kernelgen.modules import SourceModule, collect_modules
-from kernelgen.params import ParamValue, read_param_fields, resolve_params
+from kernelgen.params import ParamValue, check_values, read_param_fields, resolve_params
 from kernelgen.pipeline import Pipeline, StageSpec
 from kernelgen.templating import render_template
 from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
@@ -75,14 +75,16 @@ def stage_params(
     texts: Mapping[str, str] | None = None,
     extra: Iterable[ParamValue] = (),
 ) -> list[ParamValue]:
-    fields = read_param_fields(pipeline.module_path(spec.module), spec.number)
-    return resolve_params(
-        fields,
+    source = pipeline.module_path(spec.module)
+    params = resolve_params(
+        read_param_fields(source, spec.number),
         stage=spec.number,
         layers=profile_layers(spec, config, profile),
         texts=texts,
         extra=extra,
     )
+    check_values(source, {p.name: p.value for p in params}, spec.number)
+    return params
 
 
 MODULES_VARIABLE = "KERNEL_MODULES"

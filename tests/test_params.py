@@ -19,6 +19,7 @@ from kernelgen.params import (
     ParamField,
     ParamValue,
     assign_overrides,
+    check_values,
     coerce_value,
     parse_overrides,
     parse_text,
@@ -299,3 +300,68 @@ def test_profile_layers_skip_empty_and_refuse_unknown(tmp_path: Path) -> None:
         profile_layers(spec, Config(), "fast")
     config = Config(profiles={"fast": {4: {"a": 2}}})
     assert profile_layers(spec, config, "fast") == [("profile fast in config", {"a": 2})]
+
+
+# --- values a stage's Params refuses fail at render ------------------------------------------
+
+CHECKED_STAGE = '''
+# %%
+import math
+from dataclasses import dataclass
+
+import numpy as np  # never runs at render: only the standard library does
+
+LIMIT = 10
+RULES = ("a", "b")
+COMPUTED = np.arange(3)
+
+
+@dataclass(frozen=True)
+class Params:
+    size: int = 4
+    rule: str = "a"
+    rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.size <= LIMIT:
+            raise ValueError(f"size must be in 1..{LIMIT}, got {self.size}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not math.isfinite(self.rate) or self.rate <= 0:
+            raise ValueError(f"rate must be positive, got {self.rate}")
+
+
+def run(params, layout):
+    pass
+'''
+
+
+def checked_stage(tmp_path: Path, text: str = CHECKED_STAGE) -> Path:
+    path = tmp_path / "stage.py"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"size": 0}, "stage 3: size must be in 1..10, got 0"),
+        ({"size": 11}, "stage 3: size must be in 1..10, got 11"),
+        ({"rule": "bogus"}, "stage 3: rule must be one of a, b, got 'bogus'"),
+        ({"rate": -1.0}, "stage 3: rate must be positive, got -1.0"),
+    ],
+)
+def test_check_values_refuses_what_params_refuses(tmp_path: Path, values: dict, message: str) -> None:
+    with pytest.raises(ParameterError) as info:
+        check_values(checked_stage(tmp_path), values, 3)
+    assert str(info.value) == message
+
+
+def test_check_values_accepts_good_values_without_importing_the_module(tmp_path: Path) -> None:
+    check_values(checked_stage(tmp_path), {"size": 10, "rule": "b", "rate": 2.0}, 3)
+
+
+def test_params_leaning_on_module_code_is_named(tmp_path: Path) -> None:
+    text = CHECKED_STAGE.replace("if not 0 < self.size <= LIMIT:", "if not 0 < self.size <= len(COMPUTED):")
+    with pytest.raises(RenderError, match="Params may use only the standard library"):
+        check_values(checked_stage(tmp_path, text), {"size": 2}, 3)
