@@ -155,6 +155,30 @@ def synth(out: Path, sets: tuple[str, ...], project: Project) -> None:
     click.echo(f"competition data in {out / 'input'}")
 
 
+@main.command()
+@click.argument("dest", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "--name",
+    help="Python package for the stage modules (default: from DEST's folder name, e.g. my-comp -> my_comp).",
+)
+def new(dest: Path, name: str | None) -> None:
+    """Create a small working project in DEST (a new or empty folder).
+
+    Two stages (fit a model, write the submission) wired through a dataset, a
+    generator of synthetic competition data, tests and a README, all runnable
+    with the standard library only.
+    """
+    import shlex
+
+    from kernelgen.scaffold import create_project
+
+    created = create_project(dest, name=name)
+    click.echo(f"created {created}")
+    click.echo("next steps:")
+    click.echo(f"  cd {shlex.quote(str(dest))} && kernelgen chain --local   # run both stages here on synthetic data")
+    click.echo("  pytest   # the project's own tests (inside the project folder)")
+
+
 workdir_option = click.option(
     "--workdir",
     type=click.Path(path_type=Path, file_okay=False),

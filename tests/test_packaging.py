@@ -29,6 +29,8 @@ def test_wheel_carries_pipeline_files_and_finds_them(tmp_path: Path) -> None:
         "kernelgen/_data/templates/parameters.py.j2",
         "kernelgen/_data/pipeline/kernel-metadata/stage1.toml",
         "kernelgen/_data/pipeline/kernel-metadata/datasets.toml",
+        "kernelgen/scaffold/kernel-metadata/stage1.toml.tmpl",
+        "kernelgen/scaffold/package/fit.py.tmpl",
     ):
         assert expected in names, expected
 
