@@ -29,11 +29,12 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from _timing import best_of  # noqa: E402
 
 from stages.lib.rle import rle_decode, rle_encode  # noqa: E402
+from stages.lib.severstal import IMAGE_SHAPE  # noqa: E402
 
 TRAIN_IMAGES = 12_568
 CLASSES_PER_DEFECT_IMAGE = {1: 6_239, 2: 425, 3: 2}
 ROWS_PER_CLASS = {1: 897, 2: 247, 3: 5_150, 4: 801}
-HEIGHT, WIDTH = 256, 1600
+HEIGHT, WIDTH = IMAGE_SHAPE
 DECODE_TARGET = 5.0
 ENCODE_TARGET = 1.0
 

@@ -13,8 +13,8 @@ building, the host-to-device copy and the training step are all timed.
 - baseline, as the 2019 notebook ran: a Dataset that flips and normalises to float32
   on the CPU, `DataLoader` default settings (no workers, no pinned memory), fp32
   model in the default memory layout, `loss.item()` after every batch.
-- stage 4: `seg_make_loader` (workers, pinned memory, uint8 batches) and
-  `seg_train_epoch` (flip and normalisation on the device, float16 autocast with a
+- stage 4: `make_loader` (workers, pinned memory, uint8 batches) and
+  `train_epoch` (flip and normalisation on the device, float16 autocast with a
   gradient scaler and channels-last on CUDA, no per-batch host sync), the code the
   stage itself runs.
 
@@ -45,19 +45,19 @@ from _timing import best_of  # noqa: E402
 
 from stages.lib.segdata import (  # noqa: E402
     SteelSegDataset,
-    seg_defects_by_image,
-    seg_list_images,
+    defects_by_image,
+    list_images,
 )
 from stages.lib.traincsv import read_train_csv  # noqa: E402
 from stages.stage4_segmentation import (  # noqa: E402
-    SEG_MEAN,
-    SEG_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceSetup,
     Params,
-    SegSetup,
     build_unet,
-    seg_grad_scaler,
-    seg_make_loader,
-    seg_train_epoch,
+    grad_scaler,
+    make_loader,
+    train_epoch,
 )
 from stages.synth import generate  # noqa: E402
 
@@ -68,8 +68,8 @@ class OriginalStyleDataset(Dataset):
     def __init__(self, base: SteelSegDataset, seed: int) -> None:
         self.base = base
         self.rng = np.random.default_rng(seed)
-        self.mean = torch.tensor(SEG_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(SEG_STD).view(3, 1, 1)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         train_height=args.height, train_width=args.width, batch_size=args.batch_size,
         accumulate_to=args.accumulate_to, pretrained=False, workers=args.workers,
     )
-    setup = SegSetup.create(params, device)
+    setup = DeviceSetup.create(params, device)
     items = (args.warmup + args.steps) * args.batch_size
 
     with tempfile.TemporaryDirectory(prefix="bench-stage4-") as tmp:
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         data = generate(Path(tmp) / "data", n_train=args.images, n_test=1, seed=0)
         made = time.perf_counter() - start
         folder = data.competition_dir / "train_images"
-        names = seg_list_images(folder)
-        defects = seg_defects_by_image(
+        names = list_images(folder)
+        defects = defects_by_image(
             read_train_csv(data.competition_dir / "train.csv"), names, Path("train.csv")
         )
         repeated = [names[i % len(names)] for i in range(items)]  # each pass decodes again
@@ -193,12 +193,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = device.type == "cuda"
         model = build_unet(False).to(device, memory_format=setup.memory_format)
         optimizer = torch.optim.Adam(model.parameters(), lr=params.lr)
-        scaler = seg_grad_scaler(setup)
+        scaler = grad_scaler(setup)
         flips = setup.flip_generator(0)
-        loader = seg_make_loader(dataset, args.batch_size, args.workers, device, shuffle_seed=0)
+        loader = make_loader(dataset, args.batch_size, args.workers, device, shuffle_seed=0)
 
         def stage_pass(count: int) -> Callable[[], float]:
-            return lambda: seg_train_epoch(model, loader, optimizer, scaler, setup, flips, count)
+            return lambda: train_epoch(model, loader, optimizer, scaler, setup, flips, count)
 
         synchronized(stage_pass(steps[0]), device)()
         stage_time = best_of(synchronized(stage_pass(steps[1]), device), args.repeat)

@@ -28,6 +28,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from _timing import best_of  # noqa: E402
 
 from kernelgen.runtime.layout import Layout  # noqa: E402
+from stages.lib.severstal import COMPETITION, IMAGE_SHAPE  # noqa: E402
 from stages.lib.submission import Submission, write_submission  # noqa: E402
 from stages.stage3_threshold import Params as Stage3Params  # noqa: E402
 from stages.stage3_threshold import choose_threshold, threshold_sweep  # noqa: E402
@@ -39,7 +40,7 @@ from stages.stage5_submission import run as run_stage5  # noqa: E402
 TRAIN_IMAGES = 12_568
 CLASSES_PER_DEFECT_IMAGE = {1: 6_239, 2: 425, 3: 2}  # 7,095 defect rows on 6,666 images
 TEST_IMAGES = 5_506
-HEIGHT, WIDTH = 256, 1600
+HEIGHT, WIDTH = IMAGE_SHAPE
 THRESHOLD = 0.947
 
 
@@ -180,7 +181,7 @@ def end_to_end_stage3(rng: np.random.Generator, scores: pd.Series, defects: pd.D
         root = Path(folder)
         write_scores(root / "input/stage2/train_missing_count.csv", scores)
         train = defects.assign(EncodedPixels=[synth_rle(rng) for _ in range(len(defects))])
-        train_path = root / "input/severstal-steel-defect-detection/train.csv"
+        train_path = root / "input" / COMPETITION / "train.csv"
         train_path.parent.mkdir(parents=True)
         train.to_csv(train_path, index=False, lineterminator="\n")
         return best_of(lambda: run_stage3(Stage3Params(), Layout(root)), 3)

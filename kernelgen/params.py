@@ -85,17 +85,15 @@ def _literal_assignment(node: ast.stmt) -> bool:
         return False
     try:
         ast.literal_eval(value)
-    except ValueError:
+    except (ValueError, TypeError, SyntaxError):
         return False
     return True
 
 
-def check_values(source: Path, values: Mapping[str, Any], stage: int) -> None:
-    """Build the stage's `Params` with `values`, so whatever it refuses fails at render.
-
-    The module itself is not imported (it may need TensorFlow): only its standard-library
-    imports, its literal constants and `class Params` run, in a namespace of their own.
-    """
+def params_class(source: Path, stage: int) -> type:
+    """The stage's `Params`, built without importing the module (it may need TensorFlow):
+    only its standard-library imports, its literal constants and `class Params` run,
+    in a namespace of their own."""
     tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
     kept = [
         node
@@ -105,9 +103,15 @@ def check_values(source: Path, values: Mapping[str, Any], stage: int) -> None:
         or (isinstance(node, ast.ClassDef) and node.name == "Params")
     ]
     namespace: dict[str, Any] = {"__name__": f"kernelgen_params_stage{stage}"}
+    # dont_inherit: this module's `from __future__ import annotations` must not reach the class.
+    exec(compile(ast.Module(body=kept, type_ignores=[]), str(source), "exec", dont_inherit=True), namespace)
+    return namespace["Params"]
+
+
+def check_values(source: Path, values: Mapping[str, Any], stage: int) -> None:
+    """Build the stage's `Params` with `values`, so whatever it refuses fails at render."""
     try:
-        exec(compile(ast.Module(body=kept, type_ignores=[]), str(source), "exec", dont_inherit=True), namespace)
-        namespace["Params"](**values)
+        params_class(source, stage)(**values)
     except (ValueError, TypeError) as exc:
         raise ParameterError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, stage=stage) from None
     except NameError as exc:

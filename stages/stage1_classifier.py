@@ -33,26 +33,32 @@ from stages.lib.classifier import (
     classifier_image_dataset,
     load_classifier,
 )
+from stages.lib.severstal import COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv_images
 
-STAGE1_COMPETITION = "severstal-steel-defect-detection"
-STAGE1_LR_FACTOR = 0.25
-STAGE1_MIN_LR = 5e-7
+LR_FACTOR = 0.25
+MIN_LR = 5e-7
 # Turning DenseNet121's training step into a graph costs about a minute of CPU before
 # the first step; runs of at most this many steps (smoke runs) finish sooner eagerly.
-STAGE1_EAGER_MAX_STEPS = 24
+EAGER_MAX_STEPS = 24
+# DenseNet121 halves its input five times; smaller images leave nothing to pool.
+MIN_IMAGE_SIZE = 32
+# `keras.utils.set_random_seed` takes seeds from 0 to 2**32 - 1.
+MAX_SEED = 4_294_967_295
 
 
 @dataclass(frozen=True)
 class Params:
     """Defaults are the original notebook's settings.
 
-    `image_size`: side of the square the 256x1600 images are resized to.
-    `validation_split`: share of train images held out, stratified by label.
-    `lr_patience`: epochs without a lower validation loss before the learning
-    rate is cut to a quarter. `pretrained`: start from ImageNet weights (needs
-    internet). `seed`: fixes the split, the augmentation and the initial weights.
+    `image_size`: side of the square the 256x1600 images are resized to (at
+    least 32). `validation_split`: share of train images held out, stratified by
+    label, strictly between 0 and 1. `lr_patience`: epochs without a lower
+    validation loss before the learning rate is cut to a quarter. `pretrained`:
+    start from ImageNet weights (needs internet). `seed`: fixes the split, the
+    augmentation and the initial weights. Values are checked when `Params` is
+    built, so a bad one stops the render, before any kernel starts.
     """
 
     image_size: int = 256
@@ -62,6 +68,26 @@ class Params:
     lr_patience: int = 5
     pretrained: bool = True
     seed: int = 2019
+
+    def __post_init__(self) -> None:
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be at least {MIN_IMAGE_SIZE} (DenseNet121 halves it "
+                f"five times), got {self.image_size}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if not 0.0 < self.validation_split < 1.0:
+            raise ValueError(
+                f"validation_split must be between 0 and 1 (exclusive), "
+                f"got {self.validation_split}"
+            )
+        if self.lr_patience < 0:
+            raise ValueError(f"lr_patience must be at least 0, got {self.lr_patience}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
 
 # %% [markdown]
@@ -74,13 +100,13 @@ class Params:
 
 
 # %%
-def _stage1_list_images(folder: Path) -> list[Path]:
+def _list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise InputError(f"{folder}: image folder not found")
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".jpg")
 
 
-def stage1_train_labels(competition: Path) -> pd.DataFrame:
+def train_labels(competition: Path) -> pd.DataFrame:
     """`ImageId`, `path` and `allMissing` (1.0 = no defect) for every train image.
 
     The train images are the files in `train_images/`; an old-format train.csv
@@ -91,7 +117,7 @@ def stage1_train_labels(competition: Path) -> pd.DataFrame:
     csv_path = competition / "train.csv"
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: file not found")
-    paths = _stage1_list_images(train_dir)
+    paths = _list_images(train_dir)
     defects, listed = read_train_csv_images(csv_path)
     names = {p.name for p in paths}
     named = set(defects["ImageId"].astype(str)) | set(listed or ())
@@ -108,7 +134,7 @@ def stage1_train_labels(competition: Path) -> pd.DataFrame:
     return pd.DataFrame({"ImageId": [p.name for p in paths], "path": paths, "allMissing": labels})
 
 
-def stage1_test_images(competition: Path) -> list[Path]:
+def submission_images(competition: Path) -> list[Path]:
     """The test images `sample_submission.csv` names, in its order, each checked to exist."""
     sample = competition / "sample_submission.csv"
     if not sample.is_file():
@@ -125,14 +151,13 @@ def stage1_test_images(competition: Path) -> list[Path]:
     return paths
 
 
-def stage1_split(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
+def split_validation(labels: np.ndarray, validation_split: float, seed: int) -> np.ndarray:
     """A boolean validation mask, stratified by label and fixed by `seed`.
 
     Stratifying keeps the clean/defective ratio of both parts equal, which matters
     for the small data of tests; on the real 12,568 images it changes little.
+    `validation_split` lies strictly between 0 and 1 (`Params` checks it).
     """
-    if not 0.0 < validation_split < 1.0:
-        raise ValueError(f"validation_split must be between 0 and 1, got {validation_split}")
     rng = np.random.default_rng(seed)
     is_val = np.zeros(len(labels), dtype=bool)
     for value in np.unique(labels):
@@ -153,7 +178,7 @@ def stage1_split(labels: np.ndarray, validation_split: float, seed: int) -> np.n
 
 
 # %%
-class Stage1EpochLog(keras.callbacks.Callback):
+class EpochLog(keras.callbacks.Callback):
     """Writes `history.csv` after every epoch: epoch, every metric, learning rate."""
 
     def __init__(self, path: Path):
@@ -182,7 +207,7 @@ class Stage1EpochLog(keras.callbacks.Callback):
         os.replace(partial, self.path)
 
 
-def stage1_plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
+def plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
     """One PNG per learning curve: loss, accuracy, F1/precision/recall, learning rate."""
     panels = {
         "learning_curve_loss.png": ["loss"],
@@ -223,12 +248,12 @@ def stage1_plot_history(history: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 # %%
 def run(params: Params, layout: Layout) -> None:
-    competition = layout.input(STAGE1_COMPETITION)
-    table = stage1_train_labels(competition)
-    test_paths = stage1_test_images(competition)
+    competition = layout.input(COMPETITION)
+    table = train_labels(competition)
+    test_paths = submission_images(competition)
     check_classifier_images([*table["path"], *test_paths])
     labels = table["allMissing"].to_numpy(dtype=np.float32)
-    is_val = stage1_split(labels, params.validation_split, params.seed)
+    is_val = split_validation(labels, params.validation_split, params.seed)
     print(
         f"{len(table)} train images ({int(labels.sum())} without defect): "
         f"{int((~is_val).sum())} for training, {int(is_val.sum())} for validation; "
@@ -254,22 +279,22 @@ def run(params: Params, layout: Layout) -> None:
     )
 
     steps = -(-len(train_paths) // params.batch_size) * params.epochs
-    if steps <= STAGE1_EAGER_MAX_STEPS:
+    if steps <= EAGER_MAX_STEPS:
         model.run_eagerly = True
         print(f"{steps} training steps in all: running eagerly rather than tracing a graph")
 
     out = layout.working
     best_path, final_path = out / "model.h5", out / "dense121_model.h5"
-    log = Stage1EpochLog(out / "history.csv")
+    log = EpochLog(out / "history.csv")
     callbacks = [
         keras.callbacks.ModelCheckpoint(
             str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, verbose=1
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss",
-            factor=STAGE1_LR_FACTOR,
+            factor=LR_FACTOR,
             patience=params.lr_patience,
-            min_lr=STAGE1_MIN_LR,
+            min_lr=MIN_LR,
             verbose=1,
         ),
         log,
@@ -283,7 +308,7 @@ def run(params: Params, layout: Layout) -> None:
         verbose=2,
     )
     model.save(final_path)
-    stage1_plot_history(pd.DataFrame(log.rows), out)
+    plot_history(pd.DataFrame(log.rows), out)
 
     best = load_classifier(best_path)
     test_data = classifier_image_dataset(test_paths, params.image_size, params.batch_size)

@@ -21,16 +21,31 @@ from stages.lib.classifier import (
     classifier_input_size,
     load_classifier,
 )
+from stages.lib.severstal import COMPETITION
 
-STAGE2_COMPETITION = "severstal-steel-defect-detection"
+# Stage 1 trains at 32 or more (DenseNet121 halves its input five times).
+MIN_IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
 class Params:
-    """`image_size` must be the size stage 1 trained at; `batch_size` only sets speed."""
+    """`image_size` must be the size stage 1 trained at; `batch_size` only sets speed.
+
+    Values are checked when `Params` is built; that the model was trained at
+    `image_size` is checked once the model is loaded.
+    """
 
     image_size: int = 256
     batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be at least {MIN_IMAGE_SIZE} (stage 1 cannot train "
+                f"smaller), got {self.image_size}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
 
 # %% [markdown]
@@ -38,7 +53,7 @@ class Params:
 
 
 # %%
-def stage2_train_images(competition: Path) -> list[Path]:
+def train_images(competition: Path) -> list[Path]:
     """Every `.jpg` in `train_images/`, sorted by name."""
     folder = competition / "train_images"
     if not folder.is_dir():
@@ -51,7 +66,7 @@ def stage2_train_images(competition: Path) -> list[Path]:
 
 def run(params: Params, layout: Layout) -> None:
     model_path = layout.input_file("stage1", "model.h5")
-    paths = stage2_train_images(layout.input(STAGE2_COMPETITION))
+    paths = train_images(layout.input(COMPETITION))
     check_classifier_images(paths)
     model = load_classifier(model_path)
     trained_size = classifier_input_size(model, model_path)

@@ -22,11 +22,11 @@ import pandas as pd
 
 from kernelgen.runtime import InputError, Layout
 from stages.lib.scores import read_scores
+from stages.lib.severstal import COMPETITION
 from stages.lib.traincsv import read_train_csv
 
-THRESHOLD_COMPETITION = "severstal-steel-defect-detection"
-THRESHOLD_RULES = ("consistency", "f1", "accuracy")
-THRESHOLD_SWEEP_COLUMNS = (
+RULES = ("consistency", "f1", "accuracy")
+SWEEP_COLUMNS = (
     "threshold",
     "tp",
     "fp",
@@ -37,7 +37,7 @@ THRESHOLD_SWEEP_COLUMNS = (
     "precision",
     "f1",
 )
-THRESHOLD_METRICS = ("accuracy", "recall", "precision", "f1")
+METRICS = ("accuracy", "recall", "precision", "f1")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class Params:
     most closely, the original's choice), `f1` or `accuracy` (their maximum)."""
 
     rule: str = "consistency"
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
 
 
 # %% [markdown]
@@ -57,7 +61,7 @@ class Params:
 
 
 # %%
-def _th_ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, 0 where the denominator is 0."""
     out = np.zeros(numerator.shape, dtype=np.float64)
     np.divide(numerator, denominator, out=out, where=denominator > 0)
@@ -89,10 +93,10 @@ def threshold_sweep(scores: np.ndarray, positive: np.ndarray) -> pd.DataFrame:
             "fp": fp,
             "tn": tn,
             "fn": fn,
-            "accuracy": _th_ratio(tp + tn, total),
-            "recall": _th_ratio(tp, tp + fn),
-            "precision": _th_ratio(tp, tp + fp),
-            "f1": _th_ratio(2 * tp, 2 * tp + fp + fn),
+            "accuracy": _ratio(tp + tn, total),
+            "recall": _ratio(tp, tp + fn),
+            "precision": _ratio(tp, tp + fp),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
         }
     )
 
@@ -104,20 +108,18 @@ def choose_threshold(sweep: pd.DataFrame, rule: str) -> dict[str, float | str]:
     `accuracy` maximise that metric.
     """
     if rule == "consistency":
-        acc, rec, prec, f1 = (sweep[m].to_numpy(dtype=np.float64) for m in THRESHOLD_METRICS)
+        acc, rec, prec, f1 = (sweep[m].to_numpy(dtype=np.float64) for m in METRICS)
         row = int(np.argmin(np.abs(acc - rec) + np.abs(rec - prec) + np.abs(prec - f1)))
     elif rule in ("f1", "accuracy"):
         row = int(np.argmax(sweep[rule].to_numpy(dtype=np.float64)))
     else:
-        raise InputError(
-            f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
-        )
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     chosen = sweep.iloc[row]
     record: dict[str, float | str] = {
         "threshold": round(float(chosen["threshold"]), 3),
         "rule": rule,
     }
-    for metric in THRESHOLD_METRICS:
+    for metric in METRICS:
         record[metric] = float(chosen[metric])
     return record
 
@@ -129,9 +131,9 @@ def choose_threshold(sweep: pd.DataFrame, rule: str) -> dict[str, float | str]:
 
 
 # %%
-def _th_plot_metrics(sweep: pd.DataFrame, chosen: dict[str, float | str], path: Path) -> None:
+def _plot_metrics(sweep: pd.DataFrame, chosen: dict[str, float | str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
-    for metric in THRESHOLD_METRICS:
+    for metric in METRICS:
         ax.plot(sweep["threshold"], sweep[metric], label=metric)
     ax.axvline(
         float(chosen["threshold"]),
@@ -151,7 +153,7 @@ def _th_plot_metrics(sweep: pd.DataFrame, chosen: dict[str, float | str], path: 
     plt.close(fig)
 
 
-def _th_plot_counts(sweep: pd.DataFrame, chosen: dict[str, float | str], path: Path) -> None:
+def _plot_counts(sweep: pd.DataFrame, chosen: dict[str, float | str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5))
     for count in ("tp", "fp", "tn", "fn"):
         ax.plot(sweep["threshold"], sweep[count], label=count)
@@ -176,12 +178,8 @@ def _th_plot_counts(sweep: pd.DataFrame, chosen: dict[str, float | str], path: P
 
 # %%
 def run(params: Params, layout: Layout) -> None:
-    if params.rule not in THRESHOLD_RULES:
-        raise InputError(
-            f"unknown threshold rule {params.rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
-        )
     score_path = layout.input_file("stage2", "train_missing_count.csv")
-    train_path = layout.input_file(THRESHOLD_COMPETITION, "train.csv")
+    train_path = layout.input_file(COMPETITION, "train.csv")
     defects = read_train_csv(train_path)
     defect_ids = pd.unique(defects["ImageId"].astype(str))
     scores = read_scores(score_path, expected_ids=defect_ids, expected_from=str(train_path))
@@ -195,14 +193,14 @@ def run(params: Params, layout: Layout) -> None:
     working = layout.working
     table = sweep.copy()
     table["threshold"] = [f"{t:.3f}" for t in sweep["threshold"]]
-    table = table[list(THRESHOLD_SWEEP_COLUMNS)]
+    table = table[list(SWEEP_COLUMNS)]
     table.to_csv(working / "threshold_sweep.csv", index=False, lineterminator="\n")
     (working / "threshold.json").write_text(json.dumps(chosen, indent=2) + "\n")
-    _th_plot_metrics(sweep, chosen, working / "threshold_sweep.png")
-    _th_plot_counts(sweep, chosen, working / "threshold_counts.png")
+    _plot_metrics(sweep, chosen, working / "threshold_sweep.png")
+    _plot_counts(sweep, chosen, working / "threshold_counts.png")
 
     print(
         f"{scores.size} train images scored, {int(positive.sum())} with defects; "
         f"rule {params.rule}: threshold {chosen['threshold']:.3f}"
     )
-    print(", ".join(f"{m} {float(chosen[m]):.4f}" for m in THRESHOLD_METRICS))
+    print(", ".join(f"{m} {float(chosen[m]):.4f}" for m in METRICS))

@@ -41,21 +41,23 @@ except ImportError:  # optional: only the network drawing needs it
 from kernelgen.runtime import InputError, Layout
 from stages.lib.rle import rle_encode
 from stages.lib.segdata import (
-    SEG_CLASSES,
-    SEG_IMAGE_SHAPE,
     SteelSegDataset,
-    seg_check_images,
-    seg_defects_by_image,
-    seg_list_images,
-    seg_stratified_split,
+    check_images,
+    defects_by_image,
+    list_images,
+    stratified_split,
 )
+from stages.lib.severstal import CLASS_IDS, COMPETITION, IMAGE_SHAPE
 from stages.lib.submission import Submission, read_submission, write_submission
 from stages.lib.traincsv import defect_count_per_image, read_train_csv
 
-SEG_COMPETITION = "severstal-steel-defect-detection"
-SEG_MEAN = (0.485, 0.456, 0.406)
-SEG_STD = (0.229, 0.224, 0.225)
-SEG_VAL_FRACTION = 0.2
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VAL_FRACTION = 0.2
+# The encoder halves the training height and width five times.
+SIZE_MULTIPLE = 32
+# `torch.manual_seed` takes seeds up to 2**64 - 1, numpy's generators none below 0.
+MAX_SEED = 18_446_744_073_709_551_615
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,9 @@ class Params:
     `pixel_threshold`: probability above which a pixel is defect; `min_size`:
     a predicted region must have more pixels than this to be kept;
     `pretrained`: ImageNet encoder weights (need internet); `amp`: mixed
-    precision, used on CUDA only; `workers`: data-loader processes.
+    precision, used on CUDA only; `workers`: data-loader processes (0 loads
+    in the main process). Values are checked when `Params` is built, so a bad
+    one stops the render, before any kernel starts.
     """
 
     train_height: int = 256
@@ -86,16 +90,42 @@ class Params:
     workers: int = 2
     seed: int = 69
 
+    def __post_init__(self) -> None:
+        for name in ("train_height", "train_width"):
+            size = getattr(self, name)
+            if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+                raise ValueError(
+                    f"{name} must be a positive multiple of {SIZE_MULTIPLE} (the encoder "
+                    f"halves it five times), got {size}"
+                )
+        for name in ("batch_size", "accumulate_to", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("lr_patience", "min_size", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
+        if not 0.0 < self.pixel_threshold < 1.0:
+            raise ValueError(
+                f"pixel_threshold must be between 0 and 1 (exclusive), "
+                f"got {self.pixel_threshold}"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+
 
 # %% [markdown]
 # ## Model and device set-up
 
 # %%
 def build_unet(pretrained: bool) -> nn.Module:
-    """UNet-ResNet18 with 4 logit channels; one clear error when weights cannot be fetched."""
+    """UNet-ResNet18 with one logit channel per class; a clear error when weights are missing."""
     weights = "imagenet" if pretrained else None
     try:
-        return smp.Unet("resnet18", encoder_weights=weights, classes=4, activation=None)
+        return smp.Unet(
+            "resnet18", encoder_weights=weights, classes=len(CLASS_IDS), activation=None
+        )
     except Exception as exc:
         if not pretrained:
             raise
@@ -107,7 +137,7 @@ def build_unet(pretrained: bool) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class SegSetup:
+class DeviceSetup:
     """How batches are run: device, precision, memory layout, accumulation.
 
     The normalisation constants live on the device once: building them per
@@ -122,11 +152,11 @@ class SegSetup:
     pixel_inv_std: torch.Tensor = field(repr=False, compare=False)
 
     @classmethod
-    def create(cls, params: Params, device: torch.device) -> "SegSetup":
+    def create(cls, params: Params, device: torch.device) -> "DeviceSetup":
         cuda = device.type == "cuda"
         accum = max(1, round(params.accumulate_to / params.batch_size))
-        mean = torch.tensor(SEG_MEAN).view(1, 3, 1, 1) * 255.0
-        inv_std = 1.0 / (torch.tensor(SEG_STD).view(1, 3, 1, 1) * 255.0)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+        inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
         return cls(
             device=device,
             amp=params.amp and cuda,
@@ -148,16 +178,16 @@ class SegSetup:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
 
 
-def seg_device() -> torch.device:
+def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def seg_grad_scaler(setup: SegSetup) -> "torch.amp.GradScaler":
+def grad_scaler(setup: DeviceSetup) -> "torch.amp.GradScaler":
     """A loss scaler for float16 training; a pass-through when AMP is off."""
     return torch.amp.GradScaler(setup.device.type, enabled=setup.amp)
 
 
-def seg_make_loader(
+def make_loader(
     dataset: Dataset, batch_size: int, workers: int, device: torch.device, shuffle_seed: int | None
 ) -> DataLoader:
     """Loader with pinned memory on CUDA and workers kept alive between epochs.
@@ -179,13 +209,13 @@ def seg_make_loader(
     )
 
 
-def seg_prepare_images(images: torch.Tensor, setup: SegSetup) -> torch.Tensor:
+def prepare_images(images: torch.Tensor, setup: DeviceSetup) -> torch.Tensor:
     """uint8 (B, 3, H, W) batch -> normalised float on the device, in the setup's layout."""
     x = images.to(setup.device, non_blocking=True).to(memory_format=setup.memory_format)
     return (x.float() - setup.pixel_mean) * setup.pixel_inv_std
 
 
-def seg_random_flip(
+def random_flip(
     images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mirror each sample left-right with probability 0.5, image and masks together."""
@@ -201,12 +231,12 @@ def seg_random_flip(
 # computes every metric from them in a few tensor operations.
 
 # %%
-def seg_train_epoch(
+def train_epoch(
     model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scaler: "torch.amp.GradScaler",
-    setup: SegSetup,
+    setup: DeviceSetup,
     flip_generator: torch.Generator,
     max_batches: int | None = None,
 ) -> float:
@@ -220,8 +250,8 @@ def seg_train_epoch(
     for index, (images, masks) in enumerate(itertools.islice(loader, batches)):
         images = images.to(setup.device, non_blocking=True)
         masks = masks.to(setup.device, non_blocking=True)
-        images, masks = seg_random_flip(images, masks, flip_generator)
-        x = seg_prepare_images(images, setup)
+        images, masks = random_flip(images, masks, flip_generator)
+        x = prepare_images(images, setup)
         y = masks.float()
         with setup.autocast():
             logits = model(x)
@@ -236,7 +266,7 @@ def seg_train_epoch(
     return float(total) / max(seen, 1)
 
 
-def seg_pair_metrics(inter: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor) -> dict:
+def pair_metrics(inter: torch.Tensor, pred: torch.Tensor, truth: torch.Tensor) -> dict:
     """Dice and IoU per (image, class) pair from pixel counts; empty-empty pairs score 1.
 
     `dice_pos` averages pairs with a true defect, `dice_neg` those without
@@ -259,8 +289,8 @@ def seg_pair_metrics(inter: torch.Tensor, pred: torch.Tensor, truth: torch.Tenso
     }
 
 
-def seg_validate(
-    model: nn.Module, loader: DataLoader, setup: SegSetup, threshold: float
+def validate(
+    model: nn.Module, loader: DataLoader, setup: DeviceSetup, threshold: float
 ) -> dict:
     """Validation loss (mean per pixel) and Dice/IoU at the training resolution."""
     model.eval()
@@ -270,7 +300,7 @@ def seg_validate(
     counts: list[torch.Tensor] = []
     with torch.no_grad():
         for images, masks in loader:
-            x = seg_prepare_images(images, setup)
+            x = prepare_images(images, setup)
             y = masks.to(setup.device, non_blocking=True).float()
             with setup.autocast():
                 logits = model(x)
@@ -284,17 +314,17 @@ def seg_validate(
                 )
             )
     stats = torch.cat(counts, dim=1)
-    return {"loss": float(total) / max(pixels, 1), **seg_pair_metrics(stats[0], stats[1], stats[2])}
+    return {"loss": float(total) / max(pixels, 1), **pair_metrics(stats[0], stats[1], stats[2])}
 
 
-def seg_save_checkpoint(path: Path, state: dict) -> None:
+def save_checkpoint(path: Path, state: dict) -> None:
     """Write beside the target and rename, so `model.pth` is always a whole checkpoint."""
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     os.replace(partial, path)
 
 
-def seg_cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the model's weights as contiguous CPU tensors, loadable anywhere.
 
     Always a copy: on CPU, `.to("cpu")` would return the live tensors, and the
@@ -313,7 +343,7 @@ def seg_cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 # 8-connectivity inside each (image, class) plane and none across planes.
 
 # %%
-def seg_remove_small(masks: np.ndarray, min_size: int) -> np.ndarray:
+def remove_small(masks: np.ndarray, min_size: int) -> np.ndarray:
     """Keep only connected regions with more than `min_size` pixels in each 2-D plane.
 
     Only planes with a predicted pixel are labelled, and region sizes are
@@ -334,8 +364,8 @@ def seg_remove_small(masks: np.ndarray, min_size: int) -> np.ndarray:
     return kept.reshape(masks.shape)
 
 
-def seg_predict(
-    model: nn.Module, loader: DataLoader, setup: SegSetup, threshold: float, min_size: int
+def predict(
+    model: nn.Module, loader: DataLoader, setup: DeviceSetup, threshold: float, min_size: int
 ) -> list[list[str]]:
     """Per image (loader order), the RLE of each class after threshold and size filter."""
     model.eval()
@@ -343,14 +373,14 @@ def seg_predict(
     with torch.no_grad():
         for images in loader:
             with setup.autocast():
-                logits = model(seg_prepare_images(images, setup))
+                logits = model(prepare_images(images, setup))
             logits = logits.float()
-            if tuple(logits.shape[-2:]) != SEG_IMAGE_SHAPE:
+            if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
                 logits = F.interpolate(
-                    logits, size=SEG_IMAGE_SHAPE, mode="bilinear", align_corners=False
+                    logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
                 )
             masks = (torch.sigmoid(logits) > threshold).cpu().numpy()
-            kept = seg_remove_small(masks, min_size)
+            kept = remove_small(masks, min_size)
             encoded.extend([rle_encode(plane) for plane in image] for image in kept)
     return encoded
 
@@ -359,7 +389,7 @@ def seg_predict(
 # ## Outputs beside the model: network drawing, history, curves
 
 # %%
-def seg_draw_network(model: nn.Module, setup: SegSetup, path: Path) -> None:
+def draw_network(model: nn.Module, setup: DeviceSetup, path: Path) -> None:
     """Draw the autograd graph as SVG; print one line and go on when the tools are missing."""
     if make_dot is None:
         print(f"{path.name} not drawn: torchviz is not installed (pip install torchviz)")
@@ -379,7 +409,7 @@ def seg_draw_network(model: nn.Module, setup: SegSetup, path: Path) -> None:
     path.write_bytes(svg)
 
 
-def seg_plot_curves(history: pd.DataFrame, working: Path) -> list[Path]:
+def plot_curves(history: pd.DataFrame, working: Path) -> list[Path]:
     """Loss and validation-metric curves by epoch, one PNG each."""
     written: list[Path] = []
     figures = (
@@ -411,47 +441,42 @@ def seg_plot_curves(history: pd.DataFrame, working: Path) -> list[Path]:
 
 # %%
 def run(params: Params, layout: Layout) -> None:
-    if params.train_height % 32 or params.train_width % 32:
-        raise ValueError(
-            f"train_height and train_width must be multiples of 32 (the encoder halves them "
-            f"5 times), got {params.train_height}x{params.train_width}"
-        )
-    comp = layout.input(SEG_COMPETITION)
-    train_csv = layout.input_file(SEG_COMPETITION, "train.csv")
-    sample_path = layout.input_file(SEG_COMPETITION, "sample_submission.csv")
+    comp = layout.input(COMPETITION)
+    train_csv = layout.input_file(COMPETITION, "train.csv")
+    sample_path = layout.input_file(COMPETITION, "sample_submission.csv")
     train_dir, test_dir = comp / "train_images", comp / "test_images"
 
-    train_names = seg_list_images(train_dir)
+    train_names = list_images(train_dir)
     defect_rows = read_train_csv(train_csv)
-    defects = seg_defects_by_image(defect_rows, train_names, train_csv)
-    seg_list_images(test_dir)
+    defects = defects_by_image(defect_rows, train_names, train_csv)
+    list_images(test_dir)
     sample = read_submission(sample_path)
     test_names = list(dict.fromkeys(sample.frame["ImageId"].astype(str).tolist()))
     if not test_names:
         raise InputError(f"{sample_path}: no test images listed (empty test set)")
-    seg_check_images(train_dir, train_names)
-    seg_check_images(test_dir, test_names)
+    check_images(train_dir, train_names)
+    check_images(test_dir, test_names)
     if len(train_names) < 2:
         raise InputError(f"{train_dir}: need at least 2 train images, found {len(train_names)}")
 
     torch.manual_seed(params.seed)
-    device = seg_device()
-    setup = SegSetup.create(params, device)
+    device = pick_device()
+    setup = DeviceSetup.create(params, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = build_unet(params.pretrained).to(device, memory_format=setup.memory_format)
     working = layout.working
-    seg_draw_network(model, setup, working / "Unet_visualization.svg")
+    draw_network(model, setup, working / "Unet_visualization.svg")
 
     strata = defect_count_per_image(defect_rows, train_names).tolist()
-    train_ids, val_ids = seg_stratified_split(train_names, strata, SEG_VAL_FRACTION, params.seed)
+    train_ids, val_ids = stratified_split(train_names, strata, VAL_FRACTION, params.seed)
     size = (params.train_height, params.train_width)
     source = str(train_csv)
-    train_loader = seg_make_loader(
+    train_loader = make_loader(
         SteelSegDataset(train_dir, train_ids, *size, defects=defects, source=source),
         params.batch_size, params.workers, device, shuffle_seed=params.seed,
     )
-    val_loader = seg_make_loader(
+    val_loader = make_loader(
         SteelSegDataset(train_dir, val_ids, *size, defects=defects, source=source),
         params.batch_size, params.workers, device, shuffle_seed=None,
     )
@@ -466,23 +491,23 @@ def run(params: Params, layout: Layout) -> None:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=params.lr_patience
     )
-    scaler = seg_grad_scaler(setup)
+    scaler = grad_scaler(setup)
     flip_generator = setup.flip_generator(params.seed)
     checkpoint = working / "model.pth"
-    best_loss, best_state = math.inf, seg_cpu_state(model)
+    best_loss, best_state = math.inf, cpu_state(model)
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loss = seg_train_epoch(
+        train_loss = train_epoch(
             model, train_loader, optimizer, scaler, setup, flip_generator
         )
-        metrics = seg_validate(model, val_loader, setup, params.pixel_threshold)
+        metrics = validate(model, val_loader, setup, params.pixel_threshold)
         scheduler.step(metrics["loss"])
         improved = metrics["loss"] < best_loss
         if improved:
-            best_loss, best_state = metrics["loss"], seg_cpu_state(model)
-            seg_save_checkpoint(
+            best_loss, best_state = metrics["loss"], cpu_state(model)
+            save_checkpoint(
                 checkpoint,
                 {
                     "epoch": epoch,
@@ -505,19 +530,19 @@ def run(params: Params, layout: Layout) -> None:
             f"(pos {metrics['dice_pos']:.4f}, neg {metrics['dice_neg']:.4f}) "
             f"iou {metrics['iou']:.4f} {seconds:.1f}s" + (" *saved" if improved else "")
         )
-    seg_plot_curves(pd.DataFrame(rows), working)
+    plot_curves(pd.DataFrame(rows), working)
 
     del train_loader, val_loader  # stop their worker processes
     model.load_state_dict(best_state)
-    test_loader = seg_make_loader(
+    test_loader = make_loader(
         SteelSegDataset(test_dir, test_names, *size),
         params.batch_size, params.workers, device, shuffle_seed=None,
     )
-    encoded = seg_predict(model, test_loader, setup, params.pixel_threshold, params.min_size)
+    encoded = predict(model, test_loader, setup, params.pixel_threshold, params.min_size)
     lookup = {
         (name, class_id): rle
         for name, rles in zip(test_names, encoded, strict=True)
-        for class_id, rle in zip(SEG_CLASSES, rles, strict=True)
+        for class_id, rle in zip(CLASS_IDS, rles, strict=True)
     }
     frame = sample.frame.copy()
     keys = zip(frame["ImageId"].astype(str), frame["ClassId"].astype(int), strict=True)

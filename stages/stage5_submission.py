@@ -19,9 +19,14 @@ from stages.lib.submission import Submission, read_submission, write_submission
 @dataclass(frozen=True)
 class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
-    (stage 3 chooses it in a chain run)."""
+    (stage 3 chooses it in a chain run). It must lie in [0, 1], as the scores do;
+    1 blanks no image."""
 
     threshold: float = 0.947
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
 
 
 # %% [markdown]

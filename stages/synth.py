@@ -25,17 +25,15 @@ from PIL import Image
 from scipy import ndimage
 
 from stages.lib.rle import rle_encode
+from stages.lib.severstal import CLASS_IDS, COMPETITION, IMAGE_HEIGHT, IMAGE_WIDTH
 
-COMPETITION = "severstal-steel-defect-detection"
 FORMATS = ("new", "old")
-CLASSES = (1, 2, 3, 4)
 
 # Images per class in the real train set; the draw of defect classes follows these shares.
 _REAL_CLASS_COUNTS = np.array([897.0, 247.0, 5150.0, 801.0])
 _CLASS_SHARES = _REAL_CLASS_COUNTS / _REAL_CLASS_COUNTS.sum()
 _DEFECT_SHARE = 0.5  # about half of the real images have no defect
 _TWO_CLASS_SHARE = 0.12  # share of defective images that carry a second class
-_REF_HEIGHT, _REF_WIDTH = 256, 1600
 # Stage 4 drops components under 3,500 pixels at 256x1600; keep every region well above.
 _MIN_REGION_PIXELS = 5000
 _JPEG_QUALITY = 90
@@ -65,18 +63,18 @@ class _Defect:
 
 @dataclass(frozen=True)
 class _Scale:
-    """Sizes are designed at 256x1600; other image sizes scale them per axis."""
+    """Sizes are designed at the competition's image size; others scale them per axis."""
 
     height: int
     width: int
 
     @property
     def sy(self) -> float:
-        return self.height / _REF_HEIGHT
+        return self.height / IMAGE_HEIGHT
 
     @property
     def sx(self) -> float:
-        return self.width / _REF_WIDTH
+        return self.width / IMAGE_WIDTH
 
     @property
     def min_pixels(self) -> int:
@@ -90,8 +88,8 @@ def generate(
     n_test: int = 16,
     seed: int = 0,
     fmt: str = "new",
-    height: int = 256,
-    width: int = 1600,
+    height: int = IMAGE_HEIGHT,
+    width: int = IMAGE_WIDTH,
     progress: Callable[[int, int], None] | None = None,
 ) -> SynthDataset:
     """Write a synthetic competition folder under ``out`` and return where things are.
@@ -197,10 +195,12 @@ def _class_plans(rng: np.random.Generator, n: int) -> list[tuple[int, ...]]:
     n_defective = max(1, round(n * _DEFECT_SHARE))
     plans: list[tuple[int, ...]] = []
     for k in range(n_defective):
-        first = CLASSES[k] if k < len(CLASSES) else int(rng.choice(CLASSES, p=_CLASS_SHARES))
+        first = (
+            CLASS_IDS[k] if k < len(CLASS_IDS) else int(rng.choice(CLASS_IDS, p=_CLASS_SHARES))
+        )
         classes = [first]
         if rng.random() < _TWO_CLASS_SHARE:
-            others = [c for c in CLASSES if c != first]
+            others = [c for c in CLASS_IDS if c != first]
             shares = _CLASS_SHARES[[c - 1 for c in others]]
             classes.append(int(rng.choice(others, p=shares / shares.sum())))
         plans.append(tuple(sorted(classes)))
@@ -425,7 +425,7 @@ def _write_labels(
             encoded = {(image_id, class_id): rle for image_id, class_id, rle in rows}
             writer.writerow(["ImageId_ClassId", "EncodedPixels"])
             for image_id in image_ids:
-                for class_id in CLASSES:
+                for class_id in CLASS_IDS:
                     writer.writerow(
                         [f"{image_id}_{class_id}", encoded.get((image_id, class_id), "")]
                     )
@@ -437,10 +437,10 @@ def _write_sample_submission(path: Path, image_ids: Sequence[str], fmt: str) -> 
         if fmt == "new":
             writer.writerow(["ImageId", "EncodedPixels", "ClassId"])
             writer.writerows(
-                [image_id, "1 1", class_id] for image_id in image_ids for class_id in CLASSES
+                [image_id, "1 1", class_id] for image_id in image_ids for class_id in CLASS_IDS
             )
         else:
             writer.writerow(["ImageId_ClassId", "EncodedPixels"])
             writer.writerows(
-                [f"{image_id}_{class_id}", "1 1"] for image_id in image_ids for class_id in CLASSES
+                [f"{image_id}_{class_id}", "1 1"] for image_id in image_ids for class_id in CLASS_IDS
             )

@@ -7,15 +7,10 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kernelgen.runtime import InputError
-from stages.lib.rle import (
-    MASK_SHAPE,
-    rle_decode,
-    rle_decode_many,
-    rle_encode,
-    rle_runs,
-)
+from stages.lib.rle import rle_decode, rle_decode_many, rle_encode, rle_runs
+from stages.lib.severstal import IMAGE_SHAPE
 
-HEIGHT, WIDTH = MASK_SHAPE
+HEIGHT, WIDTH = IMAGE_SHAPE
 PIXELS = HEIGHT * WIDTH
 
 
@@ -95,11 +90,11 @@ def test_edge_pixels_round_trip(rle: str, area: int, pixel: tuple[int, int]) -> 
 
 
 def test_empty_mask_and_blank_strings() -> None:
-    empty = np.zeros(MASK_SHAPE, dtype=np.uint8)
+    empty = np.zeros(IMAGE_SHAPE, dtype=np.uint8)
     assert rle_encode(empty) == ""
     for blank in ("", " ", "\n", " \t "):
         decoded = rle_decode(blank)
-        assert decoded.shape == MASK_SHAPE and not decoded.any()
+        assert decoded.shape == IMAGE_SHAPE and not decoded.any()
 
 
 def test_surrounding_whitespace_and_tabs_are_accepted() -> None:

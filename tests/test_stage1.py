@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import re
 import shutil
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -12,25 +14,27 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from kernelgen.errors import ParameterError
+from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, classifier_image_dataset
 from stages.lib.scores import read_scores
+from stages.lib.severstal import COMPETITION
 from stages.lib.submission import read_submission
-from stages.stage1_classifier import Params, run, stage1_split, stage1_train_labels
+from stages.stage1_classifier import Params, run, split_validation, train_labels
 from stages.synth import SynthDataset, generate
+from tests.stage_params import params_alone, smoke_profile, source_of
 
 # Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
-REPO = Path(__file__).resolve().parent.parent
-METADATA = REPO / "kernel-metadata" / "stage1.toml"
+# Params as the kernel builds it (module imported) and as rendering does (module not run).
+PARAMS_CLASSES = [
+    pytest.param(Params, id="imported"),
+    pytest.param(params_alone("stages.stage1_classifier"), id="alone"),
+]
 OUTPUTS = (
     "model.h5",
     "dense121_model.h5",
@@ -45,9 +49,7 @@ OUTPUTS = (
 
 def smoke_params(**changes: object) -> Params:
     """The smoke profile of kernel-metadata/stage1.toml, so tests run what users run."""
-    with METADATA.open("rb") as handle:
-        smoke = tomllib.load(handle)["profiles"]["smoke"]
-    return Params(**{**smoke, **changes})
+    return Params(**{**smoke_profile(1), **changes})
 
 
 def truth_labels(data: SynthDataset, image_ids: list[str]) -> np.ndarray:
@@ -84,7 +86,7 @@ def tiny(tmp_path: Path) -> SynthDataset:
 
 
 def test_labels_mark_images_without_defect_rows(tiny: SynthDataset) -> None:
-    table = stage1_train_labels(tiny.competition_dir)
+    table = train_labels(tiny.competition_dir)
     defects = pd.read_csv(tiny.competition_dir / "train.csv", dtype=str)
     files = sorted(p.name for p in (tiny.competition_dir / "train_images").iterdir())
     assert list(table["ImageId"]) == files
@@ -96,24 +98,85 @@ def test_labels_mark_images_without_defect_rows(tiny: SynthDataset) -> None:
 def test_labels_read_the_old_train_csv_format_the_same(tmp_path: Path) -> None:
     new = generate(tmp_path / "new", n_train=10, n_test=2, seed=3, fmt="new")
     old = generate(tmp_path / "old", n_train=10, n_test=2, seed=3, fmt="old")
-    a = stage1_train_labels(new.competition_dir)
-    b = stage1_train_labels(old.competition_dir)
+    a = train_labels(new.competition_dir)
+    b = train_labels(old.competition_dir)
     assert list(a["ImageId"]) == list(b["ImageId"])
     assert list(a["allMissing"]) == list(b["allMissing"])
 
 
 def test_split_is_stratified_and_fixed_by_seed() -> None:
     labels = np.array([1.0] * 40 + [0.0] * 60)
-    first = stage1_split(labels, 0.15, seed=7)
+    first = split_validation(labels, 0.15, seed=7)
     assert first.sum() == 15
     assert labels[first].sum() == 6  # 15% of each class
-    assert np.array_equal(first, stage1_split(labels, 0.15, seed=7))
-    assert not np.array_equal(first, stage1_split(labels, 0.15, seed=8))
+    assert np.array_equal(first, split_validation(labels, 0.15, seed=7))
+    assert not np.array_equal(first, split_validation(labels, 0.15, seed=8))
 
 
-def test_split_rejects_a_split_outside_zero_and_one() -> None:
-    with pytest.raises(ValueError, match="validation_split"):
-        stage1_split(np.array([0.0, 1.0]), 0.0, seed=0)
+# ---------------------------------------------------------------------------------------
+# Parameters: checked when Params is built, at render time and in the kernel
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [
+        ("image_size", 31, "must be at least 32 (DenseNet121 halves it five times)"),
+        ("image_size", 0, "must be at least 32 (DenseNet121 halves it five times)"),
+        ("batch_size", 0, "must be at least 1"),
+        ("batch_size", -8, "must be at least 1"),
+        ("epochs", 0, "must be at least 1"),
+        ("epochs", -1, "must be at least 1"),
+        ("validation_split", 0.0, "must be between 0 and 1 (exclusive)"),
+        ("validation_split", 1.0, "must be between 0 and 1 (exclusive)"),
+        ("validation_split", -0.15, "must be between 0 and 1 (exclusive)"),
+        ("validation_split", 15.0, "must be between 0 and 1 (exclusive)"),
+        ("validation_split", math.nan, "must be between 0 and 1 (exclusive)"),
+        ("lr_patience", -1, "must be at least 0"),
+        ("seed", -1, "must be between 0 and 4294967295"),
+        ("seed", 2**32, "must be between 0 and 4294967295"),
+    ],
+)
+def test_bad_parameter_is_refused_naming_it(
+    params: type, name: str, value: object, rule: str
+) -> None:
+    message = f"{name} {rule}, got {value}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(**{name: value})
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("image_size", 32),
+        ("batch_size", 1),
+        ("epochs", 1),
+        ("validation_split", 0.01),
+        ("validation_split", 0.99),
+        ("lr_patience", 0),
+        ("seed", 0),
+        ("seed", 2**32 - 1),
+    ],
+)
+def test_edge_values_are_accepted(params: type, name: str, value: object) -> None:
+    assert getattr(params(**{name: value}), name) == value
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
+    assert asdict(params()) == asdict(Params())
+    smoke = params(**smoke_profile(1))
+    assert smoke.image_size == 64 and smoke.pretrained is False
+
+
+def test_renderer_checks_values_with_this_params() -> None:
+    source = source_of("stages.stage1_classifier")
+    check_values(source, {}, 1)
+    check_values(source, smoke_profile(1), 1)
+    message = "stage 1: epochs must be at least 1, got 0"
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        check_values(source, {"epochs": 0}, 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,7 +378,7 @@ def test_missing_train_csv_is_named(tiny: SynthDataset) -> None:
 
 
 def test_missing_competition_data_is_named(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="severstal-steel-defect-detection"):
+    with pytest.raises(InputError, match=COMPETITION):
         run(smoke_params(), Layout(tmp_path))
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import sys
+import re
+from dataclasses import asdict
 from pathlib import Path
 
 import keras
@@ -11,24 +12,26 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from kernelgen.errors import ParameterError
+from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, build_classifier
 from stages.lib.scores import read_scores
 from stages.stage2_scoring import Params, run
 from stages.synth import SynthDataset, generate
+from tests.stage_params import params_alone, smoke_profile, source_of
 
 # Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
-REPO = Path(__file__).resolve().parent.parent
 SIZE = 32
+# Params as the kernel builds it (module imported) and as rendering does (module not run).
+PARAMS_CLASSES = [
+    pytest.param(Params, id="imported"),
+    pytest.param(params_alone("stages.stage2_scoring"), id="alone"),
+]
 
 
 def brightness_model(size: int) -> keras.Model:
@@ -90,12 +93,47 @@ def test_scores_with_a_densenet_classifier_as_stage1_saves_it(data: SynthDataset
 
 
 def test_smoke_profile_names_only_stage2_parameters() -> None:
-    with (REPO / "kernel-metadata" / "stage2.toml").open("rb") as handle:
-        smoke = tomllib.load(handle)["profiles"]["smoke"]
-    with (REPO / "kernel-metadata" / "stage1.toml").open("rb") as handle:
-        smoke1 = tomllib.load(handle)["profiles"]["smoke"]
-    params = Params(**smoke)
-    assert params.image_size == smoke1["image_size"]
+    params = Params(**smoke_profile(2))
+    assert params.image_size == smoke_profile(1)["image_size"]
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters: checked when Params is built, at render time and in the kernel
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [
+        ("image_size", 31, "must be at least 32 (stage 1 cannot train smaller)"),
+        ("image_size", 0, "must be at least 32 (stage 1 cannot train smaller)"),
+        ("batch_size", 0, "must be at least 1"),
+        ("batch_size", -4, "must be at least 1"),
+    ],
+)
+def test_bad_parameter_is_refused_naming_it(
+    params: type, name: str, value: int, rule: str
+) -> None:
+    message = f"{name} {rule}, got {value}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(**{name: value})
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_defaults_smoke_profile_and_edges_are_accepted(params: type) -> None:
+    assert asdict(params()) == asdict(Params())
+    assert params(**smoke_profile(2)).image_size == 64
+    edge = params(image_size=32, batch_size=1)
+    assert (edge.image_size, edge.batch_size) == (32, 1)
+
+
+def test_renderer_checks_values_with_this_params() -> None:
+    source = source_of("stages.stage2_scoring")
+    check_values(source, {}, 2)
+    check_values(source, smoke_profile(2), 2)
+    message = "stage 2: image_size must be at least 32"
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        check_values(source, {"image_size": 16}, 2)
 
 
 # ---------------------------------------------------------------------------------------

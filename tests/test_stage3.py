@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from kernelgen.errors import ParameterError
+from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
+from stages.lib.severstal import COMPETITION
 from stages.stage3_threshold import Params, choose_threshold, run, threshold_sweep
+from tests.stage_params import params_alone, smoke_profile, source_of
 
-COMPETITION = "severstal-steel-defect-detection"
+# Params as the kernel builds it (module imported) and as rendering does (module not run).
+PARAMS_CLASSES = [
+    pytest.param(Params, id="imported"),
+    pytest.param(params_alone("stages.stage3_threshold"), id="alone"),
+]
 
 # Eight train images. Positives (with defects): a (two classes, counted once), b, d, g.
 SCORES = {
@@ -155,13 +164,43 @@ def test_pure_sweep_counts_strictly_below() -> None:
     assert choose_threshold(sweep, "f1")["threshold"] == 0.501
 
 
-def test_unknown_rule_is_refused_before_any_output(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
-    with pytest.raises(InputError, match=r"unknown threshold rule 'best'.*consistency, f1, "):
-        run(Params(rule="best"), Layout(root))
-    assert outputs(root) == []
-    with pytest.raises(InputError, match="unknown threshold rule"):
-        choose_threshold(threshold_sweep(np.array([0.5]), np.array([True])), "median")
+# ---------------------------------------------------------------------------------------
+# Parameters: checked when Params is built, at render time and in the kernel
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize("rule", ["best", "", "F1", "consistency "])
+def test_unknown_rule_is_refused_naming_it(params: type, rule: str) -> None:
+    message = f"rule must be one of consistency, f1, accuracy, got {rule!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(rule=rule)
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize("rule", ["consistency", "f1", "accuracy"])
+def test_every_rule_is_accepted(params: type, rule: str) -> None:
+    assert params(rule=rule).rule == rule
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
+    assert params() == params(**smoke_profile(3))
+    assert params().rule == Params().rule == "consistency"
+
+
+def test_renderer_checks_values_with_this_params() -> None:
+    source = source_of("stages.stage3_threshold")
+    check_values(source, {}, 3)
+    check_values(source, smoke_profile(3), 3)
+    message = "stage 3: rule must be one of consistency, f1, accuracy, got 'best'"
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        check_values(source, {"rule": "best"}, 3)
+
+
+def test_choose_threshold_refuses_an_unknown_rule() -> None:
+    sweep = threshold_sweep(np.array([0.5]), np.array([True]))
+    with pytest.raises(ValueError, match="rule must be one of consistency, f1, accuracy"):
+        choose_threshold(sweep, "median")
 
 
 def test_missing_stage2_folder_names_places_tried(tmp_path: Path) -> None:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
+import re
 import shutil
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,39 +22,41 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from kernelgen.errors import ParameterError
+from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
 from stages.lib.segdata import (
     SteelSegDataset,
-    seg_check_images,
-    seg_image_masks,
-    seg_list_images,
-    seg_resize_nearest,
-    seg_stratified_split,
+    check_images,
+    decode_masks,
+    list_images,
+    resize_nearest,
+    stratified_split,
 )
+from stages.lib.severstal import COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv
 from stages.stage4_segmentation import (
+    DeviceSetup,
     Params,
-    SegSetup,
     build_unet,
+    make_loader,
+    pair_metrics,
+    predict,
+    random_flip,
+    remove_small,
     run,
-    seg_make_loader,
-    seg_pair_metrics,
-    seg_predict,
-    seg_random_flip,
-    seg_remove_small,
 )
 from stages.synth import SynthDataset, generate
+from tests.stage_params import params_alone, smoke_profile, source_of
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
-COMPETITION = "severstal-steel-defect-detection"
-REPO = Path(__file__).resolve().parent.parent
+# Params as the kernel builds it (module imported) and as rendering does (module not run).
+PARAMS_CLASSES = [
+    pytest.param(Params, id="imported"),
+    pytest.param(params_alone("stages.stage4_segmentation"), id="alone"),
+]
 
 # The learning run: 64x384 (defects of every class stay several pixels wide), batch 4 for
 # more optimizer steps per image, and a plateau patience that cannot cut the learning
@@ -84,9 +87,7 @@ def _one_thread() -> Iterator[None]:
 
 def smoke_params() -> Params:
     """The `smoke` profile of kernel-metadata/stage4.toml applied to the defaults."""
-    with (REPO / "kernel-metadata" / "stage4.toml").open("rb") as handle:
-        profile = tomllib.load(handle)["profiles"]["smoke"]
-    return replace(Params(), **profile)
+    return replace(Params(), **smoke_profile(4))
 
 
 @dataclass(frozen=True)
@@ -131,15 +132,15 @@ def data_copy(small_data: SynthDataset, tmp_path: Path) -> Path:
 def test_stratified_split_keeps_strata_and_is_deterministic() -> None:
     names = [f"{i:03d}.jpg" for i in range(103)]
     strata = [0] * 50 + [1] * 40 + [2] * 10 + [3] * 3
-    train, val = seg_stratified_split(names, strata, 0.2, seed=69)
+    train, val = stratified_split(names, strata, 0.2, seed=69)
     assert len(val) == 21 and len(train) == 82
     assert sorted(train + val) == names
     by_name = dict(zip(names, strata, strict=True))
     for value, count in zip((0, 1, 2, 3), (50, 40, 10, 3), strict=True):
         in_val = sum(by_name[n] == value for n in val)
         assert abs(in_val - count * 21 / 103) < 1.0
-    assert seg_stratified_split(names, strata, 0.2, seed=69) == (train, val)
-    assert seg_stratified_split(names, strata, 0.2, seed=70)[1] != val
+    assert stratified_split(names, strata, 0.2, seed=69) == (train, val)
+    assert stratified_split(names, strata, 0.2, seed=70)[1] != val
 
 
 def test_remove_small_keeps_only_regions_larger_than_min_size() -> None:
@@ -150,7 +151,7 @@ def test_remove_small_keeps_only_regions_larger_than_min_size() -> None:
     masks[1, 2, 100:110, 200:210] = True  # small: dropped
     masks[1, 3, :, :20] = True  # 5120 pixels: kept
     masks[1, 2, :, :20] = True  # same place in another class plane: labelled separately
-    kept = seg_remove_small(masks, 3500)
+    kept = remove_small(masks, 3500)
     assert not kept[0, 0].any()
     assert kept[0, 1].sum() == 3501
     assert kept[1, 3].sum() == 5120
@@ -163,7 +164,7 @@ def test_pair_metrics_score_pairs_like_the_competition() -> None:
     inter = torch.tensor([[10.0, 5.0], [0.0, 0.0]])
     pred = torch.tensor([[10.0, 10.0], [0.0, 7.0]])
     truth = torch.tensor([[10.0, 10.0], [0.0, 0.0]])
-    m = seg_pair_metrics(inter, pred, truth)
+    m = pair_metrics(inter, pred, truth)
     assert m["dice_pos"] == pytest.approx((1.0 + 0.5) / 2)
     assert m["dice_neg"] == pytest.approx(0.5)
     assert m["dice"] == pytest.approx((1.0 + 0.5 + 1.0 + 0.0) / 4)
@@ -173,19 +174,19 @@ def test_pair_metrics_score_pairs_like_the_competition() -> None:
 def test_masks_decode_per_class_and_resize_nearest() -> None:
     full = np.zeros((256, 1600), dtype=bool)
     full[64:128, 400:800] = True
-    masks = seg_image_masks([(3, rle_encode(full))], 64, 400)
+    masks = decode_masks([(3, rle_encode(full))], 64, 400)
     assert masks.shape == (4, 64, 400) and masks.dtype == np.uint8
     assert not masks[[0, 1, 3]].any()
     assert masks[2].sum() == 16 * 100 and masks[2, 16:32, 100:200].all()
-    same = seg_image_masks([(1, rle_encode(full))], 256, 1600)
+    same = decode_masks([(1, rle_encode(full))], 256, 1600)
     assert np.array_equal(same[0].astype(bool), full)
-    assert seg_resize_nearest(np.eye(4)[None], 2, 2).tolist() == [[[1.0, 0.0], [0.0, 1.0]]]
+    assert resize_nearest(np.eye(4)[None], 2, 2).tolist() == [[[1.0, 0.0], [0.0, 1.0]]]
 
 
 def test_flip_moves_image_and_masks_together() -> None:
     images = torch.arange(8 * 3 * 2 * 5, dtype=torch.uint8).view(8, 3, 2, 5)
     masks = images[:, :1].clone().expand(8, 4, 2, 5).contiguous()
-    out_images, out_masks = seg_random_flip(images, masks, torch.Generator().manual_seed(0))
+    out_images, out_masks = random_flip(images, masks, torch.Generator().manual_seed(0))
     flipped = (out_images != images).flatten(1).any(1)
     assert 0 < int(flipped.sum()) < 8
     assert torch.equal(out_images[flipped], images[flipped].flip(-1))
@@ -194,10 +195,10 @@ def test_flip_moves_image_and_masks_together() -> None:
 
 def test_image_check_names_the_file(tmp_path: Path) -> None:
     Image.new("RGB", (1600, 256)).save(tmp_path / "good.jpg")
-    seg_check_images(tmp_path, ["good.jpg"])
+    check_images(tmp_path, ["good.jpg"])
     Image.new("RGB", (800, 256)).save(tmp_path / "narrow.jpg")
     with pytest.raises(InputError, match=r"narrow\.jpg: image is 800x256"):
-        seg_check_images(tmp_path, ["good.jpg", "narrow.jpg"])
+        check_images(tmp_path, ["good.jpg", "narrow.jpg"])
 
 
 # ---------------------------------------------------------------------------------------
@@ -228,14 +229,14 @@ def test_outputs_and_formats(learned: TrainedRun) -> None:
 
     # The submission comes from the saved (best) weights, not the last epoch's.
     folder = learned.data.competition_dir / "test_images"
-    names = seg_list_images(folder)
+    names = list_images(folder)
     cpu = torch.device("cpu")
-    loader = seg_make_loader(
+    loader = make_loader(
         SteelSegDataset(folder, names, LEARN_PARAMS.train_height, LEARN_PARAMS.train_width),
         4, 0, cpu, shuffle_seed=None,
     )
-    setup = SegSetup.create(LEARN_PARAMS, cpu)
-    again = seg_predict(model, loader, setup, LEARN_PARAMS.pixel_threshold, LEARN_PARAMS.min_size)
+    setup = DeviceSetup.create(LEARN_PARAMS, cpu)
+    again = predict(model, loader, setup, LEARN_PARAMS.pixel_threshold, LEARN_PARAMS.min_size)
     written = read_submission(working / "submission.csv").frame
     expected = dict(zip(names, again, strict=True))
     rows = zip(written["ImageId"], written["ClassId"], written["EncodedPixels"], strict=True)
@@ -285,9 +286,7 @@ def test_segmenter_beats_all_empty_on_unseen_images(learned: TrainedRun) -> None
 
 
 def test_smoke_profile_names_only_parameters() -> None:
-    with (REPO / "kernel-metadata" / "stage4.toml").open("rb") as handle:
-        profile = tomllib.load(handle)["profiles"]["smoke"]
-    assert set(profile) <= {f.name for f in fields(Params)}
+    assert set(smoke_profile(4)) <= {f.name for f in fields(Params)}
     assert smoke_params().pretrained is False and smoke_params().workers == 0
 
 
@@ -369,6 +368,81 @@ def test_unreachable_pretrained_weights_say_how_to_go_on(
     )
 
 
-def test_training_size_must_suit_the_encoder(data_copy: Path) -> None:
-    with pytest.raises(ValueError, match="multiples of 32"):
-        run(replace(smoke_params(), train_width=400), Layout(data_copy, data_copy / "working"))
+# ---------------------------------------------------------------------------------------
+# Parameters: checked when Params is built, at render time and in the kernel
+
+MULTIPLE = "must be a positive multiple of 32 (the encoder halves it five times)"
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize(
+    ("name", "value", "rule"),
+    [
+        ("train_width", 400, MULTIPLE),
+        ("train_width", 0, MULTIPLE),
+        ("train_width", -32, MULTIPLE),
+        ("train_height", 250, MULTIPLE),
+        ("train_height", 16, MULTIPLE),
+        ("batch_size", 0, "must be at least 1"),
+        ("accumulate_to", 0, "must be at least 1"),
+        ("accumulate_to", -32, "must be at least 1"),
+        ("epochs", 0, "must be at least 1"),
+        ("epochs", -2, "must be at least 1"),
+        ("lr", 0.0, "must be positive"),
+        ("lr", -5e-4, "must be positive"),
+        ("lr", math.nan, "must be positive"),
+        ("lr_patience", -1, "must be at least 0"),
+        ("min_size", -1, "must be at least 0"),
+        ("workers", -1, "must be at least 0"),
+        ("pixel_threshold", 0.0, "must be between 0 and 1 (exclusive)"),
+        ("pixel_threshold", 1.0, "must be between 0 and 1 (exclusive)"),
+        ("pixel_threshold", 50.0, "must be between 0 and 1 (exclusive)"),
+        ("pixel_threshold", math.nan, "must be between 0 and 1 (exclusive)"),
+        ("seed", -1, "must be between 0 and 18446744073709551615"),
+        ("seed", 2**64, "must be between 0 and 18446744073709551615"),
+    ],
+)
+def test_bad_parameter_is_refused_naming_it(
+    params: type, name: str, value: object, rule: str
+) -> None:
+    message = f"{name} {rule}, got {value}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(**{name: value})
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("train_height", 32),
+        ("train_width", 32),
+        ("train_width", 1600),
+        ("batch_size", 1),
+        ("accumulate_to", 1),
+        ("epochs", 1),
+        ("lr", 1e-9),
+        ("lr_patience", 0),
+        ("min_size", 0),
+        ("workers", 0),
+        ("pixel_threshold", 0.01),
+        ("pixel_threshold", 0.99),
+        ("seed", 0),
+    ],
+)
+def test_edge_values_are_accepted(params: type, name: str, value: object) -> None:
+    assert getattr(params(**{name: value}), name) == value
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
+    assert asdict(params()) == asdict(Params())
+    assert asdict(params(**smoke_profile(4))) == asdict(smoke_params())
+
+
+def test_renderer_checks_values_with_this_params() -> None:
+    source = source_of("stages.stage4_segmentation")
+    check_values(source, {}, 4)
+    check_values(source, smoke_profile(4), 4)
+    message = "stage 4: train_width must be a positive multiple of 32"
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        check_values(source, {"train_width": 400}, 4)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 
 import pytest
 
+from kernelgen.errors import ParameterError
+from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.stage5_submission import Params, run
+from tests.stage_params import params_alone, smoke_profile, source_of
+
+# Params as the kernel builds it (module imported) and as rendering does (module not run).
+PARAMS_CLASSES = [
+    pytest.param(Params, id="imported"),
+    pytest.param(params_alone("stages.stage5_submission"), id="alone"),
+]
 
 # Rows deliberately not grouped by image, to show that row order is kept.
 ROWS = [
@@ -157,3 +168,36 @@ def test_bad_rle_in_submission(tmp_path: Path, rle: str, reason: str) -> None:
     ):
         run(Params(), Layout(root))
     assert not output(root).exists()
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters: checked when Params is built, at render time and in the kernel
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize("threshold", [-0.001, 1.001, 2.0, -1.0, math.nan])
+def test_threshold_outside_zero_and_one_is_refused(params: type, threshold: float) -> None:
+    message = f"threshold must be between 0 and 1, got {threshold}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(threshold=threshold)
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize("threshold", [0.0, 0.001, 0.5, 0.999, 1.0])
+def test_threshold_inside_zero_and_one_is_accepted(params: type, threshold: float) -> None:
+    assert params(threshold=threshold).threshold == threshold
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
+    assert params() == params(**smoke_profile(5))
+    assert params().threshold == Params().threshold == 0.947
+
+
+def test_renderer_checks_values_with_this_params() -> None:
+    source = source_of("stages.stage5_submission")
+    check_values(source, {}, 5)
+    check_values(source, smoke_profile(5), 5)
+    message = "stage 5: threshold must be between 0 and 1, got 1.5"
+    with pytest.raises(ParameterError, match=re.escape(message)):
+        check_values(source, {"threshold": 1.5}, 5)

@@ -18,9 +18,9 @@ from scipy import ndimage
 
 from stages import synth
 from stages.lib.rle import rle_decode, rle_encode
-from stages.synth import COMPETITION, SynthDataset, generate
+from stages.lib.severstal import COMPETITION, IMAGE_SHAPE
+from stages.synth import SynthDataset, generate
 
-SHAPE = (256, 1600)
 N_TRAIN, N_TEST = 32, 8
 
 
@@ -37,7 +37,7 @@ def _header(path: Path) -> list[str]:
 def _masks_by_image(rows: list[dict[str, str]]) -> dict[str, dict[int, np.ndarray]]:
     masks: dict[str, dict[int, np.ndarray]] = {}
     for row in rows:
-        mask = np.asarray(rle_decode(row["EncodedPixels"], SHAPE), dtype=bool)
+        mask = np.asarray(rle_decode(row["EncodedPixels"], IMAGE_SHAPE), dtype=bool)
         masks.setdefault(row["ImageId"], {})[int(row["ClassId"])] = mask
     return masks
 
@@ -51,8 +51,8 @@ def _check_rles(rows: list[dict[str, str]]) -> None:
         assert len(numbers) % 2 == 0 and len(numbers) > 0
         assert (starts >= 1).all() and (lengths >= 1).all()
         assert (starts[1:] > starts[:-1] + lengths[:-1]).all()  # sorted, apart
-        assert starts[-1] + lengths[-1] - 1 <= SHAPE[0] * SHAPE[1]
-        mask = rle_decode(text, SHAPE)
+        assert starts[-1] + lengths[-1] - 1 <= IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+        mask = rle_decode(text, IMAGE_SHAPE)
         assert rle_encode(mask) == text
         # the pipeline drops components under 3,500 pixels; generated ones must survive
         assert mask.sum() > 3500
@@ -100,9 +100,9 @@ def test_images_are_three_channel_gray_jpegs_with_real_style_ids(new_ds: SynthDa
     for path in paths[:6]:
         with Image.open(path) as image:
             assert image.format == "JPEG" and image.mode == "RGB"
-            assert image.size == (SHAPE[1], SHAPE[0])
+            assert image.size == (IMAGE_SHAPE[1], IMAGE_SHAPE[0])
             pixels = np.asarray(image)
-        assert pixels.shape == (*SHAPE, 3)
+        assert pixels.shape == (*IMAGE_SHAPE, 3)
         assert np.abs(pixels.astype(int) - pixels[:, :, :1]).max() <= 2  # gray replicated
         assert pixels.std() > 5  # textured, not flat
 

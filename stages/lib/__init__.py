@@ -1,1 +1,1 @@
-"""Code shared by the stages; rendering inlines the modules a stage imports."""
+"""Code shared by the stages; a kernel carries each module its stage imports as a file."""

@@ -16,26 +16,23 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from kernelgen.runtime import InputError
+from stages.lib.severstal import IMAGE_HEIGHT, IMAGE_WIDTH
 
-# Every competition image is a 256 high x 1600 wide JPEG with three channels.
-CLASSIFIER_SOURCE_HEIGHT = 256
-CLASSIFIER_SOURCE_WIDTH = 1600
 # The name the metrics are registered under, so a saved model finds them on reload.
-CLASSIFIER_METRIC_PACKAGE = "kernelgen"
-# DenseNet121 pools five times; smaller inputs leave nothing to pool.
-CLASSIFIER_MIN_IMAGE_SIZE = 32
+METRIC_PACKAGE = "kernelgen"
 # Batch-norm momentum when training from scratch (Keras' default, kept with ImageNet
 # weights, is 0.99). See `build_classifier` for why.
-CLASSIFIER_SCRATCH_BN_MOMENTUM = 0.9
+SCRATCH_BN_MOMENTUM = 0.9
 
 
 def check_classifier_images(paths: Sequence[Path]) -> None:
     """Fail early, naming the file, on an image the pipeline would choke on hours later.
 
-    Only the header is read (PIL opens lazily), so checking all 12,568 train images
-    costs seconds, while a bad file found by TensorFlow mid-epoch names no file at all.
+    Every competition image is a three-channel JPEG of the competition's size. Only the
+    header is read (PIL opens lazily), so checking all 12,568 train images costs
+    seconds, while a bad file found by TensorFlow mid-epoch names no file at all.
     """
-    expected = (CLASSIFIER_SOURCE_WIDTH, CLASSIFIER_SOURCE_HEIGHT)
+    expected = (IMAGE_WIDTH, IMAGE_HEIGHT)
     for path in paths:
         try:
             with Image.open(path) as image:
@@ -47,13 +44,13 @@ def check_classifier_images(paths: Sequence[Path]) -> None:
         if size != expected:
             raise InputError(
                 f"{path}: image is {size[1]}x{size[0]} (height x width), "
-                f"expected {CLASSIFIER_SOURCE_HEIGHT}x{CLASSIFIER_SOURCE_WIDTH}"
+                f"expected {IMAGE_HEIGHT}x{IMAGE_WIDTH}"
             )
         if mode != "RGB":
             raise InputError(f"{path}: image has mode {mode}, expected 3-channel RGB")
 
 
-def _classifier_load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+def _load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decode one JPEG, resize it to a square and scale it to [0, 1].
 
     Antialiasing matters here: squeezing 1600 columns into a few hundred with plain
@@ -90,7 +87,7 @@ def classifier_image_dataset(
         data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def load(*item: tf.Tensor) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
-        image = _classifier_load_image(item[0], image_size)
+        image = _load_image(item[0], image_size)
         return image if len(item) == 1 else (image, item[1])
 
     data = data.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -125,7 +122,7 @@ def build_classifier_augmenter(seed: int) -> keras.Sequential:
     )
 
 
-def _classifier_rounded_score(y_true: tf.Tensor, y_pred: tf.Tensor, kind: str) -> tf.Tensor:
+def _rounded_score(y_true: tf.Tensor, y_pred: tf.Tensor, kind: str) -> tf.Tensor:
     """Precision, recall or F1 of rounded predictions over one batch, as the seed had them."""
     eps = keras.backend.epsilon()
     predicted = keras.ops.round(keras.ops.clip(keras.ops.cast(y_pred, "float32"), 0.0, 1.0))
@@ -140,7 +137,7 @@ def _classifier_rounded_score(y_true: tf.Tensor, y_pred: tf.Tensor, kind: str) -
     return 2.0 * precision * recall / (precision + recall + eps)
 
 
-@keras.saving.register_keras_serializable(package=CLASSIFIER_METRIC_PACKAGE)
+@keras.saving.register_keras_serializable(package=METRIC_PACKAGE)
 class RoundedBatchMetric(keras.metrics.MeanMetricWrapper):
     """Batch-wise F1, precision or recall of rounded predictions, averaged over batches.
 
@@ -153,7 +150,7 @@ class RoundedBatchMetric(keras.metrics.MeanMetricWrapper):
     def __init__(self, kind: str = "f1", name: str | None = None, dtype: str | None = None):
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}")
-        super().__init__(_classifier_rounded_score, name=name or kind, dtype=dtype, kind=kind)
+        super().__init__(_rounded_score, name=name or kind, dtype=dtype, kind=kind)
         self.kind = kind
 
     def get_config(self) -> dict:
@@ -167,6 +164,9 @@ class RoundedBatchMetric(keras.metrics.MeanMetricWrapper):
 def build_classifier(image_size: int, pretrained: bool) -> keras.Model:
     """DenseNet121 without its top, then the seed's head, compiled as the seed compiled it.
 
+    DenseNet121 pools five times, so `image_size` must be at least 32; stage 1's
+    `Params` refuses smaller sizes before anything runs.
+
     When the ImageNet weights cannot be fetched the error says so in one line and
     points at `pretrained=false`, instead of Keras' download traceback.
 
@@ -178,10 +178,6 @@ def build_classifier(image_size: int, pretrained: bool) -> keras.Model:
     one constant answer even after 480 steps. ImageNet weights bring matching
     statistics, so the pretrained model keeps Keras' default.
     """
-    if image_size < CLASSIFIER_MIN_IMAGE_SIZE:
-        raise ValueError(
-            f"image_size must be at least {CLASSIFIER_MIN_IMAGE_SIZE}, got {image_size}"
-        )
     shape = (image_size, image_size, 3)
     try:
         base = keras.applications.DenseNet121(
@@ -192,10 +188,10 @@ def build_classifier(image_size: int, pretrained: bool) -> keras.Model:
             raise
         raise InputError(
             "could not fetch the DenseNet121 ImageNet weights "
-            f"({_classifier_first_line(exc)}); "
+            f"({_first_line(exc)}); "
             "turn on the kernel's internet, or set pretrained=false to train from scratch"
         ) from exc
-    momentum = 0.99 if pretrained else CLASSIFIER_SCRATCH_BN_MOMENTUM
+    momentum = 0.99 if pretrained else SCRATCH_BN_MOMENTUM
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
@@ -217,7 +213,7 @@ def build_classifier(image_size: int, pretrained: bool) -> keras.Model:
     return model
 
 
-def _classifier_first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException) -> str:
     """The exception's type and first message line, for one-line errors."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -239,7 +235,7 @@ def load_classifier(path: Path) -> keras.Model:
     try:
         model = keras.models.load_model(path)
     except Exception as exc:
-        raise InputError(f"{path}: not a Keras model file ({_classifier_first_line(exc)})") from exc
+        raise InputError(f"{path}: not a Keras model file ({_first_line(exc)})") from exc
     finally:
         absl_log.setLevel(level)
     if not isinstance(model, keras.Model) or len(model.inputs) != 1:

@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import InputError
-from stages.lib.rle import MASK_SHAPE, rle_runs
+from stages.lib.rle import rle_runs
+from stages.lib.severstal import IMAGE_SHAPE
 
-_METRICS_KEYS = ["ImageId", "ClassId"]
-_METRICS_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
+_KEYS = ["ImageId", "ClassId"]
+_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 
 
-def _metrics_bool(mask: np.ndarray) -> np.ndarray:
+def _as_bool(mask: np.ndarray) -> np.ndarray:
     """The mask as booleans (nonzero = defect) without copying boolean input."""
     mask = np.asarray(mask)
     return mask if mask.dtype == np.bool_ else mask != 0
@@ -23,8 +24,8 @@ def _metrics_bool(mask: np.ndarray) -> np.ndarray:
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two same-shaped binary masks; 1.0 when both are empty."""
-    p = _metrics_bool(pred)
-    t = _metrics_bool(truth)
+    p = _as_bool(pred)
+    t = _as_bool(truth)
     if p.shape != t.shape:
         raise ValueError(f"dice needs masks of one shape, got {p.shape} and {t.shape}")
     total = np.count_nonzero(p) + np.count_nonzero(t)
@@ -40,8 +41,8 @@ def batch_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     later axis is summed over, so (N, C, H*W) works too. Empty-empty pairs
     score 1, as in the competition; threshold probabilities first.
     """
-    p = _metrics_bool(pred)
-    t = _metrics_bool(truth)
+    p = _as_bool(pred)
+    t = _as_bool(truth)
     if p.shape != t.shape or p.ndim < 2:
         raise ValueError(
             f"batch_dice needs two arrays of one shape (N, C, ...), got {p.shape} and {t.shape}"
@@ -55,7 +56,7 @@ def batch_dice(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _metrics_overlap(
+def _overlap(
     starts_a: np.ndarray, lengths_a: np.ndarray, starts_b: np.ndarray, lengths_b: np.ndarray
 ) -> int:
     """Pixels two run lists share, from their edges alone (no mask is built).
@@ -79,12 +80,12 @@ def _metrics_overlap(
     return int(stretch[coverage[:-1] == 2].sum())
 
 
-def _metrics_pairs(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+def _pairs(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     """Key columns normalised (str image, int class), RLE as stripped text."""
-    missing = [column for column in _METRICS_COLUMNS if column not in frame.columns]
+    missing = [column for column in _COLUMNS if column not in frame.columns]
     if missing:
         raise InputError(
-            f"{name}: missing column(s) {', '.join(missing)}; needs {', '.join(_METRICS_COLUMNS)}"
+            f"{name}: missing column(s) {', '.join(missing)}; needs {', '.join(_COLUMNS)}"
         )
     pairs = pd.DataFrame(
         {
@@ -97,7 +98,7 @@ def _metrics_pairs(frame: pd.DataFrame, name: str) -> pd.DataFrame:
             .to_numpy(dtype=object),
         }
     )
-    repeated = pairs.duplicated(_METRICS_KEYS).to_numpy(dtype=bool)
+    repeated = pairs.duplicated(_KEYS).to_numpy(dtype=bool)
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
         raise InputError(
@@ -108,7 +109,7 @@ def _metrics_pairs(frame: pd.DataFrame, name: str) -> pd.DataFrame:
 
 
 def mean_dice_rle(
-    pred: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, int] = MASK_SHAPE
+    pred: pd.DataFrame, truth: pd.DataFrame, shape: tuple[int, int] = IMAGE_SHAPE
 ) -> float:
     """The competition score of `pred` against `truth`, both as RLE frames.
 
@@ -118,12 +119,12 @@ def mean_dice_rle(
     empty, and truth pairs missing from `pred` are not scored. Dice comes
     from run edges, without decoding masks.
     """
-    scored = _metrics_pairs(pred, "predictions")
+    scored = _pairs(pred, "predictions")
     if scored.empty:
         raise ValueError("mean_dice_rle needs at least one predicted pair to score")
-    known = _metrics_pairs(truth, "truth")
+    known = _pairs(truth, "truth")
     merged = scored.merge(
-        known, on=_METRICS_KEYS, how="left", suffixes=("_pred", "_truth"), sort=False
+        known, on=_KEYS, how="left", suffixes=("_pred", "_truth"), sort=False
     )
     predicted = merged["EncodedPixels_pred"].tolist()
     actual = merged["EncodedPixels_truth"].fillna("").astype(str).tolist()
@@ -138,6 +139,6 @@ def mean_dice_rle(
         p_starts, p_lengths = rle_runs(p_rle, shape, f"predictions, {where}")
         t_starts, t_lengths = rle_runs(t_rle, shape, f"truth, {where}")
         if p_starts.size and t_starts.size:
-            shared = _metrics_overlap(p_starts, p_lengths, t_starts, t_lengths)
+            shared = _overlap(p_starts, p_lengths, t_starts, t_lengths)
             total += 2.0 * shared / (int(p_lengths.sum()) + int(t_lengths.sum()))
     return total / len(merged)

@@ -12,82 +12,81 @@ from collections.abc import Sequence
 import numpy as np
 
 from kernelgen.runtime import InputError
-
-MASK_SHAPE: tuple[int, int] = (256, 1600)
+from stages.lib.severstal import IMAGE_SHAPE
 
 # Bytes a well-formed RLE may contain; anything else sends the string to the
 # slow path that names the offending token.
-_RLE_ALLOWED = b"0123456789 \t\r\n"
+_ALLOWED = b"0123456789 \t\r\n"
 
 # Segment values for strings of up to 4,096 runs, sliced instead of rebuilt.
-_RLE_PATTERN = np.resize(np.array([0, 1], dtype=np.uint8), 2 * 4096 + 1)
+_PATTERN = np.resize(np.array([0, 1], dtype=np.uint8), 2 * 4096 + 1)
 
 
-def _rle_fail(where: str, message: str) -> InputError:
+def _fail(where: str, message: str) -> InputError:
     """The error for a bad RLE, prefixed with the caller's location when given."""
     return InputError(f"{where}: {message}" if where else message)
 
 
-def _rle_clip(token: str) -> str:
+def _clip(token: str) -> str:
     """A token cut short for an error message when it is long."""
     return token if len(token) <= 20 else token[:17] + "..."
 
 
-def _rle_explain_tokens(rle: str, where: str) -> InputError:
+def _explain_tokens(rle: str, where: str) -> InputError:
     """Why a string with characters beyond digits and whitespace is not an RLE."""
     for position, token in enumerate(rle.split(), start=1):
         body = token[1:] if token.startswith("-") else token
         if not (body.isascii() and body.isdigit()):
-            return _rle_fail(where, f"RLE token {position} {_rle_clip(token)!r} is not an integer")
+            return _fail(where, f"RLE token {position} {_clip(token)!r} is not an integer")
         if token.startswith("-"):
             kind = "start" if position % 2 else "length"
-            return _rle_fail(
+            return _fail(
                 where, f"RLE {kind} {token} (token {position}) is negative; must be positive"
             )
-    return _rle_fail(where, "RLE holds characters other than digits and spaces")
+    return _fail(where, "RLE holds characters other than digits and spaces")
 
 
-def _rle_explain_values(rle: str, values: np.ndarray, size: int, where: str) -> InputError:
+def _explain_values(rle: str, values: np.ndarray, size: int, where: str) -> InputError:
     """Why parsed pairs do not form sorted, non-overlapping runs inside the mask."""
     tokens = rle.split()
     starts = values[0::2]
     lengths = values[1::2]
 
     def pair_text(pair: int) -> str:
-        return f"{_rle_clip(tokens[2 * pair])} {_rle_clip(tokens[2 * pair + 1])}"
+        return f"{_clip(tokens[2 * pair])} {_clip(tokens[2 * pair + 1])}"
 
     for name, column in (("start", starts), ("length", lengths)):
         bad = np.flatnonzero(column < 1)
         if bad.size:
             pair = int(bad[0])
-            return _rle_fail(
+            return _fail(
                 where,
                 f"RLE {name} {int(column[pair])} in pair {pair + 1} is not positive",
             )
     past = np.flatnonzero((starts > size) | (lengths > size - starts + 1))
     if past.size:
         pair = int(past[0])
-        return _rle_fail(
+        return _fail(
             where,
             f"RLE run ({pair_text(pair)}) in pair {pair + 1} runs past the last pixel ({size})",
         )
     ends = starts + lengths
     clash = np.flatnonzero(starts[1:] < ends[:-1])
     if clash.size == 0:
-        return _rle_fail(where, "RLE runs do not fit the mask")
+        return _fail(where, "RLE runs do not fit the mask")
     pair = int(clash[0])
     before = pair_text(pair)
     after = pair_text(pair + 1)
     if starts[pair + 1] <= starts[pair]:
-        return _rle_fail(
+        return _fail(
             where, f"RLE runs are not sorted: pair {pair + 2} ({after}) follows ({before})"
         )
-    return _rle_fail(
+    return _fail(
         where, f"RLE runs overlap: pair {pair + 2} ({after}) overlaps pair {pair + 1} ({before})"
     )
 
 
-def _rle_gaps(rle: str, size: int, where: str) -> np.ndarray:
+def _gaps(rle: str, size: int, where: str) -> np.ndarray:
     """Alternating background/defect segment lengths covering all `size` pixels.
 
     Element 0 is the background before the first run, odd elements are run
@@ -98,18 +97,18 @@ def _rle_gaps(rle: str, size: int, where: str) -> np.ndarray:
     rle = rle.strip()
     if not rle:
         return np.full(1, size, dtype=np.int64)
-    if not rle.isascii() or rle.encode("ascii").translate(None, _RLE_ALLOWED):
-        raise _rle_explain_tokens(rle, where)
+    if not rle.isascii() or rle.encode("ascii").translate(None, _ALLOWED):
+        raise _explain_tokens(rle, where)
     # Only digits and whitespace remain, so every value parsed is >= 0 and the
     # C parser reads exactly the tokens `split` would.
     values = np.fromstring(rle, dtype=np.int64, sep=" ")
     count = values.size
     if count % 2:
-        raise _rle_fail(where, f"RLE has an odd number of tokens ({count})")
+        raise _fail(where, f"RLE has an odd number of tokens ({count})")
     # Values above `size` are never valid; ruling them out first also rules
     # out integer overflow in the sums below.
     if values.max() > size or np.count_nonzero(values) < count:
-        raise _rle_explain_values(rle, values, size, where)
+        raise _explain_values(rle, values, size, where)
     # Start from the values themselves (odd slots already hold the lengths)
     # and turn each start into the gap since the previous run's end.
     gaps = np.empty(count + 1, dtype=np.int64)
@@ -120,33 +119,33 @@ def _rle_gaps(rle: str, size: int, where: str) -> np.ndarray:
     # Lengths are positive already; gaps may be zero (touching runs) but not
     # negative (unsorted or overlapping runs).
     if gaps[0::2].min() < 0:
-        raise _rle_explain_values(rle, values, size, where)
+        raise _explain_values(rle, values, size, where)
     return gaps
 
 
-def _rle_segment_values(segments: int) -> np.ndarray:
-    """0, 1, 0, 1, ... : the pixel value of each segment `_rle_gaps` returns."""
-    if segments <= _RLE_PATTERN.size:
-        return _RLE_PATTERN[:segments]
+def _segment_values(segments: int) -> np.ndarray:
+    """0, 1, 0, 1, ... : the pixel value of each segment `_gaps` returns."""
+    if segments <= _PATTERN.size:
+        return _PATTERN[:segments]
     values = np.zeros(segments, dtype=np.uint8)
     values[1::2] = 1
     return values
 
 
 def rle_runs(
-    rle: str, shape: tuple[int, int] = MASK_SHAPE, where: str = ""
+    rle: str, shape: tuple[int, int] = IMAGE_SHAPE, where: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validated runs as (0-based column-major starts, lengths); areas without decoding.
 
     Raises InputError, prefixed with `where`, for any malformed string.
     """
-    gaps = _rle_gaps(rle, shape[0] * shape[1], where)
+    gaps = _gaps(rle, shape[0] * shape[1], where)
     lengths = gaps[1:-1:2]
     starts = np.cumsum(gaps[:-1])[0::2]
     return starts, lengths
 
 
-def rle_decode(rle: str, shape: tuple[int, int] = MASK_SHAPE, where: str = "") -> np.ndarray:
+def rle_decode(rle: str, shape: tuple[int, int] = IMAGE_SHAPE, where: str = "") -> np.ndarray:
     """Decode one RLE string into a uint8 0/1 mask of `shape` (height, width).
 
     The result is a Fortran-ordered view (pixels are stored in RLE order);
@@ -155,13 +154,13 @@ def rle_decode(rle: str, shape: tuple[int, int] = MASK_SHAPE, where: str = "") -
     message starts with `where` (for example "train.csv line 7") when given.
     """
     height, width = shape
-    gaps = _rle_gaps(rle, height * width, where)
-    flat = np.repeat(_rle_segment_values(gaps.size), gaps)
+    gaps = _gaps(rle, height * width, where)
+    flat = np.repeat(_segment_values(gaps.size), gaps)
     return flat.reshape(width, height).T
 
 
 def rle_decode_many(
-    rles: Sequence[str], shape: tuple[int, int] = MASK_SHAPE, where: str = ""
+    rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE, where: str = ""
 ) -> np.ndarray:
     """Decode several RLE strings into one (N, height, width) uint8 array.
 
@@ -175,9 +174,9 @@ def rle_decode_many(
     if len(rles) == 0:
         return np.zeros((0, height, width), dtype=np.uint8)
     label = where or "RLE"
-    parts = [_rle_gaps(rle, size, f"{label}[{index}]") for index, rle in enumerate(rles)]
+    parts = [_gaps(rle, size, f"{label}[{index}]") for index, rle in enumerate(rles)]
     gaps = np.concatenate(parts)
-    values = np.concatenate([_rle_segment_values(part.size) for part in parts])
+    values = np.concatenate([_segment_values(part.size) for part in parts])
     flat = np.repeat(values, gaps)
     return flat.reshape(len(rles), width, height).transpose(0, 2, 1)
 

@@ -18,26 +18,25 @@ from torch.utils.data import Dataset
 
 from kernelgen.runtime import InputError
 from stages.lib.rle import rle_decode_many
+from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
 
-SEG_IMAGE_SHAPE: tuple[int, int] = (256, 1600)
-SEG_CLASSES: tuple[int, ...] = (1, 2, 3, 4)
-SEG_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def seg_list_images(folder: Path) -> list[str]:
+def list_images(folder: Path) -> list[str]:
     """Sorted image file names in `folder`; InputError naming it when it is missing or empty."""
     if not folder.is_dir():
         raise InputError(f"{folder}: image folder not found")
     names = sorted(
-        p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SEG_IMAGE_SUFFIXES
+        p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not names:
-        raise InputError(f"{folder}: no images ({', '.join(SEG_IMAGE_SUFFIXES)}) in folder")
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
     return names
 
 
-def seg_check_images(
-    folder: Path, names: Sequence[str], shape: tuple[int, int] = SEG_IMAGE_SHAPE
+def check_images(
+    folder: Path, names: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE
 ) -> None:
     """Open each image's header only: a missing, unreadable or wrongly sized file fails now.
 
@@ -61,7 +60,7 @@ def seg_check_images(
             )
 
 
-def seg_defects_by_image(
+def defects_by_image(
     defects: pd.DataFrame, image_names: Sequence[str], source: Path
 ) -> dict[str, list[tuple[int, str]]]:
     """Group defect rows as image -> [(class, rle)], refusing rows for images that do not exist.
@@ -86,7 +85,7 @@ def seg_defects_by_image(
     return grouped
 
 
-def seg_stratified_split(
+def stratified_split(
     names: Sequence[str], strata: Sequence[int], val_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:
     """Split into (train, validation) keeping each stratum's share in both parts.
@@ -117,7 +116,7 @@ def seg_stratified_split(
     return train, val
 
 
-def seg_resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of (..., H, W) masks by index sampling (no interpolation)."""
     src_h, src_w = masks.shape[-2:]
     if (src_h, src_w) == (height, width):
@@ -127,7 +126,7 @@ def seg_resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray
     return masks[..., rows[:, None], cols[None, :]]
 
 
-def seg_load_image(path: Path, height: int, width: int) -> np.ndarray:
+def load_image(path: Path, height: int, width: int) -> np.ndarray:
     """An image as (3, height, width) uint8, resized bilinearly when the size differs."""
     try:
         with Image.open(path) as image:
@@ -140,16 +139,16 @@ def seg_load_image(path: Path, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def seg_image_masks(
+def decode_masks(
     entries: Sequence[tuple[int, str]], height: int, width: int, where: str = ""
 ) -> np.ndarray:
     """The (4, height, width) uint8 masks of one image from its (class, rle) entries."""
-    masks = np.zeros((len(SEG_CLASSES), *SEG_IMAGE_SHAPE), dtype=np.uint8)
+    masks = np.zeros((len(CLASS_IDS), *IMAGE_SHAPE), dtype=np.uint8)
     if entries:
-        decoded = rle_decode_many([rle for _, rle in entries], SEG_IMAGE_SHAPE, where)
+        decoded = rle_decode_many([rle for _, rle in entries], IMAGE_SHAPE, where)
         for (class_id, _), mask in zip(entries, decoded, strict=True):
             masks[class_id - 1] |= mask
-    return np.ascontiguousarray(seg_resize_nearest(masks, height, width))
+    return np.ascontiguousarray(resize_nearest(masks, height, width))
 
 
 class SteelSegDataset(Dataset):
@@ -180,9 +179,9 @@ class SteelSegDataset(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         name = self.names[index]
-        image = torch.from_numpy(seg_load_image(self.folder / name, self.height, self.width))
+        image = torch.from_numpy(load_image(self.folder / name, self.height, self.width))
         if self.defects is None:
             return image
         entries = self.defects.get(name, [])
-        masks = seg_image_masks(entries, self.height, self.width, f"{self.source} ({name})")
+        masks = decode_masks(entries, self.height, self.width, f"{self.source} ({name})")
         return image, torch.from_numpy(masks)

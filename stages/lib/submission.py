@@ -19,13 +19,15 @@ import pandas as pd
 from kernelgen.runtime import InputError
 from stages.lib.csvtext import read_text_csv
 from stages.lib.rle import rle_runs
+from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
 
-SUBMISSION_COLUMNS_NEW = ("ImageId", "EncodedPixels", "ClassId")
-SUBMISSION_COLUMNS_OLD = ("ImageId_ClassId", "EncodedPixels")
-SUBMISSION_SHAPE = (256, 1600)
+COLUMNS_NEW = ("ImageId", "EncodedPixels", "ClassId")
+COLUMNS_OLD = ("ImageId_ClassId", "EncodedPixels")
 
-_SUB_BLANKS = " \t\r\n"
-_SUB_DIGITS = "0123456789"
+_BLANKS = " \t\r\n"
+_DIGITS = "0123456789"
+# ClassId as it is written in a file.
+_CLASS_TEXTS = tuple(str(class_id) for class_id in CLASS_IDS)
 
 
 @dataclass
@@ -40,22 +42,22 @@ class Submission:
     fmt: str
 
 
-def _sub_where(path: Path, frame: pd.DataFrame, pos: int) -> str:
+def _where(path: Path, frame: pd.DataFrame, pos: int) -> str:
     """The file, line and (image, class) of row `pos`, to start an error message."""
     row = frame.iloc[pos]
     return f"{path}: line {pos + 2} (image {row['ImageId']!s}, class {row['ClassId']!s})"
 
 
-def _sub_split_old(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
+def _split_old(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
     """Split `ImageId_ClassId` (e.g. `0002cc93b.jpg_1`) into image and class."""
     key = raw["ImageId_ClassId"].astype(str)
     parts = key.str.rpartition("_")
-    ok = (parts[1] == "_") & (parts[0] != "") & parts[2].str.fullmatch(r"[1-4]")
+    ok = (parts[1] == "_") & (parts[0] != "") & parts[2].isin(_CLASS_TEXTS)
     if not ok.all():
         pos = int(np.flatnonzero(~ok.to_numpy(dtype=bool))[0])
         raise InputError(
             f"{path}: line {pos + 2}: ImageId_ClassId {key.iloc[pos]!r} is not "
-            "'<image>_<class 1-4>'"
+            f"'<image>_<class>' with class one of {', '.join(_CLASS_TEXTS)}"
         )
     return pd.DataFrame(
         {
@@ -66,7 +68,7 @@ def _sub_split_old(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _sub_from_new(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
+def _from_new(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
     """Check the new format's ImageId and ClassId columns and convert ClassId to int."""
     image = raw["ImageId"].astype(str)
     cls = raw["ClassId"].astype(str).str.strip()
@@ -74,11 +76,12 @@ def _sub_from_new(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
     if bad_image.any():
         pos = int(np.flatnonzero(bad_image)[0])
         raise InputError(f"{path}: line {pos + 2}: empty ImageId")
-    ok = cls.str.fullmatch(r"[1-4]").to_numpy(dtype=bool)
+    ok = cls.isin(_CLASS_TEXTS).to_numpy(dtype=bool)
     if not ok.all():
         pos = int(np.flatnonzero(~ok)[0])
         raise InputError(
-            f"{path}: line {pos + 2}: ClassId {cls.iloc[pos]!r} is not one of 1, 2, 3, 4"
+            f"{path}: line {pos + 2}: ClassId {cls.iloc[pos]!r} is not one of "
+            f"{', '.join(_CLASS_TEXTS)}"
         )
     return pd.DataFrame(
         {
@@ -89,7 +92,7 @@ def _sub_from_new(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _sub_first_rle_problem(rles: pd.Series, pixels: int) -> tuple[int, str] | None:
+def _first_rle_problem(rles: pd.Series, pixels: int) -> tuple[int, str] | None:
     """Position and a short reason for the first malformed RLE in `rles`, or None.
 
     Checks tokens rather than decoding masks, all rows at once: the strings
@@ -103,7 +106,7 @@ def _sub_first_rle_problem(rles: pd.Series, pixels: int) -> tuple[int, str] | No
     if not any(texts):
         return None
     problems: list[tuple[int, str]] = []
-    allowed = (_SUB_DIGITS + _SUB_BLANKS).encode("ascii")
+    allowed = (_DIGITS + _BLANKS).encode("ascii")
     joined = "".join(texts)
     if not joined.isascii() or joined.encode("ascii").translate(None, allowed):
         bad_chars = np.array(
@@ -140,28 +143,28 @@ def _sub_first_rle_problem(rles: pd.Series, pixels: int) -> tuple[int, str] | No
     return min(problems) if problems else None
 
 
-def read_submission(path: Path, shape: tuple[int, int] = SUBMISSION_SHAPE) -> Submission:
+def read_submission(path: Path, shape: tuple[int, int] = IMAGE_SHAPE) -> Submission:
     """Read a submission in either format, refusing anything Kaggle's scorer would choke on."""
     path = Path(path)
     raw = read_text_csv(path, "submission file")
     columns = tuple(str(c) for c in raw.columns)
-    if set(columns) == set(SUBMISSION_COLUMNS_NEW) and len(columns) == 3:
-        fmt, frame = "new", _sub_from_new(path, raw)
-    elif set(columns) == set(SUBMISSION_COLUMNS_OLD) and len(columns) == 2:
-        fmt, frame = "old", _sub_split_old(path, raw)
+    if set(columns) == set(COLUMNS_NEW) and len(columns) == 3:
+        fmt, frame = "new", _from_new(path, raw)
+    elif set(columns) == set(COLUMNS_OLD) and len(columns) == 2:
+        fmt, frame = "old", _split_old(path, raw)
     else:
         raise InputError(
             f"{path}: columns {', '.join(columns) or '(none)'} are neither "
-            f"{','.join(SUBMISSION_COLUMNS_NEW)} nor {','.join(SUBMISSION_COLUMNS_OLD)}"
+            f"{','.join(COLUMNS_NEW)} nor {','.join(COLUMNS_OLD)}"
         )
     duplicated = frame.duplicated(["ImageId", "ClassId"]).to_numpy(dtype=bool)
     if duplicated.any():
-        where = _sub_where(path, frame, int(np.flatnonzero(duplicated)[0]))
+        where = _where(path, frame, int(np.flatnonzero(duplicated)[0]))
         raise InputError(f"{where}: duplicate row for this image and class")
-    problem = _sub_first_rle_problem(frame["EncodedPixels"], shape[0] * shape[1])
+    problem = _first_rle_problem(frame["EncodedPixels"], shape[0] * shape[1])
     if problem is not None:
         pos, reason = problem
-        where = _sub_where(path, frame, pos)
+        where = _where(path, frame, pos)
         # The RLE module words the detailed reason (which token or pair is wrong).
         rle_runs(str(frame["EncodedPixels"].iloc[pos]), shape, where)
         raise InputError(f"{where}: {reason}")

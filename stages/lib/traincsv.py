@@ -14,31 +14,31 @@ import pandas as pd
 
 from kernelgen.runtime import InputError
 from stages.lib.csvtext import read_text_csv
-from stages.lib.rle import MASK_SHAPE, rle_decode, rle_runs
+from stages.lib.rle import rle_decode, rle_runs
+from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
 
-DEFECT_CLASS_IDS: tuple[int, ...] = (1, 2, 3, 4)
 DEFECT_COLUMNS: tuple[str, ...] = ("ImageId", "ClassId", "EncodedPixels")
-_TRAINCSV_OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
+_OLD_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 
 
-def _traincsv_error(path: Path, row: int, message: str) -> InputError:
+def _error(path: Path, row: int, message: str) -> InputError:
     """An error for data row `row` (0-based), naming its file line (the header is line 1)."""
     return InputError(f"{path}: line {row + 2}: {message}")
 
 
-def _traincsv_first(flags: pd.Series) -> int | None:
+def _first(flags: pd.Series) -> int | None:
     """The position of the first True in `flags`, or None."""
     rows = np.flatnonzero(flags.to_numpy(dtype=bool))
     return int(rows[0]) if rows.size else None
 
 
-def _traincsv_split_keys(path: Path, table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+def _split_keys(path: Path, table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Image ids and class texts from the old format's `<image>_<class>` keys."""
     keys = table["ImageId_ClassId"].astype(str).str.strip()
     parts = keys.str.rpartition("_")
-    row = _traincsv_first((parts[1] == "") | (parts[0] == ""))
+    row = _first((parts[1] == "") | (parts[0] == ""))
     if row is not None:
-        raise _traincsv_error(
+        raise _error(
             path,
             row,
             f"malformed ImageId_ClassId {keys.iloc[row]!r}; "
@@ -47,7 +47,7 @@ def _traincsv_split_keys(path: Path, table: pd.DataFrame) -> tuple[pd.Series, pd
     return parts[0], parts[2]
 
 
-def _traincsv_load(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
+def _load(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
     """The defect frame and, for the old format, every image id in file order."""
     path = Path(path)
     table = read_text_csv(path, "file")
@@ -56,33 +56,33 @@ def _traincsv_load(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
         images = table["ImageId"].astype(str).str.strip()
         classes = table["ClassId"].astype(str).str.strip()
         old_format = False
-    elif set(_TRAINCSV_OLD_COLUMNS) <= columns:
-        images, classes = _traincsv_split_keys(path, table)
+    elif set(_OLD_COLUMNS) <= columns:
+        images, classes = _split_keys(path, table)
         old_format = True
     else:
-        expected = _TRAINCSV_OLD_COLUMNS if "ImageId_ClassId" in columns else DEFECT_COLUMNS
+        expected = _OLD_COLUMNS if "ImageId_ClassId" in columns else DEFECT_COLUMNS
         missing = [name for name in expected if name not in columns]
         raise InputError(
             f"{path}: missing column(s) {', '.join(missing)}; train.csv needs "
-            f"{','.join(DEFECT_COLUMNS)} (or the old {','.join(_TRAINCSV_OLD_COLUMNS)})"
+            f"{','.join(DEFECT_COLUMNS)} (or the old {','.join(_OLD_COLUMNS)})"
         )
 
-    row = _traincsv_first(images == "")
+    row = _first(images == "")
     if row is not None:
-        raise _traincsv_error(path, row, "empty ImageId")
-    allowed = [str(class_id) for class_id in DEFECT_CLASS_IDS]
-    row = _traincsv_first(~classes.isin(allowed))
+        raise _error(path, row, "empty ImageId")
+    allowed = [str(class_id) for class_id in CLASS_IDS]
+    row = _first(~classes.isin(allowed))
     if row is not None:
-        raise _traincsv_error(
+        raise _error(
             path, row, f"ClassId {classes.iloc[row]!r} is not one of {', '.join(allowed)}"
         )
     image_list = images.tolist()
     class_list = [int(text) for text in classes.tolist()]
     pairs = pd.Series([f"{image}_{cls}" for image, cls in zip(image_list, class_list, strict=True)])
-    row = _traincsv_first(pairs.duplicated())
+    row = _first(pairs.duplicated())
     if row is not None:
-        first = _traincsv_first(pairs == pairs.iloc[row])
-        raise _traincsv_error(
+        first = _first(pairs == pairs.iloc[row])
+        raise _error(
             path,
             row,
             f"duplicate row for image {image_list[row]!r} class {class_list[row]} "
@@ -92,7 +92,7 @@ def _traincsv_load(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
     rles = table["EncodedPixels"].astype(str).str.strip().tolist()
     kept = [row for row, rle in enumerate(rles) if rle]
     for row in kept:
-        rle_runs(rles[row], MASK_SHAPE, f"{path}: line {row + 2}: EncodedPixels")
+        rle_runs(rles[row], IMAGE_SHAPE, f"{path}: line {row + 2}: EncodedPixels")
     defects = pd.DataFrame(
         {
             "ImageId": pd.Series([image_list[row] for row in kept], dtype=object).astype(str),
@@ -112,7 +112,7 @@ def read_train_csv(path: Path) -> pd.DataFrame:
     with empty EncodedPixels are dropped. Malformed files raise InputError
     naming the path and line.
     """
-    return _traincsv_load(path)[0]
+    return _load(path)[0]
 
 
 def read_train_csv_images(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
@@ -122,18 +122,18 @@ def read_train_csv_images(path: Path) -> tuple[pd.DataFrame, list[str] | None]:
     yields the full list of train images (in file order); the new format only
     names images with a defect and yields None: list `train_images/` instead.
     """
-    return _traincsv_load(path)
+    return _load(path)
 
 
 def image_masks(
-    defects: pd.DataFrame, image_id: str, shape: tuple[int, int] = MASK_SHAPE
+    defects: pd.DataFrame, image_id: str, shape: tuple[int, int] = IMAGE_SHAPE
 ) -> np.ndarray:
     """The (4, height, width) uint8 0/1 masks of one image; plane k holds class k + 1.
 
     Classes the image has no row for are all zero. C-contiguous, ready for
     `torch.from_numpy`.
     """
-    masks = np.zeros((len(DEFECT_CLASS_IDS), *shape), dtype=np.uint8)
+    masks = np.zeros((len(CLASS_IDS), *shape), dtype=np.uint8)
     rows = defects[defects["ImageId"] == image_id]
     for class_id, rle in zip(rows["ClassId"].tolist(), rows["EncodedPixels"].tolist(), strict=True):
         masks[int(class_id) - 1] |= rle_decode(
