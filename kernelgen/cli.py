@@ -6,12 +6,15 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kernelgen.errors import KernelgenError
 from kernelgen.project import Project
+
+if TYPE_CHECKING:
+    from kernelgen.steps import Steps
 
 
 class _Group(click.Group):
@@ -200,12 +203,14 @@ def _username(project: Project, user: str | None, local: bool) -> str:
     return resolve_username(user, project.config)
 
 
-def _steps(project: Project, workdir: Path, *, local: bool, user: str | None = None, profile: str | None = None, jobs: int = 2):  # type: ignore[no-untyped-def]
+def _steps(
+    project: Project, workdir: Path, *, local: bool, user: str | None = None, profile: str | None = None
+) -> Steps:
     """The work folder's steps on the chosen backend."""
     from kernelgen import operations as ops
     from kernelgen.steps import Steps
 
-    backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
+    backend = ops.open_backend(project, workdir, local=local)
     return Steps(
         project,
         backend,
