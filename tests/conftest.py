@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 
+# Under pytest-xdist each of the workers gets one core's worth of threads: two workers
+# sharing two cores with a full thread pool each would only fight over them. Set before
+# PyTorch or TensorFlow load; kernels started by the tests inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(_name, "1")
+
 # PyTorch must load before TensorFlow in one process: the other order crashes when
 # torchvision pulls in triton (both bring their own LLVM). Stage 1 tests import
 # TensorFlow and stage 4 tests PyTorch, so load PyTorch's side first.
