@@ -19,6 +19,7 @@ from kernelgen.chain import Chain, Phase, PollPolicy
 from kernelgen.cli import main
 from kernelgen.errors import KernelFailedError, MetadataError
 from kernelgen.pipeline import load_pipeline
+from kernelgen.progress import format_elapsed
 from kernelgen.project import Project
 from kernelgen.report import build_report, write_report
 from kernelgen.report.panel import Figure, Note, Panel, Table
@@ -90,6 +91,13 @@ def test_a_rerun_keeps_the_previous_state_and_the_report_names_what_changed(tmp_
     assert ("stage 1", "unchanged (version 1)") in what.rows
     before_epochs = first["stages"]["4"]["params"]["epochs"]
     assert params.rows == (("stage 4", "epochs", str(before_epochs), "30", "--set"),)
+
+    # the figures count what this run ran: stage 4 (a GPU stage) and stage 5 (not one)
+    assert any("the stages the latest run ran (4, 5)" in n.text for n in report.notes)
+    facts, summary = report.folder.stages, dict(report.summary.items)
+    assert facts[4].started is not None and facts[5].ended is not None
+    assert summary["wall time"] == format_elapsed((facts[5].ended - facts[4].started).total_seconds())
+    assert summary["GPU hours"] == f"{facts[4].seconds / 3600:.2f} h"
 
     html = write_report(Project.load(), tmp_path).read_text()
     assert stage_rows(html) == {"1": "unchanged", "2": "unchanged", "3": "unchanged", "4": "complete", "5": "complete"}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from kernelgen.chain import Phase
 from kernelgen.errors import KernelgenError
 from kernelgen.progress import format_elapsed
 from kernelgen.project import Project
@@ -49,9 +50,17 @@ def _hours(value: float) -> str:
 def _summary(folder: WorkFolder, submission: Path | None) -> tuple[Stats, list[Note]]:
     stages = folder.stages.values()
     done = sum(1 for f in stages if f.phase.done)
-    timed = [f for f in stages if f.started is not None and f.ended is not None]
+    timed = folder.latest_run()
     items = [("stages done", f"{done} of {len(folder.stages)}")]
     notes = []
+    if any(f.phase is Phase.UNCHANGED for f in stages) and timed:
+        ran = ", ".join(str(f.number) for f in timed)
+        notes.append(
+            Note(
+                f"Wall time, GPU hours and the timeline count the stages the latest run ran ({ran}); "
+                "unchanged stages keep the times of the run that made their outputs."
+            )
+        )
     if timed:
         start = min(f.started for f in timed if f.started is not None)
         end = max(f.ended for f in timed if f.ended is not None)
@@ -159,7 +168,7 @@ def build_report(project: Project, workdir: Path) -> Report:
     candidate = folder.outputs / f"stage{last}" / SUBMISSION_FILE
     submission = candidate if candidate.is_file() else None
     summary, notes = _summary(folder, submission)
-    figures = [f for f in (stage_graph(folder.stages), timeline(folder.stages)) if f is not None]
+    figures = [f for f in (stage_graph(folder.stages), timeline(folder.latest_run())) if f is not None]
     if not has_matplotlib():
         notes.append(NO_MATPLOTLIB)
     own, hook_problems = pipeline_panels(context_for(folder, pipeline, project.config))

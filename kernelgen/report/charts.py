@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kernelgen.chain import Phase
 from kernelgen.progress import format_elapsed
@@ -52,37 +52,51 @@ def _direct_needs(stages: Mapping[int, StageFacts]) -> dict[int, list[int]]:
     }
 
 
+def _rows(stages: Mapping[int, StageFacts], direct: Mapping[int, list[int]]) -> dict[int, float]:
+    """Each stage's row: stages that need nothing stacked from 0, every other one level
+    with what it directly needs (their mean row), one row apart at least within a column."""
+    level = _levels(stages)
+    row: dict[int, float] = {}
+    for column in sorted(set(level.values())):
+        members = [n for n in stages if level[n] == column]
+        wanted = {
+            n: sum(row[d] for d in direct[n]) / len(direct[n]) if direct[n] else float(i)
+            for i, n in enumerate(members)
+        }
+        floor = -math.inf
+        for number in sorted(members, key=lambda n: (wanted[n], n)):
+            row[number] = max(wanted[number], floor)
+            floor = row[number] + 1
+    return row
+
+
 def stage_graph(stages: Mapping[int, StageFacts]) -> Figure | None:
     """Stages as boxes coloured by status, arrows from what each needs directly."""
     if not stages:
         return None
     level = _levels(stages)
-    columns: dict[int, list[int]] = {}
-    for number in sorted(stages):
-        columns.setdefault(level[number], []).append(number)
-    depth = max(len(c) for c in columns.values())
-    fig = new_figure(max(2.6 * len(columns), 5.0), 1.25 * depth + 0.4)
+    direct = _direct_needs(stages)
+    rows = _rows(stages, direct)
+    width, height = max(level.values()) + 1, max(rows.values()) + 1
+    fig = new_figure(max(2.6 * width, 5.0), 1.25 * height + 0.4)
     if fig is None:
         return None
     ax = fig.add_subplot()
     ax.set_axis_off()
     boxes = {}
-    for col, members in columns.items():
-        offset = (depth - len(members)) / 2
-        for row, number in enumerate(members):
-            facts = stages[number]
-            title = textwrap.fill(facts.title, 22)
-            version = f" v{facts.version}" if facts.version is not None else ""
-            boxes[number] = ax.text(
-                col,
-                -(row + offset),
-                f"stage {number}{version}\n{title}\n{facts.phase.value}",
-                ha="center",
-                va="center",
-                fontsize=8.5,
-                bbox={"boxstyle": "round,pad=0.5", "fc": PHASE_COLOURS[facts.phase], "ec": "#444444"},
-            )
-    for number, needs in _direct_needs(stages).items():
+    for number, facts in stages.items():
+        title = textwrap.fill(facts.title, 22)
+        version = f" v{facts.version}" if facts.version is not None else ""
+        boxes[number] = ax.text(
+            level[number],
+            -rows[number],
+            f"stage {number}{version}\n{title}\n{facts.phase.value}",
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            bbox={"boxstyle": "round,pad=0.5", "fc": PHASE_COLOURS[facts.phase], "ec": "#444444"},
+        )
+    for number, needs in direct.items():
         for need in needs:
             if need in boxes:
                 ax.annotate(
@@ -98,8 +112,8 @@ def stage_graph(stages: Mapping[int, StageFacts]) -> Figure | None:
                         "shrinkB": 3,
                     },
                 )
-    ax.set_xlim(-0.6, len(columns) - 0.4)
-    ax.set_ylim(-depth + 0.45, 0.55)
+    ax.set_xlim(-0.6, width - 0.4)
+    ax.set_ylim(-height + 0.45, 0.55)
     names = ", ".join(f"stage {n}: {f.phase.value}" for n, f in stages.items())
     return figure_block(fig, alt=f"Stage graph. {names}")
 
@@ -112,9 +126,9 @@ def _unit(total: float) -> tuple[float, str]:
     return 1.0, "seconds"
 
 
-def timeline(stages: Mapping[int, StageFacts]) -> Figure | None:
+def timeline(stages: Sequence[StageFacts]) -> Figure | None:
     """When each stage ran, from its push to the poll that saw it end."""
-    timed = [f for f in stages.values() if f.started is not None and f.ended is not None]
+    timed = [f for f in stages if f.started is not None and f.ended is not None]
     if not timed:
         return None
     origin = min(f.started for f in timed if f.started is not None)

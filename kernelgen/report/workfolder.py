@@ -102,6 +102,12 @@ class WorkFolder:
     def outputs(self) -> Path:
         return self.path / "outputs"
 
+    def latest_run(self) -> list[StageFacts]:
+        """The timed stages of the latest chain run: those it did not find unchanged.
+        When it ran none, every timed stage (their runs made the outputs there are)."""
+        timed = [f for f in self.stages.values() if f.seconds is not None]
+        return [f for f in timed if f.phase is not Phase.UNCHANGED] or timed
+
 
 def _read_state(path: Path, problems: list[str], what: str) -> ChainState | None:
     if not path.is_file():
