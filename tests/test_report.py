@@ -279,3 +279,21 @@ def test_records_of_older_states_load_without_times(tmp_path: Path) -> None:
     assert record.mark_status(RunStatus.COMPLETE, "", at=timestamp(5.0))  # first seen finished: the end is set
     assert not record.mark_status(RunStatus.COMPLETE, "", at=timestamp(9.0))
     assert record.ended == timestamp(5.0)
+
+
+@pytest.mark.slow
+def test_a_chain_that_fails_still_writes_its_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "tiny"
+    shutil.copytree(TINY, project, ignore=shutil.ignore_patterns("__pycache__"))
+    numbers = tmp_path / "numbers"
+    numbers.mkdir()
+    (numbers / "numbers.csv").write_text("name,amount\nr1,1\n")
+    (project / "kernelgen.toml").write_text(f'data = "{numbers}"\n')
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(main, ["chain", "--local", "--workdir", "work"])
+    assert result.exit_code == 1
+    page = project / "work" / "report.html"
+    assert f"report: {page}" in result.output.splitlines()
+    html = page.read_text()
+    assert stage_rows(html) == {"1": "error", "2": "blocked"}
+    assert "columns must be id, value" in html  # the failing stage's log tail
