@@ -106,12 +106,13 @@ class Chain:
         policy: PollPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if jobs < 1:
             raise KernelgenError("--jobs must be at least 1")
         self.pipeline: Pipeline = project.pipeline
         self.backend = backend
-        self.steps = Steps(project, backend, workdir, username=username, profile=profile)
+        self.steps = Steps(project, backend, workdir, username=username, profile=profile, now=now)
         self.state = self.steps.state
         self.outputs = self.steps.outputs
         self.workdir = self.steps.workdir
@@ -254,6 +255,7 @@ class Chain:
                     )
         for number in selected:  # every stage renders (parameters checked) before anything is pushed
             self.steps.render(number, self._sets_for(number), required=False)
+        self.state.keep_previous()
         self.live = {n: _Live(n) for n in selected}
         dataset_wait_start: float | None = None
         while True:

@@ -344,6 +344,23 @@ def publish(
 
 
 @main.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="HTML file to write (default: WORKDIR/report.html).",
+)
+@workdir_option
+@with_project
+def report(out: Path | None, workdir: Path, project: Project) -> None:
+    """Write one self-contained HTML page on the work folder's run: each stage's status,
+    times and parameters, learning curves, what changed since the previous run, and the
+    pipeline's own panels. It opens in any browser with no server or network."""
+    from kernelgen.report import write_report
+
+    click.echo(f"report: {write_report(project, workdir, out)}")
+
+
+@main.command()
 @click.option("--local", is_flag=True, help="Run every stage here on local data (smoke profile unless --profile).")
 @click.option("--from", "first", type=int, help="First stage to run (earlier ones must be complete in WORKDIR).")
 @click.option("--to", "last", type=int, help="Last stage to run.")
@@ -366,10 +383,15 @@ def chain(
     workdir: Path,
     project: Project,
 ) -> None:
-    """Run the whole pipeline in dependency order, publishing datasets between stages."""
+    """Run the whole pipeline in dependency order, publishing datasets between stages.
+
+    At the end, or when a stage fails, it writes the run's report to WORKDIR/report.html.
+    """
     from kernelgen import operations as ops
     from kernelgen.chain import LOCAL_POLL_POLICY, Chain
+    from kernelgen.errors import KernelFailedError
     from kernelgen.progress import make_reporter
+    from kernelgen.report import write_report
 
     numbers = list(project.pipeline.stages)
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
@@ -379,6 +401,7 @@ def chain(
     username = _username(project, user, local)
     backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
     reporter = make_reporter()
+    failed: KernelFailedError | None = None
     try:
         result = Chain(
             project,
@@ -391,11 +414,16 @@ def chain(
             reporter=reporter,
             policy=LOCAL_POLL_POLICY if local else None,
         ).run(selected, submit=submit, competition=project.config.competition)
+    except KernelFailedError as exc:
+        failed = exc
     finally:
         reporter.close()
         close = getattr(backend, "close", None)
         if close:
             close()
+    click.echo(f"report: {write_report(project, workdir)}")
+    if failed is not None:
+        raise failed
     if result.submission is not None:
         click.echo(f"submission: {result.submission}")
     else:

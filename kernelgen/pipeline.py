@@ -107,6 +107,14 @@ class LocalData:
 
 
 @dataclass(frozen=True)
+class ReportHooks:
+    """What the pipeline adds to `kernelgen report`: `panels` names a `module:function`
+    that returns the pipeline's own panels."""
+
+    panels: str | None = None
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A project folder: `kernel-metadata/` and the package(s) of stage modules beside it."""
 
@@ -115,6 +123,7 @@ class Pipeline:
     source: Path
     root: Path = Path(".")
     local: LocalData = field(default_factory=LocalData)
+    report: ReportHooks = field(default_factory=ReportHooks)
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -295,25 +304,43 @@ def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, Dataset
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-def _parse_local(path: Path) -> LocalData:
-    if not path.is_file():
-        return LocalData()
-    raw = _load_toml(path)
-    unknown = sorted(set(raw) - {"local"})
-    if unknown:
-        raise MetadataError(f"unknown key {unknown[0]!r} (known: local)", where=path)
+def _hook(value: Any, key: str, path: Path) -> str:
+    """A `package.module:function` reference, checked for shape only (nothing is imported)."""
+    module, sep, function = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if not sep or not _MODULE.match(module) or not function.isidentifier():
+        raise MetadataError(f"{key} must read 'package.module:function', got {value!r}", where=path)
+    return value
+
+
+def _parse_local(raw: dict[str, Any], path: Path) -> LocalData:
     local = raw.get("local", {})
     if not isinstance(local, dict) or set(local) - {"generator", "options"}:
         raise MetadataError("[local] takes only 'generator' and [local.options]", where=path)
     generator = local.get("generator")
     if generator is not None:
-        module, sep, function = generator.partition(":") if isinstance(generator, str) else ("", "", "")
-        if not sep or not _MODULE.match(module) or not function.isidentifier():
-            raise MetadataError(f"local.generator must read 'package.module:function', got {generator!r}", where=path)
+        _hook(generator, "local.generator", path)
     options = local.get("options", {})
     if not isinstance(options, dict):
         raise MetadataError("[local.options] must be a table of generator arguments", where=path)
     return LocalData(generator=generator, options=dict(options))
+
+
+def _parse_report(raw: dict[str, Any], path: Path) -> ReportHooks:
+    report = raw.get("report", {})
+    if not isinstance(report, dict) or set(report) - {"panels"}:
+        raise MetadataError("[report] takes only 'panels'", where=path)
+    panels = report.get("panels")
+    return ReportHooks(panels=None if panels is None else _hook(panels, "report.panels", path))
+
+
+def _parse_pipeline_file(path: Path) -> tuple[LocalData, ReportHooks]:
+    if not path.is_file():
+        return LocalData(), ReportHooks()
+    raw = _load_toml(path)
+    unknown = sorted(set(raw) - {"local", "report"})
+    if unknown:
+        raise MetadataError(f"unknown key {unknown[0]!r} (known: local, report)", where=path)
+    return _parse_local(raw, path), _parse_report(raw, path)
 
 
 def load_pipeline(root: Path | None = None) -> Pipeline:
@@ -338,10 +365,12 @@ def load_pipeline(root: Path | None = None) -> Pipeline:
             raise MetadataError(f"module {spec.module!r} must read 'package.module'", where=spec.source)
         if spec.module.split(".")[0] == "kernelgen":
             raise MetadataError("stage modules cannot live in the kernelgen package", where=spec.source)
+    local, report = _parse_pipeline_file(folder / PIPELINE_FILE)
     return Pipeline(
         stages=dict(sorted(stages.items())),
         datasets=datasets,
         source=folder,
         root=root,
-        local=_parse_local(folder / PIPELINE_FILE),
+        local=local,
+        report=report,
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,20 @@ from kernelgen.errors import KernelgenError
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
+PREVIOUS_STATE_FILE = "state.previous.json"
+
+
+def timestamp(seconds: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC text, as run times are kept in the state."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+
+
+def parse_timestamp(text: str) -> datetime | None:
+    """A time kept by `timestamp`; None when empty or unreadable."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -29,11 +45,26 @@ class StageRecord:
     outputs: str = ""
     message: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    started: str = ""
+    ended: str = ""
 
-    def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str) -> None:
-        """A new version was pushed: forget the last run's status, message and outputs."""
+    def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str, at: str = "") -> None:
+        """A new version was pushed at `at`: forget the last run's status, message, outputs and end."""
         self.key, self.kernel, self.version, self.url = key, kernel, version, url
         self.status, self.message, self.outputs = RunStatus.QUEUED, "", ""
+        self.started, self.ended = at, ""
+
+    def mark_status(self, status: RunStatus, message: str, *, at: str = "") -> bool:
+        """Record what the backend says; a run seen finished for the first time ends at `at`.
+
+        Returns whether anything changed.
+        """
+        changed = status is not self.status or message != self.message
+        self.status, self.message = status, message
+        if status.finished and not self.ended and at:
+            self.ended, changed = at, True
+        return changed
 
     @property
     def ref(self) -> str:
@@ -67,9 +98,10 @@ class ChainState:
     datasets: dict[str, DatasetRecord] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, backend: str) -> ChainState:
+    def load(cls, path: Path, backend: str | None) -> ChainState:
+        """The state in `path`; it must belong to `backend` unless that is None (reading only)."""
         if not path.is_file():
-            return cls(path=path, backend=backend)
+            return cls(path=path, backend=backend or "")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             if raw.get("version") != STATE_VERSION:
@@ -82,7 +114,7 @@ class ChainState:
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise KernelgenError(f"{path}: unreadable chain state ({exc}); move it away to start afresh") from None
-        if state.backend != backend:
+        if backend is not None and state.backend != backend:
             raise KernelgenError(
                 f"{path}: this work folder belongs to the {state.backend} backend; use another --workdir"
             )
@@ -92,6 +124,19 @@ class ChainState:
     def open(cls, workdir: Path, backend: str) -> ChainState:
         """The state of work folder `workdir`, empty when it has none yet."""
         return cls.load(workdir / STATE_FILE, backend)
+
+    def keep_previous(self) -> None:
+        """Copy the saved state to `state.previous.json`, so a report can tell what a new run changed.
+
+        With no saved state there is no previous run, and an older copy is removed.
+        """
+        previous = self.path.with_name(PREVIOUS_STATE_FILE)
+        if self.path.is_file():
+            partial = previous.with_name(previous.name + ".partial")
+            shutil.copyfile(self.path, partial)
+            os.replace(partial, previous)
+        else:
+            previous.unlink(missing_ok=True)
 
     def stage(self, number: int) -> StageRecord:
         return self.stages.setdefault(number, StageRecord())

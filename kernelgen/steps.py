@@ -28,11 +28,15 @@ from kernelgen.params import ParamValue
 from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel, write_kernels
-from kernelgen.state import ChainState, StageRecord
+from kernelgen.state import ChainState, StageRecord, timestamp
 
 
 class Steps:
-    """One work folder on one backend, for one user, profile and set of overrides."""
+    """One work folder on one backend, for one user, profile and set of overrides.
+
+    `now` gives the wall-clock time (seconds since the epoch) recorded when a run is
+    pushed and when it is first seen finished.
+    """
 
     def __init__(
         self,
@@ -42,6 +46,7 @@ class Steps:
         *,
         username: str,
         profile: str | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         self.project = project
         self.pipeline = project.pipeline
@@ -50,6 +55,7 @@ class Steps:
         self.outputs = self.workdir / "outputs"
         self.username = username
         self.profile = profile
+        self.now = now
         self.state = ChainState.open(self.workdir, backend.name)
 
     # -- rendering ---------------------------------------------------------------------
@@ -115,8 +121,11 @@ class Steps:
         folder = write_kernels([kernel], self.workdir / "kernels")[0]
         pushed = self.backend.push(folder)
         record = self.record(kernel.stage)
-        record.mark_pushed(key=self.key(kernel), kernel=pushed.kernel, version=pushed.version, url=pushed.url)
+        record.mark_pushed(
+            key=self.key(kernel), kernel=pushed.kernel, version=pushed.version, url=pushed.url, at=timestamp(self.now())
+        )
         record.params = {p.name: p.value for p in kernel.params}
+        record.sources = {p.name: p.source for p in kernel.params}
         self.state.save()
         return pushed
 
@@ -127,8 +136,7 @@ class Steps:
         return live
 
     def _record_status(self, record: StageRecord, live: KernelState) -> None:
-        if live.status is not record.status or live.message != record.message:
-            record.status, record.message = live.status, live.message
+        if record.mark_status(live.status, live.message, at=timestamp(self.now())):
             self.state.save()
 
     def wait(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,37 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LocalChain:
+    """A finished `kernelgen chain --local` of the bundled pipeline: its work folder, what it
+    printed, and a copy of the report it wrote (a later run in the folder rewrites that)."""
+
+    workdir: Path
+    output: str
+    report: Path
+
+
+@pytest.fixture(scope="session")
+def local_chain(tmp_path_factory: pytest.TempPathFactory) -> LocalChain:
+    """One local chain (a minute or two on 2 cores) shared by every test of the session that needs one."""
+    from click.testing import CliRunner
+
+    from kernelgen.cli import main
+
+    root = tmp_path_factory.mktemp("local-chain")
+    home = tmp_path_factory.mktemp("local-chain-home")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("KAGGLE_") or name in ("KERNELGEN_ROOT", "KERNELGEN_WORKING"):
+                patch.delenv(name)
+        patch.setenv("HOME", str(home))
+        patch.setenv("MPLBACKEND", "Agg")
+        patch.chdir(root)
+        work = root / "work"
+        result = CliRunner().invoke(main, ["chain", "--local", "--workdir", str(work)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = root / "report-of-the-first-run.html"
+    shutil.copyfile(work / "report.html", report)
+    return LocalChain(work, result.output, report)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -141,3 +142,26 @@ def test_later_stages_alone_need_earlier_ones_complete(tmp_path: Path) -> None:
     backend = FakeBackend(clock)
     with pytest.raises(Exception, match="stage 2 needs stage 1"):
         make_chain(backend, clock, tmp_path).run([2, 3])
+
+
+def test_each_run_records_its_push_and_the_poll_that_saw_it_end(tmp_path: Path) -> None:
+    clock = FakeClock()
+    make_chain(FakeBackend(clock, durations=SEED_DURATIONS), clock, tmp_path, now=clock).run([1, 2, 3, 4, 5])
+    stages = json.loads((tmp_path / "state.json").read_text())["stages"]
+    assert stages["1"]["started"] == stages["4"]["started"] == "1970-01-01T00:00:00+00:00"
+    for number, duration in SEED_DURATIONS.items():
+        record = stages[str(number)]
+        started, ended = (datetime.fromisoformat(record[k]).timestamp() for k in ("started", "ended"))
+        assert duration <= ended - started <= duration + 60  # at most one polling interval late
+    assert stages["5"]["sources"] == {"threshold": "from stage 3, version 1"}
+
+
+def test_a_chain_run_keeps_the_state_it_started_from(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    assert not (tmp_path / "state.previous.json").exists()
+    first = (tmp_path / "state.json").read_text()
+    make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"]).run([1, 2, 3, 4, 5])
+    assert (tmp_path / "state.previous.json").read_text() == first
+    assert (tmp_path / "state.json").read_text() != first

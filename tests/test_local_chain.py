@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import re
 
 import pandas as pd
 import pytest
@@ -11,18 +11,20 @@ from click.testing import CliRunner
 
 from kernelgen.cli import main
 from stages.lib.submission import read_submission
+from tests.conftest import LocalChain
 
 
 @pytest.mark.slow
-def test_local_chain_ends_in_a_valid_submission_and_reruns_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    work = tmp_path / "work"
+def test_local_chain_ends_in_a_valid_submission_and_reruns_nothing(
+    local_chain: LocalChain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = local_chain.workdir
+    monkeypatch.chdir(work.parent)
     runner = CliRunner()
-    result = runner.invoke(main, ["chain", "--local", "--workdir", str(work)], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    last = result.output.strip().splitlines()[-1]
+    *_, report_line, last = local_chain.output.strip().splitlines()
     submission = work / "outputs" / "stage5" / "submission.csv"
     assert last == f"submission: {submission}"
+    assert report_line == f"report: {work / 'report.html'}"
 
     sub = read_submission(submission)
     sample = read_submission(work / "synthetic-data" / "input" / "severstal-steel-defect-detection" / "sample_submission.csv")
@@ -44,3 +46,6 @@ def test_local_chain_ends_in_a_valid_submission_and_reruns_nothing(tmp_path: Pat
     assert again.exit_code == 0, again.output
     assert again.output.count("unchanged") >= 5
     assert "pushed" not in again.output
+    assert again.output.strip().splitlines()[-2:] == [report_line, last]
+    rows = re.findall(r'<tr data-stage="(\d+)" data-status="(\w+)">', (work / "report.html").read_text())
+    assert rows == [(str(n), "unchanged") for n in range(1, 6)]

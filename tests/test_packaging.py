@@ -27,6 +27,9 @@ def test_wheel_carries_pipeline_files_and_finds_them(tmp_path: Path) -> None:
         "kernelgen/_data/pipeline/stages/stage5_submission.py",
         "kernelgen/_data/pipeline/stages/lib/rle.py",
         "kernelgen/_data/templates/parameters.py.j2",
+        "kernelgen/_data/templates/report.html.j2",
+        "kernelgen/report/build.py",
+        "kernelgen/_data/pipeline/stages/report.py",
         "kernelgen/_data/pipeline/kernel-metadata/stage1.toml",
         "kernelgen/_data/pipeline/kernel-metadata/datasets.toml",
         "kernelgen/scaffold/kernel-metadata/stage1.toml.tmpl",
@@ -41,10 +44,15 @@ def test_wheel_carries_pipeline_files_and_finds_them(tmp_path: Path) -> None:
         "from kernelgen.resources import bundled_project, templates_dir\n"
         "print(templates_dir()); print(bundled_project())\n"
         "print(Project.load().render([5], username='someone')[0].kernel_id)\n"
+        "from pathlib import Path\n"
+        "from kernelgen.report import build_report, write_report\n"
+        "print([p.key for p in build_report(Project.load(), Path('.')).panels])\n"
+        "print(write_report(Project.load(), Path('.')).name)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     lines = out.stdout.splitlines()
     assert [Path(line) for line in lines[:2]] == [site / "kernelgen/_data/templates", site / "kernelgen/_data/pipeline"]
     assert lines[2] == "someone/severstal-stage5-submission"
+    assert lines[3:] == ["['changes', 'threshold', 'submission', 'overlays', 'parameters']", "report.html"]
     assert not any(name.startswith("stages/") for name in names)

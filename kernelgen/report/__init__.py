@@ -1,0 +1,10 @@
+"""`kernelgen report`: one static HTML page on a work folder's run.
+
+Pipelines add panels built from `kernelgen.report.panel` through their report hook
+(`[report] panels` in `kernel-metadata/pipeline.toml`), receiving a
+`kernelgen.report.hooks.ReportContext`.
+"""
+
+from kernelgen.report.build import REPORT_FILE, build_report, write_report
+
+__all__ = ["REPORT_FILE", "build_report", "write_report"]

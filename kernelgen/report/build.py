@@ -1,0 +1,203 @@
+"""One self-contained HTML page on a work folder's run: `kernelgen report`, and the
+chain's last step.
+
+The tool's panels (stages, changes, learning curves, parameters) work for any
+pipeline; a pipeline adds its own through its report hook.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kernelgen.chain import Phase
+from kernelgen.errors import KernelgenError
+from kernelgen.progress import format_elapsed
+from kernelgen.project import Project
+from kernelgen.report.changes import compare_states
+from kernelgen.report.charts import history_chart, stage_graph, timeline
+from kernelgen.report.history import HISTORY_FILE, read_history
+from kernelgen.report.hooks import context_for, pipeline_panels
+from kernelgen.report.html import render_html
+from kernelgen.report.panel import Block, Figure, Note, Panel, Stats, Table
+from kernelgen.report.plotting import NO_MATPLOTLIB, has_matplotlib
+from kernelgen.report.workfolder import WorkFolder, read_work_folder
+from kernelgen.state import PREVIOUS_STATE_FILE
+
+REPORT_FILE = "report.html"
+SUBMISSION_FILE = "submission.csv"
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    generated: str
+    folder: WorkFolder
+    summary: Stats
+    problems: tuple[str, ...]
+    stage_figures: tuple[Figure, ...]
+    panels: tuple[Panel, ...]
+    notes: tuple[Note, ...] = ()
+
+
+def _hours(value: float) -> str:
+    return f"{value:.2f} h"
+
+
+def _summary(folder: WorkFolder, submission: Path | None) -> tuple[Stats, list[Note]]:
+    stages = folder.stages.values()
+    done = sum(1 for f in stages if f.phase.done)
+    timed = folder.latest_run()
+    items = [("stages done", f"{done} of {len(folder.stages)}")]
+    notes = []
+    if any(f.phase is Phase.UNCHANGED for f in stages) and timed:
+        ran = ", ".join(str(f.number) for f in timed)
+        notes.append(
+            Note(
+                f"Wall time, GPU hours and the timeline count the stages the latest run ran ({ran}); "
+                "unchanged stages keep the times of the run that made their outputs."
+            )
+        )
+    if timed:
+        start = min(f.started for f in timed if f.started is not None)
+        end = max(f.ended for f in timed if f.ended is not None)
+        items.append(("wall time", format_elapsed((end - start).total_seconds())))
+        gpu = sum(f.gpu_hours or 0.0 for f in timed)
+        if folder.backend == "kaggle":
+            items.append(("GPU quota used", _hours(gpu)))
+        else:
+            items.append(("GPU hours", _hours(gpu)))
+            notes.append(
+                Note(
+                    f"GPU hours add up the durations of stages that use a GPU. This run used the "
+                    f"{folder.backend or 'unknown'} backend, so no Kaggle quota was spent."
+                )
+            )
+    items.append(("backend", folder.backend or "unknown"))
+    items.append(("submission", submission.name if submission else "none"))
+    return Stats.of(items), notes
+
+
+def _changes_panel(folder: WorkFolder) -> Panel:
+    key, title = "changes", "Changes since the previous run"
+    if folder.state is None:
+        return Panel(key, title, (Note("Nothing to compare: this work folder has no state.", "missing"),))
+    if folder.previous is None:
+        return Panel(
+            key,
+            title,
+            (Note(f"No earlier chain run is recorded here ({PREVIOUS_STATE_FILE} is kept when `kernelgen chain` starts)."),),
+        )
+    changes = compare_states(folder.previous, folder.state, folder.stages)
+    rows = [(f"stage {c.number}", c.what) for c in changes]
+    blocks: list[Block] = [Table.of(("stage", "this run"), rows)]
+    params = [
+        (f"stage {c.number}", p.name, _value(p.before), _value(p.after), p.source)
+        for c in changes
+        for p in c.params
+    ]
+    if params:
+        blocks.append(Table.of(("stage", "parameter", "before", "now", "now from"), params, "Parameters that changed"))
+    else:
+        blocks.append(Note("No parameter changed."))
+    rerun = [c.number for c in changes if c.rerun]
+    intro = f"Stages run again: {', '.join(map(str, rerun))}." if rerun else "No stage ran again."
+    return Panel(key, title, tuple(blocks), intro)
+
+
+def _value(value: object) -> str:
+    return "(none)" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def _curves_panel(folder: WorkFolder) -> Panel | None:
+    blocks: list[Block] = []
+    plotted = has_matplotlib()
+    for number, facts in folder.stages.items():
+        path = facts.outputs / HISTORY_FILE
+        if not path.is_file():
+            continue
+        try:
+            history = read_history(path)
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            blocks.append(Note(f"stage {number}: {HISTORY_FILE} cannot be read ({exc})", "missing"))
+            continue
+        title = f"Stage {number}: {facts.title}"
+        chart = history_chart(history, title) if plotted else None
+        if chart is not None:
+            blocks.append(chart)
+        else:
+            names = list(history.columns)
+            rows = [
+                (f"{x:g}", *(f"{history.columns[n][i]:.4g}" for n in names)) for i, x in enumerate(history.x)
+            ]
+            blocks.append(Table.of((history.x_name, *names), rows, title))
+    if not blocks:
+        return None
+    if not plotted:
+        blocks.insert(0, NO_MATPLOTLIB)
+    return Panel("curves", "Learning curves", tuple(blocks), f"From each stage's {HISTORY_FILE}.")
+
+
+def _params_panel(folder: WorkFolder) -> Panel:
+    blocks: list[Block] = []
+    for number, facts in folder.stages.items():
+        if facts.params:
+            rows = [(p.name, _value(p.value), p.source) for p in facts.params]
+            blocks.append(Table.of(("parameter", "value", "from"), rows, f"Stage {number}: {facts.title}"))
+        else:
+            blocks.append(Note(f"Stage {number}: no parameters recorded (it has not been pushed from here)."))
+    return Panel(
+        "parameters",
+        "Parameters",
+        tuple(blocks),
+        "What each stage last ran with, and where each value came from: the stage's default, "
+        "a profile, the config file, --set, or another stage's output.",
+    )
+
+
+def build_report(project: Project, workdir: Path) -> Report:
+    pipeline = project.pipeline
+    folder = read_work_folder(pipeline, workdir)
+    problems = list(folder.problems)
+    for number, facts in folder.stages.items():
+        problems.extend(f"stage {number}: {text}" for text in facts.missing)
+    last = pipeline.order()[-1]
+    candidate = folder.outputs / f"stage{last}" / SUBMISSION_FILE
+    submission = candidate if candidate.is_file() else None
+    summary, notes = _summary(folder, submission)
+    figures = [f for f in (stage_graph(folder.stages), timeline(folder.latest_run())) if f is not None]
+    if not has_matplotlib():
+        notes.append(NO_MATPLOTLIB)
+    own, hook_problems = pipeline_panels(context_for(folder, pipeline, project.config))
+    problems.extend(hook_problems)
+    for panel in own:
+        problems.extend(f"{panel.title}: {text}" for text in panel.missing)
+    curves = _curves_panel(folder)
+    panels = [_changes_panel(folder), *([curves] if curves else []), *own, _params_panel(folder)]
+    generated = datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return Report(
+        title=f"kernelgen report: {folder.path.name}",
+        generated=generated,
+        folder=folder,
+        summary=summary,
+        problems=tuple(problems),
+        stage_figures=tuple(figures),
+        panels=tuple(panels),
+        notes=tuple(notes),
+    )
+
+
+def write_report(project: Project, workdir: Path, out: Path | None = None) -> Path:
+    """Write the report of `workdir` to `out` (default `workdir/report.html`); returns its path."""
+    if not workdir.is_dir():
+        raise KernelgenError(f"work folder {workdir} does not exist")
+    target = (out or workdir / REPORT_FILE).resolve()
+    text = render_html(build_report(project, workdir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, target)
+    return target

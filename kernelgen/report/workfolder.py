@@ -1,0 +1,210 @@
+"""A work folder read for the report: each stage's run, its times, parameters and outputs.
+
+Reading never fails on a partial folder: what is absent or unreadable becomes a
+sentence in `problems` or in the stage's `missing`, so the report can say it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kernelgen.backends.base import RunStatus
+from kernelgen.chain import Phase
+from kernelgen.datasets import missing_files
+from kernelgen.errors import KernelgenError
+from kernelgen.pipeline import Pipeline, StageSpec
+from kernelgen.state import (
+    PREVIOUS_STATE_FILE,
+    STATE_FILE,
+    ChainState,
+    StageRecord,
+    parse_timestamp,
+)
+
+LOG_LINES = 20
+UNKNOWN_SOURCE = "not recorded"
+
+
+@dataclass(frozen=True)
+class ParamRow:
+    name: str
+    value: Any
+    source: str
+
+
+def declared_accelerator(spec: StageSpec) -> str:
+    """The accelerator the stage's metadata names, or "" when it names none."""
+    value = getattr(spec, "accelerator", None)
+    return str(value) if value else ""
+
+
+def uses_gpu(spec: StageSpec) -> bool:
+    """Whether the stage's runs count against the GPU quota: a declared GPU shape, else `enable_gpu`."""
+    declared = declared_accelerator(spec).lower()
+    if declared:
+        return not declared.startswith("tpu") and declared not in ("none", "cpu")
+    return spec.enable_gpu
+
+
+@dataclass(frozen=True)
+class StageFacts:
+    number: int
+    title: str
+    phase: Phase
+    needs: tuple[int, ...]
+    accelerator: str
+    gpu: bool
+    outputs: Path
+    kernel: str = ""
+    version: int | None = None
+    url: str = ""
+    started: datetime | None = None
+    ended: datetime | None = None
+    message: str = ""
+    params: tuple[ParamRow, ...] = ()
+    log_tail: str = ""
+    missing: tuple[str, ...] = ()
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None or self.ended is None:
+            return None
+        return max((self.ended - self.started).total_seconds(), 0.0)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        seconds = self.seconds
+        if seconds is None:
+            return None
+        return seconds / 3600 if self.gpu else 0.0
+
+    @property
+    def accelerator_label(self) -> str:
+        if self.accelerator:
+            return self.accelerator
+        return "GPU (no shape declared)" if self.gpu else "none"
+
+
+@dataclass(frozen=True)
+class WorkFolder:
+    path: Path
+    backend: str
+    state: ChainState | None
+    previous: ChainState | None
+    stages: Mapping[int, StageFacts]
+    problems: tuple[str, ...]
+
+    @property
+    def outputs(self) -> Path:
+        return self.path / "outputs"
+
+    def latest_run(self) -> list[StageFacts]:
+        """The timed stages of the latest chain run: those it did not find unchanged.
+        When it ran none, every timed stage (their runs made the outputs there are)."""
+        timed = [f for f in self.stages.values() if f.seconds is not None]
+        return [f for f in timed if f.phase is not Phase.UNCHANGED] or timed
+
+
+def _read_state(path: Path, problems: list[str], what: str) -> ChainState | None:
+    if not path.is_file():
+        return None
+    try:
+        return ChainState.load(path, None)
+    except KernelgenError as exc:
+        problems.append(f"{what} cannot be read: {exc}")
+        return None
+
+
+def _phase(record: StageRecord | None, before: StageRecord | None, needs: list[Phase]) -> Phase:
+    """The stage's state in the chain's words; a completed run the previous chain run
+    already had is `unchanged`."""
+    if record is None or not record.kernel or record.status is None:
+        stopped = any(p.failed or p is Phase.BLOCKED for p in needs)
+        return Phase.BLOCKED if stopped else Phase.WAITING
+    phase = Phase.of(record.status)
+    if (
+        phase is Phase.COMPLETE
+        and before is not None
+        and before.status is RunStatus.COMPLETE
+        and (before.kernel, before.version, before.key) == (record.kernel, record.version, record.key)
+    ):
+        return Phase.UNCHANGED
+    return phase
+
+
+def _log_tail(outputs: Path, kernel: str) -> str:
+    log = outputs / f"{kernel.split('/')[-1]}.log" if kernel else None
+    if log is None or not log.is_file():
+        return ""
+    lines = log.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()
+    return "\n".join(lines[-LOG_LINES:])
+
+
+def _missing(number: int, phase: Phase, record: StageRecord | None, outputs: Path, needs: tuple[int, ...]) -> list[str]:
+    found = []
+    if phase.done and not outputs.is_dir():
+        found.append(f"its outputs are not in {outputs} (`kernelgen output --stage {number}` fetches them)")
+    if phase.failed:
+        message = record.message if record and record.message else "no message"
+        found.append(f"it ended in {phase.value}: {message}")
+    if phase is Phase.BLOCKED:
+        found.append(f"it did not run because a stage it needs ({', '.join(map(str, needs))}) did not complete")
+    if phase is Phase.WAITING:
+        found.append("it has not run in this work folder")
+    if record is not None and record.kernel and not record.started:
+        found.append("no start time recorded (pushed before kernelgen kept run times)")
+    return found
+
+
+def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
+    path = workdir.resolve()
+    outputs = path / "outputs"
+    problems: list[str] = []
+    state = _read_state(path / STATE_FILE, problems, STATE_FILE)
+    if state is None and not problems:
+        problems.append(f"no {STATE_FILE} in {path}: nothing has run in this work folder (or --workdir names another)")
+    previous = _read_state(path / PREVIOUS_STATE_FILE, problems, PREVIOUS_STATE_FILE)
+    records = state.stages if state else {}
+    before = previous.stages if previous else {}
+    stages: dict[int, StageFacts] = {}
+    for number in pipeline.order():
+        spec = pipeline.stage(number)
+        needs = pipeline.dependencies[number]
+        record = records.get(number)
+        phase = _phase(record, before.get(number), [stages[n].phase for n in needs if n in stages])
+        folder = outputs / spec.name
+        params = ()
+        if record is not None:
+            params = tuple(
+                ParamRow(name, value, record.sources.get(name, UNKNOWN_SOURCE)) for name, value in record.params.items()
+            )
+        stages[number] = StageFacts(
+            number=number,
+            title=spec.title,
+            phase=phase,
+            needs=needs,
+            accelerator=declared_accelerator(spec),
+            gpu=uses_gpu(spec),
+            outputs=folder,
+            kernel=record.kernel if record else "",
+            version=record.version if record else None,
+            url=record.url if record else "",
+            started=parse_timestamp(record.started) if record else None,
+            ended=parse_timestamp(record.ended) if record else None,
+            message=record.message if record else "",
+            params=params,
+            log_tail=_log_tail(folder, record.kernel) if record and phase.failed else "",
+            missing=tuple(_missing(number, phase, record, folder, needs)),
+        )
+    for slug, dataset in pipeline.datasets.items():
+        if all(stages[n].phase.done for n in dataset.stages):
+            absent = missing_files(dataset, outputs)
+            if absent:
+                names = ", ".join(str(p.relative_to(outputs)) for p in absent)
+                problems.append(f"dataset {slug} is declared with files the outputs lack: {names}")
+    ordered = dict(sorted(stages.items()))
+    return WorkFolder(path, state.backend if state else "", state, previous, ordered, tuple(problems))
