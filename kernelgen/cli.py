@@ -42,7 +42,7 @@ project_dir_option = click.option(
     "project_dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Project folder with kernel-metadata/ (default: the config's pipeline, else the current "
-    "folder when it has kernel-metadata/, else the bundled Severstal pipeline).",
+    "folder when it has kernel-metadata/, else the bundled pipeline).",
 )
 
 

@@ -2,9 +2,9 @@
 
 ```toml
 username = "me"                    # Kaggle user that owns kernels and datasets
-competition = "severstal-steel-defect-detection"
+competition = "my-competition"
 profile = "full"                   # default profile: full (seed values) or smoke
-data = "data/severstal"            # local competition folder for --local runs
+data = "data/my-competition"       # local competition folder for --local runs
 pipeline = "../my-pipeline"        # project folder to use (default: the current one, else the bundled one)
 
 [profiles.quick.stage4]            # a profile of your own, or additions to a built-in one

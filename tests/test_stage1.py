@@ -25,10 +25,14 @@ from stages.stage1_classifier import Params, run, split_validation, train_labels
 from stages.synth import SynthDataset, generate
 from tests.stage_params import params_alone, smoke_profile, source_of
 
-# Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-)
+# One worker for the file, so its module fixture trains once. Keras' HDF5 writer trips a
+# numpy 2 deprecation once per weight; it says nothing about us.
+pytestmark = [
+    pytest.mark.xdist_group("stage1"),
+    pytest.mark.filterwarnings(
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+    ),
+]
 
 # Params as the kernel builds it (module imported) and as rendering does (module not run).
 PARAMS_CLASSES = [
