@@ -10,7 +10,7 @@ and unchanged, resumes polling what was pushed, and reruns what failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -22,6 +22,7 @@ from kernelgen.pipeline import Pipeline
 from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
 from kernelgen.progress import Reporter, StageRow
 from kernelgen.project import Project
+from kernelgen.session import QUEUE_ALLOWANCE_SECONDS
 from kernelgen.steps import Steps
 
 
@@ -56,12 +57,17 @@ class Phase(str, Enum):
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """Intervals between status calls for one stage grow from `initial` to `maximum`."""
+    """Intervals between status calls for one stage grow from `initial` to `maximum`.
+
+    A stage is given up on after its session time limit plus `queue_allowance`,
+    or after `stage_timeout` when that is set.
+    """
 
     initial: float = KERNEL_INITIAL
     factor: float = DEFAULT_FACTOR
     maximum: float = KERNEL_MAX_INTERVAL
-    stage_timeout: float = 13 * 3600.0
+    stage_timeout: float | None = None
+    queue_allowance: float = QUEUE_ALLOWANCE_SECONDS
     dataset_timeout: float = 3600.0
 
 
@@ -104,6 +110,7 @@ class Chain:
         jobs: int = 2,
         reporter: Reporter | None = None,
         policy: PollPolicy | None = None,
+        accelerators: Mapping[int, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -111,7 +118,9 @@ class Chain:
             raise KernelgenError("--jobs must be at least 1")
         self.pipeline: Pipeline = project.pipeline
         self.backend = backend
-        self.steps = Steps(project, backend, workdir, username=username, profile=profile)
+        self.steps = Steps(
+            project, backend, workdir, username=username, profile=profile, accelerators=accelerators
+        )
         self.state = self.steps.state
         self.outputs = self.steps.outputs
         self.workdir = self.steps.workdir
@@ -186,14 +195,20 @@ class Chain:
             live.ended = now
             live.note = state.message or f"ended in {state.status.value}"
             self._mark_dependents_blocked(number)
-        elif live.started is not None and now - live.started > self.policy.stage_timeout:
+        elif live.started is not None and now - live.started > self._stage_timeout(number):
             live.status = Phase.ERROR
             live.ended = now
-            live.note = f"still {state.status.value} after {self.policy.stage_timeout:.0f} s; rerun to resume polling"
+            live.note = f"still {state.status.value} after {self._stage_timeout(number):.0f} s; rerun to resume polling"
             self._mark_dependents_blocked(number)
         else:
             live.interval = min(live.interval * self.policy.factor, self.policy.maximum)
             live.next_poll = now + live.interval
+
+    def _stage_timeout(self, number: int) -> float:
+        """How long a stage may take from its push: its session limit plus queueing."""
+        if self.policy.stage_timeout is not None:
+            return self.policy.stage_timeout
+        return self.steps.session(number).wait_seconds(self.policy.queue_allowance)
 
     def _mark_dependents_blocked(self, number: int) -> None:
         for other in self.pipeline.dependents(number):

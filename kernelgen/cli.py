@@ -204,7 +204,13 @@ def _username(project: Project, user: str | None, local: bool) -> str:
 
 
 def _steps(
-    project: Project, workdir: Path, *, local: bool, user: str | None = None, profile: str | None = None
+    project: Project,
+    workdir: Path,
+    *,
+    local: bool,
+    user: str | None = None,
+    profile: str | None = None,
+    accelerators: dict[int, str] | None = None,
 ) -> Steps:
     """The work folder's steps on the chosen backend."""
     from kernelgen import operations as ops
@@ -217,13 +223,24 @@ def _steps(
         workdir,
         username=_username(project, user, local),
         profile=ops.run_profile(project, profile, local=local),
+        accelerators=accelerators,
     )
 
 
 @main.command()
 @click.option("--stage", type=int, required=True, help="Stage to push.")
 @click.option("--wait", is_flag=True, help="Follow the run until it ends, then download outputs and log.")
-@click.option("--timeout", type=float, default=13 * 3600, show_default=True, help="With --wait: seconds to wait.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="With --wait: seconds to wait (default: the stage's session time limit plus an hour of queueing).",
+)
+@click.option(
+    "--accelerator",
+    metavar="NAME",
+    help="Machine shape for this run, e.g. NvidiaTeslaT4 (two T4s), NvidiaL4, NvidiaH100, TpuV5E8.",
+)
 @user_option
 @profile_option
 @set_option
@@ -233,7 +250,8 @@ def _steps(
 def push(
     stage: int,
     wait: bool,
-    timeout: float,
+    timeout: float | None,
+    accelerator: str | None,
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
@@ -250,9 +268,13 @@ def push(
     from kernelgen.errors import KernelFailedError
     from kernelgen.progress import format_elapsed
 
+    number = project.pipeline.stage(stage).number
+    accelerators = project.accelerators([accelerator] if accelerator else [], [number])
     chosen = ops.run_profile(project, profile, local=local)
-    project.render([stage], username=_username(project, user, local), profile=chosen, sets=sets)
-    steps = _steps(project, workdir, local=local, user=user, profile=profile)
+    project.render(
+        [stage], username=_username(project, user, local), profile=chosen, sets=sets, accelerators=accelerators
+    )
+    steps = _steps(project, workdir, local=local, user=user, profile=profile, accelerators=accelerators)
     pushed = ops.push_stage(steps, stage, sets)
     click.echo(f"stage {stage}: pushed {pushed.kernel} version {pushed.version}")
     click.echo(pushed.url)
@@ -265,7 +287,8 @@ def push(
             seen.append(state.status)
             click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]")
 
-    final = steps.wait(stage, timeout=timeout, on_poll=on_poll)
+    limit = timeout if timeout is not None else steps.session(stage).wait_seconds()
+    final = steps.wait(stage, timeout=limit, on_poll=on_poll)
     dest, output = steps.collect(stage)
     click.echo(f"stage {stage}: {len(output.files)} output files and the log in {dest}")
     if final.status is not RunStatus.COMPLETE:
@@ -349,6 +372,13 @@ def publish(
 @click.option("--to", "last", type=int, help="Last stage to run.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
 @click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
+@click.option(
+    "--accelerator",
+    "accelerators",
+    multiple=True,
+    metavar="[N=]NAME",
+    help="Machine shape: NAME for every accelerated stage, N=NAME for stage N only (repeatable).",
+)
 @user_option
 @profile_option
 @set_option
@@ -360,6 +390,7 @@ def chain(
     last: int | None,
     jobs: int,
     submit: bool,
+    accelerators: tuple[str, ...],
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
@@ -375,6 +406,7 @@ def chain(
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
     hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
     selected = [n for n in numbers if lo <= n <= hi]
+    machines = project.accelerators(accelerators, selected)
     profile = ops.run_profile(project, profile, local=local)
     username = _username(project, user, local)
     backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
@@ -390,6 +422,7 @@ def chain(
             jobs=jobs,
             reporter=reporter,
             policy=LOCAL_POLL_POLICY if local else None,
+            accelerators=machines,
         ).run(selected, submit=submit, competition=project.config.competition)
     finally:
         reporter.close()

@@ -18,11 +18,13 @@ from pathlib import Path
 import nbformat
 
 from kernelgen import notebook as nb
+from kernelgen.accelerators import AcceleratorKind
 from kernelgen.config import BUILTIN_PROFILES, Config
 from kernelgen.errors import ConfigError, MetadataError, RenderError
 from kernelgen.modules import SourceModule, collect_modules
 from kernelgen.params import ParamValue, check_values, read_param_fields, resolve_params
 from kernelgen.pipeline import Pipeline, StageSpec
+from kernelgen.session import Session
 from kernelgen.templating import render_template
 from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
 
@@ -106,7 +108,12 @@ def _module_cells(module: SourceModule) -> list[nbformat.NotebookNode]:
     return cells
 
 
-def _cells(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], profile: str) -> list[nbformat.NotebookNode]:
+def _cells(
+    pipeline: Pipeline,
+    spec: StageSpec,
+    params: list[ParamValue],
+    profile: str,
+) -> list[nbformat.NotebookNode]:
     modules = collect_modules(spec.module, root=pipeline.root, packages=pipeline.packages, stage=spec.number)
     taken = set(modules.main.names) | {MODULES_VARIABLE}
     clashes = sorted(p.name for p in params if p.name in taken)
@@ -148,10 +155,15 @@ def render_stage(
     username: str,
     params: list[ParamValue],
     profile: str,
+    session: Session | None = None,
 ) -> RenderedKernel:
-    """Render one stage in memory and validate it as the Kaggle client would."""
+    """Render one stage in memory and validate it as the Kaggle client would.
+
+    `session` replaces the stage's declared session settings (another accelerator).
+    """
     spec = pipeline.stage(number)
     check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
+    session = session or spec.session
     code_file = f"{spec.name}.ipynb"
     notebook = nb.assemble(_cells(pipeline, spec, params, profile), prefix=spec.name)
     try:
@@ -167,10 +179,15 @@ def render_stage(
         language=spec.language,
         kernel_type=spec.kernel_type,
         is_private=spec.is_private,
-        enable_gpu=spec.enable_gpu,
+        enable_gpu=session.kind is AcceleratorKind.GPU,
+        enable_tpu=session.kind is AcceleratorKind.TPU,
         enable_internet=spec.enable_internet,
         dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources],
         competition_sources=list(spec.competition_sources),
+        machine_shape=session.accelerator,
+        session_timeout_seconds=session.timeout_seconds,
+        docker_image_pinning_type=session.pinning.value,
+        docker_image=session.docker_image,
     )
     try:
         meta = json.loads(meta_text)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from kernelgen.backends.base import (
@@ -28,11 +28,13 @@ from kernelgen.params import ParamValue
 from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel, write_kernels
+from kernelgen.session import Session
 from kernelgen.state import ChainState, StageRecord
 
 
 class Steps:
-    """One work folder on one backend, for one user, profile and set of overrides."""
+    """One work folder on one backend, for one user, profile, set of overrides and
+    choice of accelerators (`accelerators`: stage -> machine shape)."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class Steps:
         *,
         username: str,
         profile: str | None = None,
+        accelerators: Mapping[int, str] | None = None,
     ) -> None:
         self.project = project
         self.pipeline = project.pipeline
@@ -50,7 +53,12 @@ class Steps:
         self.outputs = self.workdir / "outputs"
         self.username = username
         self.profile = profile
+        self.accelerators = dict(accelerators or {})
         self.state = ChainState.open(self.workdir, backend.name)
+
+    def session(self, number: int) -> Session:
+        """How stage `number`'s kernel runs: its declared session, on the chosen accelerator."""
+        return self.project.session(number, self.accelerators.get(number))
 
     # -- rendering ---------------------------------------------------------------------
     def chained_params(self, number: int, *, required: bool) -> list[ParamValue]:
@@ -78,7 +86,12 @@ class Steps:
     def render(self, number: int, sets: Iterable[str] = (), *, required: bool = True) -> RenderedKernel:
         extra = self.chained_params(number, required=required)
         return self.project.render(
-            [number], username=self.username, profile=self.profile, sets=sets, extra={number: extra}
+            [number],
+            username=self.username,
+            profile=self.profile,
+            sets=sets,
+            extra={number: extra},
+            accelerators=self.accelerators,
         )[0]
 
     def key(self, kernel: RenderedKernel) -> str:

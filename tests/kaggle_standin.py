@@ -57,6 +57,8 @@ import pytest
 
 from kernelgen.backends.base import RunStatus
 
+SESSION_CAP_SECONDS = 12 * 3600
+
 # -- the executor seam -------------------------------------------------------------------
 
 
@@ -78,6 +80,9 @@ class PushedKernel:
     kernel_sources: tuple[str, ...]
     scratch_dir: Path
     resolve_dataset: Callable[[str], Path] = field(repr=False, compare=False)
+    machine_shape: str | None = None
+    session_timeout_seconds: int | None = None
+    docker_image_pinning_type: str | None = None
 
     @property
     def ref(self) -> str:
@@ -576,6 +581,11 @@ class KaggleStandIn:
             "script",
         ):
             raise _Fail(400, "invalid language or kernel type")
+        timeout = body.get("sessionTimeoutSeconds")
+        if timeout is not None and not 0 < int(timeout) <= SESSION_CAP_SECONDS:
+            raise _Fail(400, f"sessionTimeoutSeconds must be at most {SESSION_CAP_SECONDS}")
+        if body.get("dockerImagePinningType") not in (None, "original", "latest"):
+            raise _Fail(400, "invalid docker image pinning type")
         with self._lock:
             record = self.kernels.get(ref)
             if record is None:
@@ -603,6 +613,9 @@ class KaggleStandIn:
                 kernel_sources=tuple(body.get("kernelDataSources") or ()),
                 scratch_dir=scratch,
                 resolve_dataset=self.dataset_dir,
+                machine_shape=body.get("machineShape"),
+                session_timeout_seconds=None if timeout is None else int(timeout),
+                docker_image_pinning_type=body.get("dockerImagePinningType"),
             )
             script = self._kernel_scripts.get(ref, self.default_kernel_script)
             record.versions.append(KernelVersion(number, pushed, script, self.clock()))

@@ -141,3 +141,12 @@ def test_later_stages_alone_need_earlier_ones_complete(tmp_path: Path) -> None:
     backend = FakeBackend(clock)
     with pytest.raises(Exception, match="stage 2 needs stage 1"):
         make_chain(backend, clock, tmp_path).run([2, 3])
+
+
+def test_a_stuck_stage_is_given_up_after_its_session_limit_and_an_hour_of_queueing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, stuck={4})
+    with pytest.raises(KernelFailedError, match="still running after 45000 s") as caught:
+        make_chain(backend, clock, tmp_path, policy=PollPolicy(initial=10, maximum=600)).run([4])
+    assert caught.value.stage == 4
+    assert 45000 < clock.now <= 45000 + 600

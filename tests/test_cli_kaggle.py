@@ -132,3 +132,57 @@ def test_push_wait_then_chain_takes_that_version_as_its_own(kaggle: KaggleStandI
     assert result.stages[2] is result.stages[3] is result.stages[4] is Phase.COMPLETE
     assert len(kaggle.kernel_versions(stage1)) == 1
     assert len(kaggle.kernel_versions(f"{USER}/severstal-stage4-segmentation")) == 1
+
+
+STAGE4 = f"{USER}/severstal-stage4-segmentation"
+
+
+def pushed_session(kaggle: KaggleStandIn) -> dict:
+    """The session fields of the last SaveKernel request, as the client sent them."""
+    body = kaggle.calls("SaveKernel")[-1].body
+    keys = ("machineShape", "enableGpu", "enableTpu", "sessionTimeoutSeconds", "dockerImagePinningType")
+    return {key: body[key] for key in keys if key in body}
+
+
+def test_a_gpu_stage_pushes_its_machine_shape_time_limit_and_pinning(kaggle: KaggleStandIn) -> None:
+    default = invoke("push", "--stage", "4", "--workdir", "work")
+    assert default.exit_code == 0, default.output
+    assert pushed_session(kaggle) == {
+        "machineShape": "NvidiaTeslaT4",
+        "enableGpu": True,
+        "enableTpu": False,
+        "sessionTimeoutSeconds": 41400,
+        "dockerImagePinningType": "original",
+    }
+    assert kaggle.kernel_versions(STAGE4)[-1].pushed.machine_shape == "NvidiaTeslaT4"
+
+    other = invoke("push", "--stage", "4", "--accelerator", "nvidial4", "--workdir", "work")
+    assert other.exit_code == 0, other.output
+    assert pushed_session(kaggle)["machineShape"] == "NvidiaL4"
+    meta = json.loads((Path("work/kernels/stage4/kernel-metadata.json")).read_text())
+    assert meta["machine_shape"] == "NvidiaL4"
+
+
+def test_a_retired_accelerator_is_refused_before_any_request(kaggle: KaggleStandIn) -> None:
+    refused = invoke("push", "--stage", "4", "--accelerator", "NvidiaTeslaP100", "--workdir", "work")
+    assert refused.exit_code != 0
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kernelgen: error: accelerator NvidiaTeslaP100 is retired")
+    assert "NvidiaTeslaT4" in lines[0]
+    assert kaggle.requests == []
+    assert not Path("work/kernels").exists()
+
+
+def test_a_cpu_stage_sends_no_accelerator_and_refuses_one(kaggle: KaggleStandIn) -> None:
+    cpu = invoke("push", "--stage", "5", "--workdir", "work")
+    assert cpu.exit_code == 0, cpu.output
+    assert pushed_session(kaggle) == {
+        "enableGpu": False,
+        "enableTpu": False,
+        "sessionTimeoutSeconds": 41400,
+        "dockerImagePinningType": "original",
+    }
+    before = len(kaggle.requests)
+    refused = invoke("push", "--stage", "5", "--accelerator", "NvidiaL4", "--workdir", "work")
+    assert refused.exit_code != 0 and "stage 5 runs on a CPU" in refused.stderr
+    assert len(kaggle.requests) == before

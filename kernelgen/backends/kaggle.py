@@ -212,17 +212,23 @@ class KaggleBackend:
     # -- kernels ------------------------------------------------------------------------
 
     def push(self, folder: Path) -> PushResult:
-        """Push the kernel in ``folder``; Kaggle starts a new version running."""
+        """Push the kernel in ``folder``; Kaggle starts a new version running.
+
+        The client reads the machine shape and image pinning from kernel-metadata.json
+        but the session time limit only from its ``timeout`` argument, so
+        ``session_timeout_seconds`` in the metadata is handed over that way.
+        """
         folder = Path(folder)
         meta = _read_metadata(folder / KERNEL_METADATA)
         ref = _ref(meta, folder / KERNEL_METADATA)
         owner, slug = ref.split("/")
+        timeout = meta.get("session_timeout_seconds")
         api = self._client()
         what = f"push {ref}"
         before = self._kernel_version(owner, slug)
 
         def push_once() -> PushResult:
-            response = api.kernels_push(str(folder))
+            response = api.kernels_push(str(folder), timeout=str(timeout) if timeout else None)
             return self._push_result(what, ref, response)
 
         def landed() -> PushResult | None:
