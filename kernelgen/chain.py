@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import Backend, DatasetStatus, RunStatus
 from kernelgen.datasets import missing_files
 from kernelgen.errors import KernelFailedError, KernelgenError
@@ -22,6 +23,7 @@ from kernelgen.pipeline import Pipeline
 from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
 from kernelgen.progress import Reporter, StageRow
 from kernelgen.project import Project
+from kernelgen.quota import check_quota, describe_quota, estimate_gpu_hours
 from kernelgen.session import QUEUE_ALLOWANCE_SECONDS
 from kernelgen.steps import Steps
 
@@ -111,6 +113,7 @@ class Chain:
         reporter: Reporter | None = None,
         policy: PollPolicy | None = None,
         accelerators: Mapping[int, str] | None = None,
+        ignore_quota: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -119,12 +122,20 @@ class Chain:
         self.pipeline: Pipeline = project.pipeline
         self.backend = backend
         self.steps = Steps(
-            project, backend, workdir, username=username, profile=profile, accelerators=accelerators
+            project,
+            backend,
+            workdir,
+            username=username,
+            profile=profile,
+            accelerators=accelerators,
+            clock=clock,
+            sleep=sleep,
         )
         self.state = self.steps.state
         self.outputs = self.steps.outputs
         self.workdir = self.steps.workdir
         self.jobs = jobs
+        self.ignore_quota = ignore_quota
         self.reporter = reporter
         self.policy = policy or PollPolicy()
         self.clock = clock
@@ -238,6 +249,34 @@ class Chain:
                 dataset = self.state.datasets[slug].dataset
                 raise KernelgenError(f"dataset {dataset} failed to process on {self.backend.name}")
 
+    # -- quota -------------------------------------------------------------------------
+    def _to_push(self, selected: list[int], keys: Mapping[int, str]) -> list[int]:
+        """Stages this run will push: changed ones and everything after them, less those
+        already running (their time is reserved in the quota already)."""
+        rerun: set[int] = set()
+        for number in selected:
+            upstream = any(d in rerun for d in self.pipeline.dependencies[number])
+            if upstream or not self.steps.is_done(number, keys[number]):
+                rerun.add(number)
+        return [n for n in selected if n in rerun and not self.steps.is_running(n, keys[n])]
+
+    def _check_quota(self, selected: list[int], keys: Mapping[int, str]) -> None:
+        """Refuse, before any push, to start GPU work the week's quota cannot cover."""
+        pushing = self._to_push(selected, keys)
+        sessions = {n: self.steps.session(n) for n in pushing}
+        if not any(s.kind is AcceleratorKind.GPU for s in sessions.values()):
+            return
+        quota = self.backend.quota()
+        if quota is None:
+            return
+        estimate = estimate_gpu_hours(
+            [self.pipeline.stage(n) for n in sorted(pushing)], sessions, self.state.stages, self.steps.profile_name
+        )
+        self._note(f"GPU quota: {describe_quota(quota)}")
+        self._note(f"GPU hours this run needs: about {estimate.describe()}")
+        if not check_quota(estimate, quota, ignore=self.ignore_quota):
+            self._note(f"more than the {quota.left:.2f} h left; going ahead as --ignore-quota asks")
+
     # -- the loop ----------------------------------------------------------------------
     def _note(self, text: str) -> None:
         if self.reporter:
@@ -267,8 +306,10 @@ class Chain:
                     raise KernelgenError(
                         f"stage {number} needs stage {dep}, which has not completed in {self.workdir}; include it"
                     )
+        keys = {}
         for number in selected:  # every stage renders (parameters checked) before anything is pushed
-            self.steps.render(number, self._sets_for(number), required=False)
+            keys[number] = self.steps.key(self.steps.render(number, self._sets_for(number), required=False))
+        self._check_quota(selected, keys)
         self.live = {n: _Live(n) for n in selected}
         dataset_wait_start: float | None = None
         while True:

@@ -14,6 +14,7 @@ from kernelgen.errors import KernelgenError
 from kernelgen.project import Project
 
 if TYPE_CHECKING:
+    from kernelgen.polling import Timing
     from kernelgen.steps import Steps
 
 
@@ -203,6 +204,15 @@ def _username(project: Project, user: str | None, local: bool) -> str:
     return resolve_username(user, project.config)
 
 
+def _timing() -> Timing:
+    """The clock and sleep to wait with: real ones unless the caller handed others in
+    (`main(obj=Timing(...))`), as tests do."""
+    from kernelgen.polling import Timing
+
+    found = click.get_current_context().find_object(Timing)
+    return found if found is not None else Timing()
+
+
 def _steps(
     project: Project,
     workdir: Path,
@@ -216,7 +226,8 @@ def _steps(
     from kernelgen import operations as ops
     from kernelgen.steps import Steps
 
-    backend = ops.open_backend(project, workdir, local=local)
+    timing = _timing()
+    backend = ops.open_backend(project, workdir, local=local, timing=timing)
     return Steps(
         project,
         backend,
@@ -224,6 +235,8 @@ def _steps(
         username=_username(project, user, local),
         profile=ops.run_profile(project, profile, local=local),
         accelerators=accelerators,
+        clock=timing.clock,
+        sleep=timing.sleep,
     )
 
 
@@ -379,6 +392,11 @@ def publish(
     metavar="[N=]NAME",
     help="Machine shape: NAME for every accelerated stage, N=NAME for stage N only (repeatable).",
 )
+@click.option(
+    "--ignore-quota",
+    is_flag=True,
+    help="Push GPU stages even when their estimated hours exceed the week's GPU quota left.",
+)
 @user_option
 @profile_option
 @set_option
@@ -391,13 +409,18 @@ def chain(
     jobs: int,
     submit: bool,
     accelerators: tuple[str, ...],
+    ignore_quota: bool,
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
     workdir: Path,
     project: Project,
 ) -> None:
-    """Run the whole pipeline in dependency order, publishing datasets between stages."""
+    """Run the whole pipeline in dependency order, publishing datasets between stages.
+
+    On Kaggle, the GPU hours the stages to run need are checked against the week's
+    GPU quota left before anything is pushed.
+    """
     from kernelgen import operations as ops
     from kernelgen.chain import LOCAL_POLL_POLICY, Chain
     from kernelgen.progress import make_reporter
@@ -409,7 +432,8 @@ def chain(
     machines = project.accelerators(accelerators, selected)
     profile = ops.run_profile(project, profile, local=local)
     username = _username(project, user, local)
-    backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
+    timing = _timing()
+    backend = ops.open_backend(project, workdir, local=local, jobs=jobs, timing=timing)
     reporter = make_reporter()
     try:
         result = Chain(
@@ -423,6 +447,9 @@ def chain(
             reporter=reporter,
             policy=LOCAL_POLL_POLICY if local else None,
             accelerators=machines,
+            ignore_quota=ignore_quota,
+            clock=timing.clock,
+            sleep=timing.sleep,
         ).run(selected, submit=submit, competition=project.config.competition)
     finally:
         reporter.close()
@@ -433,6 +460,30 @@ def chain(
         click.echo(f"submission: {result.submission}")
     else:
         click.echo(f"done: stages {', '.join(map(str, selected))} complete; outputs in {workdir / 'outputs'}")
+
+
+@main.command()
+def quota() -> None:
+    """The week's Kaggle GPU quota: used, reserved by running sessions, allowed, left,
+    and when it refreshes."""
+    from kernelgen.backends.kaggle import KaggleBackend
+    from kernelgen.quota import when
+
+    timing = _timing()
+    figures = KaggleBackend(sleep=timing.sleep, clock=timing.clock).quota()
+    if figures is None:
+        click.echo("Kaggle reports no GPU quota for this account")
+        return
+    click.echo("GPU quota this week")
+    for name, hours in (
+        ("used", figures.used),
+        ("reserved", figures.reserved),
+        ("allowed", figures.allowed),
+        ("left", figures.left),
+    ):
+        click.echo(f"  {name:<10}{hours:6.2f} h")
+    if figures.refreshes is not None:
+        click.echo(f"  {'refreshes':<10}{when(figures.refreshes)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

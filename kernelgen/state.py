@@ -29,9 +29,12 @@ class StageRecord:
     outputs: str = ""
     message: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    run_seconds: float | None = None
+    run_profile: str = ""
 
     def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str) -> None:
-        """A new version was pushed: forget the last run's status, message and outputs."""
+        """A new version was pushed: forget the last run's status, message and outputs
+        (its run time stays: the estimate of what the next run takes)."""
         self.key, self.kernel, self.version, self.url = key, kernel, version, url
         self.status, self.message, self.outputs = RunStatus.QUEUED, "", ""
 

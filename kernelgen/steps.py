@@ -25,7 +25,7 @@ from kernelgen.backends.base import (
 from kernelgen.datasets import build_dataset, files_digest, missing_files
 from kernelgen.errors import KernelgenError
 from kernelgen.params import ParamValue
-from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
+from kernelgen.polling import poll_until, wait_dataset_ready
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel, write_kernels
 from kernelgen.session import Session
@@ -34,7 +34,8 @@ from kernelgen.state import ChainState, StageRecord
 
 class Steps:
     """One work folder on one backend, for one user, profile, set of overrides and
-    choice of accelerators (`accelerators`: stage -> machine shape)."""
+    choice of accelerators (`accelerators`: stage -> machine shape). Waits use `clock`
+    and `sleep`, which also time each run this process sees from start to end."""
 
     def __init__(
         self,
@@ -45,6 +46,8 @@ class Steps:
         username: str,
         profile: str | None = None,
         accelerators: Mapping[int, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.project = project
         self.pipeline = project.pipeline
@@ -54,7 +57,15 @@ class Steps:
         self.username = username
         self.profile = profile
         self.accelerators = dict(accelerators or {})
+        self.clock = clock
+        self.sleep = sleep
         self.state = ChainState.open(self.workdir, backend.name)
+        self._seen: dict[int, RunStatus] = {}
+        self._run_start: dict[int, float] = {}
+
+    @property
+    def profile_name(self) -> str:
+        return self.project.profile(self.profile)
 
     def session(self, number: int) -> Session:
         """How stage `number`'s kernel runs: its declared session, on the chosen accelerator."""
@@ -131,13 +142,27 @@ class Steps:
         record.mark_pushed(key=self.key(kernel), kernel=pushed.kernel, version=pushed.version, url=pushed.url)
         record.params = {p.name: p.value for p in kernel.params}
         self.state.save()
+        self._seen[kernel.stage] = RunStatus.QUEUED
+        self._run_start.pop(kernel.stage, None)
         return pushed
 
     def poll(self, number: int) -> KernelState:
         record = self.pushed(number)
         live = self.backend.status(record.ref)
+        self._time_run(number, record, live.status)
         self._record_status(record, live)
         return live
+
+    def _time_run(self, number: int, record: StageRecord, status: RunStatus) -> None:
+        """Record a run's time from the first RUNNING to the first COMPLETE seen here; a run
+        first seen already running is not timed (its start was missed)."""
+        before = self._seen.get(number)
+        self._seen[number] = status
+        if status is RunStatus.RUNNING and before is RunStatus.QUEUED:
+            self._run_start[number] = self.clock()
+        elif status is RunStatus.COMPLETE and number in self._run_start:
+            record.run_seconds = self.clock() - self._run_start.pop(number)
+            record.run_profile = self.profile_name
 
     def _record_status(self, record: StageRecord, live: KernelState) -> None:
         if live.status is not record.status or live.message != record.message:
@@ -150,14 +175,18 @@ class Steps:
         *,
         timeout: float,
         on_poll: Callable[[KernelState, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> KernelState:
-        """Poll with backoff until the run ends; the final state is recorded."""
+        """Poll with backoff until the run ends; every state seen is recorded."""
         record = self.pushed(number)
-        final = wait_kernel_finished(self.backend, record.ref, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
-        self._record_status(record, final)
-        return final
+        return poll_until(
+            lambda: self.poll(number),
+            lambda state: state.status.finished,
+            timeout=timeout,
+            clock=self.clock,
+            sleep=self.sleep,
+            on_poll=on_poll,
+            what=f"kernel {record.ref}",
+        )
 
     def collect(self, number: int, dest: Path | None = None) -> tuple[Path, KernelOutput]:
         """Download the run's files and log; into the work folder's outputs unless `dest`.
@@ -219,11 +248,9 @@ class Steps:
         slug: str,
         *,
         timeout: float,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> DatasetStatus:
         record = self.state.datasets[slug]
-        status = wait_dataset_ready(self.backend, record.dataset, timeout=timeout, clock=clock, sleep=sleep)
+        status = wait_dataset_ready(self.backend, record.dataset, timeout=timeout, clock=self.clock, sleep=self.sleep)
         record.status = status
         self.state.save()
         return status

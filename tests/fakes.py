@@ -11,6 +11,7 @@ from pathlib import Path
 
 from kernelgen.backends.base import (
     DatasetStatus,
+    GpuQuota,
     KernelOutput,
     KernelState,
     PublishResult,
@@ -92,6 +93,7 @@ class FakeBackend:
     dataset_delay: float = 0.0
     outputs: Callable[[int, dict], dict[str, bytes]] = default_outputs
     name: str = "fake"
+    gpu_quota: GpuQuota | None = None
 
     def __post_init__(self) -> None:
         self.runs: dict[str, list[_Run]] = {}
@@ -158,6 +160,9 @@ class FakeBackend:
     def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
         self.submissions.append((competition, kernel, version, file_name))
         return f"submitted {kernel} version {version}"
+
+    def quota(self) -> GpuQuota | None:
+        return self.gpu_quota
 
 
 def quick_executor(failing: set[int]):

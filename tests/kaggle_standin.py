@@ -18,6 +18,8 @@ What it speaks (JSON bodies, camelCase field names as the client sends them):
   ``createUrl``; ``datasets.DatasetApiService``: ``CreateDataset``,
   ``CreateDatasetVersion``, ``GetDatasetStatus``, ``GetDataset``.
 - ``competitions.CompetitionApiService/CreateCodeSubmission``.
+- ``kernels.KernelsApiService/GetAcceleratorQuotaStatistics``: the figures in
+  ``gpu_quota`` (durations as ``"<seconds>s"``, the refresh time in UTC).
 - ``security.OAuthService/IntrospectToken`` (for ``KAGGLE_API_TOKEN``).
 
 Errors are sent the way the client expects them: an HTTP status with a JSON body
@@ -47,6 +49,7 @@ import traceback
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -187,6 +190,16 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class QuotaFigures:
+    """The week's GPU quota the stand-in reports, in hours."""
+
+    used: float = 0.0
+    reserved: float = 0.0
+    allowed: float = 30.0
+    refreshes: datetime = datetime(2030, 1, 7, 0, 0)
+
+
+@dataclass(frozen=True)
 class RequestRecord:
     """One request the server saw; ``status`` is None when the connection was dropped."""
 
@@ -318,6 +331,7 @@ class KaggleStandIn:
         output_page_size: int = 20,
         kernel_script: KernelScript | None = None,
         dataset_script: DatasetScript | None = None,
+        gpu_quota: QuotaFigures | None = None,
     ) -> None:
         self.root = Path(root)
         self.executor = executor
@@ -327,6 +341,7 @@ class KaggleStandIn:
         self.output_page_size = output_page_size
         self.default_kernel_script = kernel_script or KernelScript()
         self.default_dataset_script = dataset_script or DatasetScript()
+        self.gpu_quota = gpu_quota or QuotaFigures()
         self.kernels: dict[str, KernelRecord] = {}
         self.datasets: dict[str, DatasetRecord] = {}
         self.submissions: list[Submission] = []
@@ -910,6 +925,22 @@ class KaggleStandIn:
             )
             self.submissions.append(submission)
         return {"message": "Your submission was successfully saved", "ref": submission.ref}
+
+    def _rpc_GetAcceleratorQuotaStatistics(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        figures = self.gpu_quota
+
+        def seconds(hours: float) -> str:
+            return f"{round(hours * 3600)}s"
+
+        return {
+            "quotaRefreshTime": figures.refreshes.isoformat(timespec="milliseconds") + "Z",
+            "gpuQuota": {
+                "timeUsed": seconds(figures.used),
+                "timeReserved": seconds(figures.reserved),
+                "totalTimeAllowed": seconds(figures.allowed),
+                "minimumTimeAllowed": seconds(figures.allowed),
+            },
+        }
 
     def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> dict[str, Any]:
         username = self.tokens.get(str(body.get("token") or ""))

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from kernelgen.cli import main
-from tests.fakes import quick_executor
-from tests.kaggle_standin import KaggleStandIn, KernelScript, use_standin
+from kernelgen.polling import Timing
+from tests.fakes import FakeClock, quick_executor
+from tests.kaggle_standin import KaggleStandIn, KernelScript, QuotaFigures, use_standin
 
 USER = "cli-user"
 KEY = "cli-secret-key-0000"
@@ -186,3 +188,40 @@ def test_a_cpu_stage_sends_no_accelerator_and_refuses_one(kaggle: KaggleStandIn)
     refused = invoke("push", "--stage", "5", "--accelerator", "NvidiaL4", "--workdir", "work")
     assert refused.exit_code != 0 and "stage 5 runs on a CPU" in refused.stderr
     assert len(kaggle.requests) == before
+
+
+def test_quota_prints_the_weeks_figures(kaggle: KaggleStandIn) -> None:
+    kaggle.gpu_quota = QuotaFigures(used=12.5, reserved=3.0, allowed=30.0, refreshes=datetime(2030, 1, 7, 0, 0))
+    shown = invoke("quota")
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines() == [
+        "GPU quota this week",
+        "  used       12.50 h",
+        "  reserved    3.00 h",
+        "  allowed    30.00 h",
+        "  left       14.50 h",
+        "  refreshes 2030-01-07 00:00 UTC",
+    ]
+
+
+def test_chain_checks_the_quota_first_and_ignore_quota_goes_ahead(kaggle: KaggleStandIn) -> None:
+    kaggle.gpu_quota = QuotaFigures(used=28.0, allowed=30.0)
+    kaggle.executor = quick_executor(set())
+    clock = FakeClock()
+    refused = CliRunner().invoke(main, ["chain", "--workdir", "work"], obj=Timing(clock, clock.sleep))
+    assert refused.exit_code == 1
+    assert refused.output.splitlines()[:2] == [
+        "GPU quota: 28.00 h used, 0.00 h reserved, 30.00 h allowed, 2.00 h left; refreshes 2030-01-07 00:00 UTC",
+        "GPU hours this run needs: about 7.75 h (stage 1: 3.50 h (declared); stage 2: 0.25 h (declared); "
+        "stage 4: 4.00 h (declared))",
+    ]
+    assert refused.stderr.strip().splitlines() == [
+        "kernelgen: error: the GPU stages to run need about 7.75 h but 2.00 h of this week's GPU quota are left "
+        "(refreshes 2030-01-07 00:00 UTC); run fewer stages, wait for the refresh, or pass --ignore-quota"
+    ]
+    assert kaggle.count("SaveKernel") == 0
+
+    ahead = CliRunner().invoke(main, ["chain", "--workdir", "work", "--ignore-quota"], obj=Timing(clock, clock.sleep))
+    assert ahead.exit_code == 0, ahead.output
+    assert "going ahead as --ignore-quota asks" in ahead.output
+    assert ahead.output.strip().splitlines()[-1] == "submission: " + str(Path("work/outputs/stage5/submission.csv").resolve())

@@ -18,6 +18,7 @@ from kernelgen.chain import Chain, PollPolicy
 from kernelgen.errors import KernelFailedError
 from kernelgen.execute import execute_notebook
 from kernelgen.project import Project
+from kernelgen.quota import QuotaError
 from stages.lib.submission import read_submission
 from stages.synth import generate
 from tests.fakes import FakeClock, quick_executor
@@ -28,6 +29,7 @@ from tests.kaggle_standin import (
     KaggleStandIn,
     KernelScript,
     PushedKernel,
+    QuotaFigures,
     use_standin,
 )
 
@@ -173,3 +175,19 @@ def test_the_planted_key_never_leaves_the_client(
     for path in work.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_chain_the_gpu_quota_cannot_cover_is_refused_before_any_push(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock
+) -> None:
+    kaggle.gpu_quota = QuotaFigures(used=26.0, reserved=2.0, allowed=30.0)
+    work = tmp_path / "work"
+    with pytest.raises(QuotaError) as caught:
+        chain(clock, work, profile="full").run(STAGES)
+    assert "need about 7.75 h but 2.00 h of this week's GPU quota are left" in str(caught.value)
+    assert kaggle.count("GetAcceleratorQuotaStatistics") == 1
+    assert kaggle.count("SaveKernel") == 0
+
+    result = chain(clock, work, profile="full", ignore_quota=True).run(STAGES)
+    assert result.stages == dict.fromkeys(STAGES, "complete")
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]

@@ -27,13 +27,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kernelgen.backends.base import (
     DatasetStatus,
+    GpuQuota,
     KernelOutput,
     KernelState,
     PublishResult,
@@ -433,7 +434,31 @@ class KaggleBackend:
         return self._redact(response.message or f"submitted {owner_slug} version {version}")
 
 
+    # -- quota --------------------------------------------------------------------------
+
+    def quota(self) -> GpuQuota | None:
+        """The week's GPU quota as Kaggle reports it, or None when it reports none."""
+        api = self._client()
+        response = self._call("GPU quota", api.quota_view)
+        gpu = response.gpu_quota
+        if gpu is None:
+            return None
+        refreshes = response.quota_refresh_time
+        if refreshes is not None and refreshes.tzinfo is None:  # the SDK drops the zone of a UTC time
+            refreshes = refreshes.replace(tzinfo=timezone.utc)
+        return GpuQuota(
+            used=_hours(gpu.time_used),
+            reserved=_hours(gpu.time_reserved),
+            allowed=_hours(gpu.total_time_allowed),
+            refreshes=refreshes,
+        )
+
+
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _hours(duration: timedelta | None) -> float:
+    return duration.total_seconds() / 3600 if duration is not None else 0.0
 
 
 def log_text(raw: str) -> str:

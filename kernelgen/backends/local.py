@@ -19,6 +19,7 @@ from pathlib import Path
 
 from kernelgen.backends.base import (
     DatasetStatus,
+    GpuQuota,
     KernelOutput,
     KernelState,
     PublishResult,
@@ -191,3 +192,7 @@ class LocalBackend:
         with (self.store / "submissions.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         return f"recorded a local submission of {kernel} version {version} ({file_name})"
+
+    def quota(self) -> GpuQuota | None:
+        """Runs here draw on no quota."""
+        return None
