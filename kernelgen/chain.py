@@ -19,6 +19,7 @@ from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import Backend, DatasetStatus, RunStatus
 from kernelgen.datasets import missing_files
 from kernelgen.errors import KernelFailedError, KernelgenError
+from kernelgen.livelog import latest
 from kernelgen.pipeline import Pipeline
 from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
 from kernelgen.progress import Reporter, StageRow
@@ -89,6 +90,7 @@ class _Live:
     polls: int = 0
     note: str = ""
     log_tail: str = ""
+    log: str = ""
 
 
 @dataclass
@@ -195,6 +197,10 @@ class Chain:
         state = self.steps.poll(number)
         live.polls += 1
         live.status = Phase.of(state.status)
+        if state.status.finished:
+            live.log = ""
+        elif state.status is RunStatus.RUNNING:
+            live.log = latest(self.steps.log_lines(number)) or live.log
         if state.status is RunStatus.COMPLETE:
             self.steps.collect(number)
             live.ended = now
@@ -292,7 +298,7 @@ class Chain:
             end = live.ended if live.ended is not None else now
             elapsed = end - live.started if live.started is not None else 0.0
             title = self.pipeline.stage(number).title
-            rows.append(StageRow(number, title, live.status.value, live.version, elapsed, live.note))
+            rows.append(StageRow(number, title, live.status.value, live.version, elapsed, live.note, live.log))
         return rows
 
     def _active(self) -> list[int]:

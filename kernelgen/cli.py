@@ -274,11 +274,14 @@ def push(
 ) -> None:
     """Render, validate and push one stage's kernel; print its URL and version.
 
-    With --local it runs here, with the smoke profile unless --profile names another.
+    With --wait, follow the run (its latest log line at each poll while it runs) and
+    download its outputs and whole log when it ends. With --local it runs here, with
+    the smoke profile unless --profile names another.
     """
     from kernelgen import operations as ops
     from kernelgen.backends.base import RunStatus
     from kernelgen.errors import KernelFailedError
+    from kernelgen.livelog import latest
     from kernelgen.progress import format_elapsed
 
     number = project.pipeline.stage(stage).number
@@ -296,9 +299,11 @@ def push(
     seen: list[RunStatus] = []
 
     def on_poll(state, elapsed: float) -> None:  # type: ignore[no-untyped-def]
-        if not seen or seen[-1] is not state.status:
+        line = latest(steps.log_lines(stage))
+        if not seen or seen[-1] is not state.status or line:
             seen.append(state.status)
-            click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]")
+            shown = f" - {line}" if line else ""
+            click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]{shown}")
 
     limit = timeout if timeout is not None else steps.session(stage).wait_seconds()
     final = steps.wait(stage, timeout=limit, on_poll=on_poll)

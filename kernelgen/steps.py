@@ -24,6 +24,7 @@ from kernelgen.backends.base import (
 )
 from kernelgen.datasets import build_dataset, files_digest, missing_files
 from kernelgen.errors import KernelgenError
+from kernelgen.livelog import LogFollower
 from kernelgen.params import ParamValue
 from kernelgen.polling import poll_until, wait_dataset_ready
 from kernelgen.project import Project
@@ -62,6 +63,7 @@ class Steps:
         self.state = ChainState.open(self.workdir, backend.name)
         self._seen: dict[int, RunStatus] = {}
         self._run_start: dict[int, float] = {}
+        self._logs: dict[int, tuple[str, LogFollower]] = {}
 
     @property
     def profile_name(self) -> str:
@@ -151,7 +153,26 @@ class Steps:
         live = self.backend.status(record.ref)
         self._time_run(number, record, live.status)
         self._record_status(record, live)
+        if live.status.finished:
+            self._stop_following(number)
         return live
+
+    def log_lines(self, number: int) -> list[str]:
+        """Log lines the stage's run printed since the last call, while it is running."""
+        record = self.pushed(number)
+        if record.status is not RunStatus.RUNNING:
+            return []
+        current = self._logs.get(number)
+        if current is None or current[0] != record.ref:
+            self._stop_following(number)
+            ref = record.ref
+            current = self._logs[number] = (ref, LogFollower(lambda: self.backend.log_stream(ref)))
+        return current[1].take()
+
+    def _stop_following(self, number: int) -> None:
+        current = self._logs.pop(number, None)
+        if current is not None:
+            current[1].close()
 
     def _time_run(self, number: int, record: StageRecord, status: RunStatus) -> None:
         """Record a run's time from the first RUNNING to the first COMPLETE seen here; a run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +142,14 @@ class FakeBackend:
             log += "ValueError: boom\n"
         (dest / f"{kernel.split('/')[1]}.log").write_text(log)
         return KernelOutput(files, log)
+
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """`stage N step k` lines, one more for each tenth of its duration that has passed."""
+        run = self._latest(kernel)
+        duration = self.durations.get(run.stage, 0.0)
+        tenths = 10 if duration <= 0 else min(10, int(10 * (self.clock() - run.started) / duration))
+        for step in range(1, tenths + 1):
+            yield f"stage {run.stage} step {step}\n"
 
     def publish(self, folder: Path) -> PublishResult:
         meta = json.loads((folder / "dataset-metadata.json").read_text())

@@ -18,6 +18,9 @@ What it speaks (JSON bodies, camelCase field names as the client sends them):
   ``createUrl``; ``datasets.DatasetApiService``: ``CreateDataset``,
   ``CreateDatasetVersion``, ``GetDatasetStatus``, ``GetDataset``.
 - ``competitions.CompetitionApiService/CreateCodeSubmission``.
+- ``GET /api/v1/kernels/logs/stream/<owner>/<slug>?versionLabel=vN``: a running
+  version's log as server-sent events (see ``KernelScript.running_log``), the
+  saved log as a JSON list once it has finished.
 - ``kernels.KernelsApiService/GetAcceleratorQuotaStatistics``: the figures in
   ``gpu_quota`` (durations as ``"<seconds>s"``, the refresh time in UTC).
 - ``security.OAuthService/IntrospectToken`` (for ``KAGGLE_API_TOKEN``).
@@ -54,13 +57,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from kernelgen.backends.base import RunStatus
 
 SESSION_CAP_SECONDS = 12 * 3600
+LOG_STREAM = "/api/v1/kernels/logs/stream/"
 
 # -- the executor seam -------------------------------------------------------------------
 
@@ -139,6 +143,11 @@ class KernelScript:
     also keeps it RUNNING until that much time passed on the stand-in's clock
     since the push. ``stuck`` never leaves RUNNING; ``cancel`` ends in
     CANCEL_ACKNOWLEDGED without running.
+
+    ``running_log`` is what the kernel prints while it runs: each RUNNING answer
+    makes one more line of it readable on the live log stream, and the saved log
+    starts with all of it. The first live stream connection that has more than
+    ``cut_stream_after`` events to send is cut after sending that many, mid-response.
     """
 
     queued_polls: int = 0
@@ -146,6 +155,8 @@ class KernelScript:
     run_seconds: float = 0.0
     stuck: bool = False
     cancel: bool = False
+    running_log: tuple[str, ...] = ()
+    cut_stream_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +236,15 @@ class KernelVersion:
     failure_message: str = ""
     log: str = ""
     output_dir: Path | None = None
+    running_answers: int = 0
+    streams: int = 0
+    stream_cut: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def printed(self) -> list[str]:
+        """Lines the run has printed so far: one more of the script's per RUNNING answer."""
+        lines = self.script.running_log
+        return list(lines) if self.finished else list(lines[: self.running_answers])
 
     def output_files(self) -> list[str]:
         if self.output_dir is None or not self.output_dir.is_dir():
@@ -291,11 +310,14 @@ class _Fail(Exception):
 
 @dataclass
 class _Reply:
+    """An answer; a `declared_length` above the body's is a response cut short."""
+
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
     drop: bool = False
+    declared_length: int | None = None
 
 
 def _json_reply(payload: Mapping[str, Any], status: int = 200) -> _Reply:
@@ -503,6 +525,15 @@ class KaggleStandIn:
             return self._with_faults(
                 "Download", verb, None, None, lambda: self._download(path.rsplit("/", 1)[1])
             )
+        if path.startswith(LOG_STREAM) and verb == "GET":
+            owner, _, slug = path[len(LOG_STREAM) :].partition("/")
+            label = parse_qs(urlsplit(target).query).get("versionLabel", [""])[0]
+            user = self._authenticate(headers)
+            query = {"userName": owner, "kernelSlug": slug, "versionLabel": label}
+            if user is None:
+                self._record("LogStream", verb, 401, None, query)
+                return _error_reply(401, "Unauthenticated")
+            return self._with_faults("LogStream", verb, user, query, lambda: self._log_stream(query))
         self._record("unknown", verb, 404, None, path)
         return _error_reply(404, f"no route for {verb} {path}")
 
@@ -711,6 +742,7 @@ class KaggleStandIn:
             )
             if still_running:
                 version.wire_status = "RUNNING"
+                version.running_answers += 1
                 return
             if script.cancel:
                 version.wire_status = "CANCEL_ACKNOWLEDGED"
@@ -736,13 +768,42 @@ class KaggleStandIn:
         else:
             output.mkdir(parents=True)
         version.output_dir = output
-        version.log = result.log
+        version.log = "".join(f"{line}\n" for line in version.script.running_log) + result.log
         version.failure_message = result.failure_message
         version.wire_status = {
             RunStatus.COMPLETE: "COMPLETE",
             RunStatus.CANCELLED: "CANCEL_ACKNOWLEDGED",
         }.get(result.status, "ERROR")
         version.finished = True
+
+    def _log_stream(self, query: dict[str, Any]) -> _Reply:
+        """A running version's log as server-sent events: every line printed so far, then
+        the response ends as an idle cut does (so a test never waits on a held stream;
+        the next connection replays from the start). A finished version answers its
+        saved log as a JSON list, as Kaggle does."""
+        version = self._kernel_version(query)
+        if version.finished:
+            return _Reply(status=200, body=_kaggle_log(version.log).encode())
+        cut = version.script.cut_stream_after
+        with version.lock:
+            version.streams += 1
+            lines = version.printed()
+            cutting = cut is not None and not version.stream_cut and cut < len(lines)
+            version.stream_cut = version.stream_cut or cutting
+        events = [
+            "data: " + json.dumps({"stream_name": "stdout", "time": round(0.1 * i, 1), "data": f"{line}\n"}) + "\n\n"
+            for i, line in enumerate(lines)
+        ]
+        body = "".join(events).encode()
+        if cutting:
+            assert cut is not None
+            return _Reply(
+                status=200,
+                body="".join(events[:cut]).encode(),
+                content_type="text/event-stream",
+                declared_length=len(body),
+            )
+        return _Reply(status=200, body=body, content_type="text/event-stream")
 
     def _rpc_ListKernelSessionOutput(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
         version = self._kernel_version(body)
@@ -988,11 +1049,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(reply.declared_length or len(reply.body)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(reply.body)
+        if reply.declared_length is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def do_POST(self) -> None:
         self._serve("POST")

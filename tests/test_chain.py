@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from kernelgen.backends.base import GpuQuota
 from kernelgen.chain import Chain, PollPolicy
 from kernelgen.errors import KernelFailedError
+from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
 from kernelgen.quota import QuotaError
 from tests.fakes import FakeBackend, FakeClock
@@ -214,3 +216,17 @@ def test_only_gpu_stages_that_will_run_are_counted(tmp_path: Path) -> None:
     result = make_chain(backend, clock, tmp_path, reporter=reporter, sets=["stage5.threshold=0.5"]).run([1, 2, 3, 4, 5])
     assert result.stages[5] == "complete"  # a CPU stage needs no GPU quota
     assert not any(line.startswith("GPU") for line in reporter.lines)
+
+
+def test_plain_output_shows_each_running_stages_latest_log_line_once_per_poll_at_most(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    out = io.StringIO()
+    make_chain(backend, clock, tmp_path, reporter=PlainReporter(out)).run([1, 4])
+    lines = out.getvalue().splitlines()
+    stage4 = [line for line in lines if line.startswith("stage 4 v1: running")]
+    assert stage4[0] == "stage 4 v1: running [0:10]"  # nothing printed yet
+    steps = [int(line.rsplit(" - stage 4 step ", 1)[1]) for line in stage4[1:]]
+    assert steps == list(range(1, 10))  # the last step is printed as the run completes, not while it runs
+    assert len(stage4) <= backend.status_calls[4]
+    assert any(line.startswith("stage 4 v1: complete [") and " - " not in line for line in lines)

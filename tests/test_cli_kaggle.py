@@ -225,3 +225,20 @@ def test_chain_checks_the_quota_first_and_ignore_quota_goes_ahead(kaggle: Kaggle
     assert ahead.exit_code == 0, ahead.output
     assert "going ahead as --ignore-quota asks" in ahead.output
     assert ahead.output.strip().splitlines()[-1] == "submission: " + str(Path("work/outputs/stage5/submission.csv").resolve())
+
+
+def test_push_wait_shows_the_running_kernels_latest_log_line(kaggle: KaggleStandIn, tmp_path: Path) -> None:
+    epochs = ("epoch 1/3 loss 0.61", "epoch 2/3 loss 0.44", "epoch 3/3 loss 0.40")
+    kaggle.script_kernel(STAGE3, KernelScript(running_polls=3, running_log=epochs, cut_stream_after=1))
+    clock = FakeClock()
+    done = CliRunner().invoke(main, ["push", "--stage", "3", "--wait", "--workdir", "work"], obj=Timing(clock, clock.sleep))
+    assert done.exit_code == 0, done.output
+    following = [line for line in done.output.splitlines() if line.startswith("stage 3: running")]
+    assert following == [
+        "stage 3: running [0:00] - epoch 1/3 loss 0.61",
+        "stage 3: running [0:25] - epoch 3/3 loss 0.40",  # the second connection was cut; the third replayed
+    ]
+    assert "stage 3: complete [0:47]" in done.output
+    assert kaggle.count("LogStream") == 3 and clock.sleeps == [10.0, 15.0, 22.5]
+    log = (tmp_path / "work/outputs/stage3/severstal-stage3-threshold.log").read_text()
+    assert log.startswith("".join(f"{line}\n" for line in epochs))

@@ -6,6 +6,7 @@ others use a quick executor that leaves well-formed outputs, with faults injecte
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from kernelgen.backends.kaggle import KaggleBackend
 from kernelgen.chain import Chain, PollPolicy
 from kernelgen.errors import KernelFailedError
 from kernelgen.execute import execute_notebook
+from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
 from kernelgen.quota import QuotaError
 from stages.lib.submission import read_submission
@@ -191,3 +193,20 @@ def test_a_chain_the_gpu_quota_cannot_cover_is_refused_before_any_push(
     result = chain(clock, work, profile="full", ignore_quota=True).run(STAGES)
     assert result.stages == dict.fromkeys(STAGES, "complete")
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
+
+
+def test_the_chain_shows_running_kernels_log_lines_through_the_stream(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock
+) -> None:
+    epochs = tuple(f"epoch {i}/4" for i in range(1, 5))
+    kaggle.script_kernel(
+        f"{USER}/severstal-stage4-segmentation", KernelScript(running_polls=4, running_log=epochs, cut_stream_after=1)
+    )
+    out = io.StringIO()
+    result = chain(clock, tmp_path / "work", reporter=PlainReporter(out)).run([4])
+    assert result.stages == {4: "complete"}
+    running = [line for line in out.getvalue().splitlines() if line.startswith("stage 4 v1: running")]
+    assert [line.split(" - ", 1)[1] for line in running] == ["epoch 1/4", "epoch 3/4", "epoch 4/4"]
+    assert kaggle.count("LogStream") == 4
+    log = (tmp_path / "work/outputs/stage4/severstal-stage4-segmentation.log").read_text()
+    assert log.startswith("".join(f"{line}\n" for line in epochs))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -92,6 +93,11 @@ class Backend(Protocol):
 
     def output(self, kernel: str, dest: Path) -> KernelOutput:
         """Download every output file of the latest run into `dest`, and its log."""
+        ...
+
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """The run's log from its start, in chunks as it is written; it ends when the run
+        does or the connection is cut, and a new call starts from the beginning again."""
         ...
 
     def publish(self, folder: Path) -> PublishResult:

@@ -327,6 +327,15 @@ class KaggleBackend:
         (dest / f"{slug}.log").write_text(log, encoding="utf-8")
         return KernelOutput(files=files, log=log)
 
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """The live log of ``owner/slug/N`` (server-sent events while it runs, the saved
+        log after); not retried: whoever follows it reconnects."""
+        api = self._client()
+        for event in api.kernels_logs_stream(kernel):
+            data = event.get("data") if isinstance(event, dict) else None
+            if isinstance(data, str):
+                yield self._redact(data)
+
     # -- datasets -----------------------------------------------------------------------
 
     def publish(self, folder: Path) -> PublishResult:

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from kernelgen.errors import BackendError
 from kernelgen.execute import execute_notebook
 
 STATUS_FILE = "status.json"
+LIVE_LOG = "live.log"
 
 
 def _read_json(path: Path) -> dict:
@@ -137,7 +139,12 @@ class LocalBackend:
         _write_json(run_dir / STATUS_FILE, {"status": RunStatus.RUNNING.value, "message": ""})
         try:
             result = execute_notebook(
-                notebook, root, working=root / "working", timeout=self.timeout, packages=self.packages
+                notebook,
+                root,
+                working=root / "working",
+                timeout=self.timeout,
+                packages=self.packages,
+                live_log=run_dir / LIVE_LOG,
             )
         except Exception as exc:
             (run_dir / "log.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
@@ -171,6 +178,16 @@ class LocalBackend:
         log = log_file.read_text(encoding="utf-8") if log_file.is_file() else ""
         (dest / f"{kernel.split('/')[1]}.log").write_text(log, encoding="utf-8")
         return KernelOutput(files=files, log=log)
+
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """The lines of the cells run so far (the whole log once the run has ended)."""
+        run_dir = self._run_dir(kernel)
+        finished = RunStatus(_read_json(run_dir / STATUS_FILE)["status"]).finished
+        source = run_dir / ("log.txt" if finished else LIVE_LOG)
+        text = source.read_text(encoding="utf-8") if source.is_file() else ""
+        for line in text.splitlines(keepends=True):
+            if finished or line.endswith("\n"):
+                yield line
 
     def publish(self, folder: Path) -> PublishResult:
         meta = _read_json(folder / "dataset-metadata.json")
