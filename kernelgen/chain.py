@@ -20,7 +20,7 @@ from kernelgen.backends.base import Backend, DatasetStatus, RunStatus
 from kernelgen.datasets import missing_files
 from kernelgen.errors import KernelFailedError, KernelgenError
 from kernelgen.livelog import latest
-from kernelgen.pipeline import Pipeline
+from kernelgen.pipeline import Pipeline, Via
 from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
 from kernelgen.progress import Reporter, StageRow
 from kernelgen.project import Project
@@ -237,6 +237,11 @@ class Chain:
     def _after_complete(self, number: int) -> None:
         for spec in self.pipeline.datasets_from(number):
             if missing_files(spec, self.outputs):
+                continue
+            if spec.via is Via.KERNEL:
+                linked = self.steps.link(spec.slug)
+                if linked is not None:
+                    self._note(f"dataset {spec.slug}: read from kernel {linked} (nothing uploaded)")
                 continue
             published = self.steps.publish(spec.slug)
             if published is not None:

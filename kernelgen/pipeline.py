@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -97,15 +98,29 @@ class DatasetFile:
     name: str
 
 
+class Via(str, Enum):
+    """How consumers read a dataset: a published Kaggle dataset, or the producing kernel's
+    output version itself (`kernel_sources`), which needs no upload and no processing wait."""
+
+    DATASET = "dataset"
+    KERNEL = "kernel"
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     slug: str
     title: str
     files: tuple[DatasetFile, ...]
+    via: Via = Via.DATASET
 
     @property
     def stages(self) -> tuple[int, ...]:
         return tuple(sorted({f.stage for f in self.files}))
+
+    @property
+    def producer(self) -> int:
+        """The one stage whose kernel output a `via = "kernel"` dataset is."""
+        return self.stages[0]
 
 
 @dataclass(frozen=True)
@@ -309,8 +324,8 @@ def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
     raw = _load_toml(path)
     datasets = {}
     for slug, body in raw.items():
-        if not isinstance(body, dict) or set(body) != {"title", "files"}:
-            raise MetadataError(f"dataset {slug!r} needs exactly 'title' and 'files'", where=path)
+        if not isinstance(body, dict) or not {"title", "files"} <= set(body) <= {"title", "files", "via"}:
+            raise MetadataError(f"dataset {slug!r} needs 'title' and 'files', and takes 'via'", where=path)
         if not _SLUG.match(slug):
             raise MetadataError(f"dataset slug {slug!r} must be lowercase letters, digits and dashes", where=path)
         files = []
@@ -321,7 +336,18 @@ def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
             files.append(DatasetFile(int(match.group(1)), match.group(2)))
         if not files:
             raise MetadataError(f"dataset {slug!r} lists no files", where=path)
-        datasets[slug] = DatasetSpec(slug=slug, title=str(body["title"]), files=tuple(files))
+        via = body.get("via", Via.DATASET.value)
+        if via not in {v.value for v in Via}:
+            known = " or ".join(repr(v.value) for v in Via)
+            raise MetadataError(f"dataset {slug!r}: via must be {known}, got {via!r}", where=path)
+        spec = DatasetSpec(slug=slug, title=str(body["title"]), files=tuple(files), via=Via(via))
+        if spec.via is Via.KERNEL and len(spec.stages) != 1:
+            raise MetadataError(
+                f"dataset {slug!r} is read through a kernel's output (via = \"kernel\"), so its files "
+                f"must come from one stage, not stages {list(spec.stages)}",
+                where=path,
+            )
+        datasets[slug] = spec
     return datasets
 
 

@@ -91,10 +91,12 @@ class Project:
         sets: Iterable[str] = (),
         extra: Mapping[int, Iterable[ParamValue]] | None = None,
         accelerators: Mapping[int, str] | None = None,
+        kernel_versions: Mapping[int, int] | None = None,
     ) -> list[RenderedKernel]:
         """Render stages in memory; every problem is raised before anything is written.
 
-        `accelerators` puts stages on other machine shapes than they declare.
+        `accelerators` puts stages on other machine shapes than they declare;
+        `kernel_versions` names the output version each `via = "kernel"` input reads.
         """
         user = resolve_username(username, self.config)
         routed = self.overrides(sets, stages)
@@ -109,6 +111,7 @@ class Project:
                 ),
                 profile=chosen,
                 session=self.session(number, (accelerators or {}).get(number)),
+                kernel_versions=kernel_versions,
             )
             for number in stages
         ]

@@ -26,6 +26,7 @@ from kernelgen.datasets import build_dataset, files_digest, missing_files
 from kernelgen.errors import KernelgenError
 from kernelgen.livelog import LogFollower
 from kernelgen.params import ParamValue
+from kernelgen.pipeline import DatasetSpec, Via
 from kernelgen.polling import poll_until, wait_dataset_ready
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel, write_kernels
@@ -96,6 +97,25 @@ class Steps:
             found.append(ParamValue(name, value, f"from stage {ref.stage}{version}"))
         return found
 
+    def kernel_versions(self, number: int, *, required: bool) -> dict[int, int]:
+        """The collected run of each stage whose kernel output stage `number` reads
+        (`via = "kernel"`): stage -> version. A stage without a complete run is an
+        error when `required`, and read at its latest version otherwise."""
+        versions = {}
+        for slug in self.pipeline.stage(number).dataset_sources:
+            dataset = self.pipeline.datasets[slug]
+            if dataset.via is not Via.KERNEL:
+                continue
+            record = self.state.stages.get(dataset.producer)
+            if record is not None and record.version is not None and record.status is RunStatus.COMPLETE:
+                versions[dataset.producer] = record.version
+            elif required:
+                raise KernelgenError(
+                    f"stage {number} reads {slug} from stage {dataset.producer}'s kernel output, "
+                    f"which has no complete run in {self.workdir}"
+                )
+        return versions
+
     def render(self, number: int, sets: Iterable[str] = (), *, required: bool = True) -> RenderedKernel:
         extra = self.chained_params(number, required=required)
         return self.project.render(
@@ -105,6 +125,7 @@ class Steps:
             sets=sets,
             extra={number: extra},
             accelerators=self.accelerators,
+            kernel_versions=self.kernel_versions(number, required=required),
         )[0]
 
     def key(self, kernel: RenderedKernel) -> str:
@@ -230,15 +251,21 @@ class Steps:
 
     # -- datasets ----------------------------------------------------------------------
     def dataset_ready(self, slug: str) -> bool:
-        """The dataset holds exactly the current outputs and the backend has it ready."""
+        """The dataset holds exactly the current outputs and the backend has it ready; one read
+        through a kernel must name the producer's collected run."""
         spec = self.pipeline.datasets[slug]
         if missing_files(spec, self.outputs):
             return False
         record = self.state.datasets.get(slug)
+        if spec.via is Via.KERNEL and (record is None or record.dataset != self._producer_ref(spec)):
+            return False
         return bool(record and record.status is DatasetStatus.READY and record.digest == files_digest(spec, self.outputs))
 
-    def publish(self, slug: str) -> PublishResult | None:
-        """Create or version dataset `slug` from the outputs; None when it already holds them."""
+    def _producer_ref(self, spec: DatasetSpec) -> str:
+        record = self.state.stages.get(spec.producer)
+        return record.ref if record is not None and record.kernel else ""
+
+    def _dataset_spec(self, slug: str) -> DatasetSpec:
         if slug not in self.pipeline.datasets:
             known = ", ".join(sorted(self.pipeline.datasets))
             raise KernelgenError(f"unknown dataset {slug!r}; known: {known}")
@@ -246,6 +273,31 @@ class Steps:
         absent = missing_files(spec, self.outputs)
         if absent:
             raise KernelgenError(f"dataset {slug}: missing stage outputs: {', '.join(map(str, absent))}")
+        return spec
+
+    def link(self, slug: str) -> str | None:
+        """Take `via = "kernel"` dataset `slug` to be the producing stage's collected run:
+        nothing is uploaded. Returns that run's `owner/slug/version`, None when unchanged."""
+        spec = self._dataset_spec(slug)
+        ref = self._producer_ref(spec)
+        if not ref:
+            raise KernelgenError(f"dataset {slug}: stage {spec.producer} has not been pushed from {self.workdir}")
+        digest = files_digest(spec, self.outputs)
+        record = self.state.dataset(slug)
+        if (record.digest, record.dataset, record.status) == (digest, ref, DatasetStatus.READY):
+            return None
+        record.digest, record.dataset, record.status = digest, ref, DatasetStatus.READY
+        self.state.save()
+        return ref
+
+    def publish(self, slug: str) -> PublishResult | None:
+        """Create or version dataset `slug` from the outputs; None when it already holds them."""
+        spec = self._dataset_spec(slug)
+        if spec.via is Via.KERNEL:
+            raise KernelgenError(
+                f"dataset {slug} is read from stage {spec.producer}'s kernel output (via = \"kernel\"): "
+                "there is nothing to publish"
+            )
         digest = files_digest(spec, self.outputs)
         record = self.state.dataset(slug)
         if record.digest == digest and record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING):

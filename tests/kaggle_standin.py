@@ -34,7 +34,9 @@ inside the status call that observes the end. A poll loop on a fake clock thus
 sees exactly the scripted number of QUEUED/RUNNING answers however long the real
 execution takes. :func:`fake_executor` is the default; real notebook execution
 plugs in the same way, resolving ``dataset_sources`` with
-``pushed.dataset_dir("owner/slug")``.
+``pushed.dataset_dir("owner/slug")`` and ``kernel_sources`` with
+``pushed.kernel_dir("owner/slug/version")``; a push naming a kernel version that
+has not finished gets it back in ``invalidKernelSources``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class PushedKernel:
     machine_shape: str | None = None
     session_timeout_seconds: int | None = None
     docker_image_pinning_type: str | None = None
+    resolve_kernel: Callable[[str], Path] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
@@ -102,6 +105,11 @@ class PushedKernel:
     def dataset_dir(self, source: str) -> Path:
         """The folder holding the files of dataset ``owner/slug`` (latest version)."""
         return self.resolve_dataset(source)
+
+    def kernel_dir(self, source: str) -> Path:
+        """The output folder of kernel source ``owner/slug/version`` (latest without one)."""
+        assert self.resolve_kernel is not None
+        return self.resolve_kernel(source)
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,9 @@ def fake_executor(pushed: PushedKernel) -> ExecutedKernel:
     lines = [f"{pushed.ref} v{pushed.version}: {len(cells)} cells"]
     for source in pushed.dataset_sources:
         folder = pushed.dataset_dir(source)
+        lines.extend(f"{source}/{p.name}" for p in sorted(folder.iterdir()))
+    for source in pushed.kernel_sources:
+        folder = pushed.kernel_dir(source)
         lines.extend(f"{source}/{p.name}" for p in sorted(folder.iterdir()))
     (out / "result.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     log = "".join(f"{line}\n" for line in ["starting", *lines, "done"])
@@ -644,6 +655,8 @@ class KaggleStandIn:
             scratch.mkdir(parents=True, exist_ok=True)
             dataset_sources = tuple(body.get("datasetDataSources") or ())
             invalid = [s for s in dataset_sources if s not in self.datasets]
+            kernel_sources = tuple(body.get("kernelDataSources") or ())
+            invalid_kernels = [s for s in kernel_sources if self._finished_output(s) is None]
             pushed = PushedKernel(
                 owner=owner,
                 slug=slug,
@@ -656,9 +669,10 @@ class KaggleStandIn:
                 enable_internet=bool(body.get("enableInternet")),
                 dataset_sources=dataset_sources,
                 competition_sources=tuple(body.get("competitionDataSources") or ()),
-                kernel_sources=tuple(body.get("kernelDataSources") or ()),
+                kernel_sources=kernel_sources,
                 scratch_dir=scratch,
                 resolve_dataset=self.dataset_dir,
+                resolve_kernel=self.kernel_output_dir,
                 machine_shape=body.get("machineShape"),
                 session_timeout_seconds=None if timeout is None else int(timeout),
                 docker_image_pinning_type=body.get("dockerImagePinningType"),
@@ -671,6 +685,7 @@ class KaggleStandIn:
             "versionNumber": number,
             "kernelId": record.kernel_id,
             "invalidDatasetSources": invalid,
+            "invalidKernelSources": invalid_kernels,
         }
 
     def _kernel_version(self, body: dict[str, Any]) -> KernelVersion:
@@ -687,6 +702,25 @@ class KaggleStandIn:
                 if str(version.number) == number:
                     return version
         raise _Fail(404, f"Kernel {ref} has no version {label}")
+
+    def _finished_output(self, source: str) -> Path | None:
+        """The output folder of a finished version named ``owner/slug[/version]``, else None."""
+        owner, slug, *version = source.split("/")
+        with self._lock:
+            record = self.kernels.get(f"{owner}/{slug}")
+            versions = list(record.versions) if record else []
+        if version:
+            versions = [v for v in versions if str(v.number) == version[0]]
+        if not versions or not versions[-1].finished:
+            return None
+        return versions[-1].output_dir
+
+    def kernel_output_dir(self, source: str) -> Path:
+        """What a kernel reading ``owner/slug[/version]`` through kernel_sources sees."""
+        folder = self._finished_output(source)
+        if folder is None:
+            raise KeyError(f"no finished run of {source} on the stand-in")
+        return folder
 
     def _rpc_GetKernel(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
         version = self._kernel_version(body)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from kernelgen.backends.base import GpuQuota
 from kernelgen.chain import Chain, PollPolicy
-from kernelgen.errors import KernelFailedError
+from kernelgen.errors import KernelFailedError, KernelgenError
+from kernelgen.pipeline import Via
 from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
 from kernelgen.quota import QuotaError
+from kernelgen.steps import Steps
 from tests.fakes import FakeBackend, FakeClock
 
 HOURS = 3600.0
@@ -230,3 +233,34 @@ def test_plain_output_shows_each_running_stages_latest_log_line_once_per_poll_at
     assert steps == list(range(1, 10))  # the last step is printed as the run completes, not while it runs
     assert len(stage4) <= backend.status_calls[4]
     assert any(line.startswith("stage 4 v1: complete [") and " - " not in line for line in lines)
+
+
+def test_datasets_read_through_kernels_skip_the_upload_and_the_processing_wait(tmp_path: Path) -> None:
+    bundled = Project.load()
+    datasets = dict(bundled.pipeline.datasets)
+    for slug in ("stage1", "stage4"):
+        datasets[slug] = replace(datasets[slug], via=Via.KERNEL)
+    wired = replace(bundled, pipeline=replace(bundled.pipeline, datasets=datasets))
+
+    def makespan(project: Project, folder: Path) -> tuple[float, FakeBackend]:
+        clock = FakeClock()
+        backend = FakeBackend(clock, durations=SEED_DURATIONS, dataset_delay=600.0)
+        chain = Chain(
+            project, backend, folder, username="alice", clock=clock, sleep=clock.sleep,
+            policy=PollPolicy(initial=10, maximum=60),
+        )
+        assert chain.run([1, 2, 3, 4, 5]).stages == dict.fromkeys(range(1, 6), "complete")
+        return clock.now, backend
+
+    early = Steps(wired, FakeBackend(FakeClock()), tmp_path / "early", username="alice")
+    with pytest.raises(KernelgenError, match="reads stage1 from stage 1's kernel output, which has no complete run"):
+        early.render(2)
+    through_datasets, _ = makespan(bundled, tmp_path / "datasets")
+    through_kernels, backend = makespan(wired, tmp_path / "kernels")
+    assert [ref for _, ref, _ in backend.published] == ["alice/stage2"]
+    assert through_kernels <= through_datasets - 600
+    stage5 = backend.runs["alice/severstal-stage5-submission"][-1]
+    assert "'stage4': 'severstal-stage4-segmentation'" in stage5.notebook
+    steps = Steps(wired, backend, tmp_path / "kernels", username="alice")
+    with pytest.raises(KernelgenError, match='read from stage 1\'s kernel output \\(via = "kernel"\\)'):
+        steps.publish("stage1")

@@ -16,7 +16,7 @@ import pytest
 
 from kernelgen.accelerators import AcceleratorKind
 from kernelgen.errors import MetadataError, UnknownStageError
-from kernelgen.pipeline import DatasetFile, Pipeline, load_pipeline
+from kernelgen.pipeline import DatasetFile, Pipeline, Via, load_pipeline
 from kernelgen.session import DockerPinning, Session
 
 
@@ -369,4 +369,36 @@ def test_session_settings_refused(tmp_path: Path, extra: str, needle: str) -> No
     folder = write_metadata(tmp_path, {1: stage_toml(1, extra)})
     error = refused(folder)
     assert error.where == folder / "stage1.toml"
+    assert needle in str(error)
+
+
+# --- datasets read through a kernel's output ----------------------------------------------
+
+
+def test_a_dataset_may_be_read_through_its_producing_kernel(tmp_path: Path) -> None:
+    folder = write_metadata(
+        tmp_path,
+        {1: stage_toml(1), 2: stage_toml(2, 'dataset_sources = ["done"]\n')},
+        '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "kernel"\n',
+    )
+    pipeline = load_pipeline(folder.parent)
+    assert pipeline.datasets["done"].via is Via.KERNEL
+    assert pipeline.datasets["done"].producer == 1
+    assert pipeline.dependencies[2] == (1,)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\n', "via must be 'dataset' or 'kernel'"),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv", "stage2/b.csv"]\nvia = "kernel"\n',
+            "must come from one stage, not stages [1, 2]",
+        ),
+    ],
+)
+def test_kernel_wiring_refused(tmp_path: Path, body: str, needle: str) -> None:
+    folder = write_metadata(tmp_path, {1: stage_toml(1), 2: stage_toml(2)}, body)
+    error = refused(folder)
+    assert error.where == folder / "datasets.toml"
     assert needle in str(error)

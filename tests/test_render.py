@@ -11,6 +11,7 @@ import ast
 import json
 import re
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -19,7 +20,7 @@ from slugify import slugify
 
 from kernelgen.config import Config
 from kernelgen.errors import KernelgenError, MetadataError, RenderError
-from kernelgen.pipeline import load_pipeline
+from kernelgen.pipeline import Via, load_pipeline
 from kernelgen.project import Project
 from kernelgen.render import METADATA_FILE, RenderedKernel, write_kernels
 from kernelgen.templating import comment, pyliteral
@@ -535,3 +536,26 @@ def test_write_failure_creates_no_out_folder(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_kernels([kernel(5, {"sub/x.txt": b"x"})], out)
     assert not out.exists()
+
+
+def kernel_wired(*slugs: str) -> Project:
+    bundled = project()
+    datasets = dict(bundled.pipeline.datasets)
+    for slug in slugs:
+        datasets[slug] = replace(datasets[slug], via=Via.KERNEL)
+    return replace(bundled, pipeline=replace(bundled.pipeline, datasets=datasets))
+
+
+def test_a_dataset_read_through_its_kernel_becomes_a_kernel_source_and_an_alias() -> None:
+    wired = kernel_wired("stage4")
+    (stage5,) = wired.render([5], username=USER, kernel_versions={4: 3})
+    meta = json.loads(stage5.files[METADATA_FILE])
+    assert meta["dataset_sources"] == [f"{USER}/stage2"]
+    assert meta["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation/3"]
+    run_cell = code_cells(notebook_of(stage5))[-1]
+    assert "Layout.kaggle(\n        aliases={\n            'stage4': 'severstal-stage4-segmentation',\n" in run_cell
+    (latest,) = wired.render([5], username=USER)
+    assert json.loads(latest.files[METADATA_FILE])["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation"]
+    assert latest.digest != stage5.digest
+    (plain,) = project().render([5], username=USER)
+    assert code_cells(notebook_of(plain))[-1].endswith("    Layout.kaggle(),\n)")

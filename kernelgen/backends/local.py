@@ -2,6 +2,7 @@
 
 Layout of the store folder:
     kernels/<owner>/<slug>/<version>/   the pushed kernel, its run root and status.json
+                                        (a kernel_sources entry mounts a run's root/working)
     datasets/<owner>/<slug>/<version>/  published files
     submissions.jsonl                   one line per submission
 Runs execute in background threads (each in its own Python kernel), so the chain
@@ -118,6 +119,14 @@ class LocalBackend:
         for ref in meta.get("dataset_sources", []):
             folder = _pick_version(self._dataset_dir(ref), ref, "dataset")
             (inputs / ref.split("/")[1]).symlink_to(folder, target_is_directory=True)
+        for ref in meta.get("kernel_sources", []):  # another run's outputs, where Kaggle mounts them
+            owner, slug = ref.split("/")[:2]
+            working = self._run_dir(ref) / "root" / "working"
+            if not working.is_dir():
+                raise BackendError(f"kernel {ref} has no outputs in the local store")
+            mount = inputs / "notebooks" / owner / slug
+            mount.parent.mkdir(parents=True, exist_ok=True)
+            mount.symlink_to(working, target_is_directory=True)
 
     def push(self, folder: Path) -> PushResult:
         meta = _read_json(folder / "kernel-metadata.json")
