@@ -3,7 +3,9 @@
 The official Kaggle client drives the chain against the local stand-in server
 (tests/kaggle_standin.py) on a simulated clock: each stage "runs" for the time
 given below (the seed's long stages 1 and 4, short 2, 3 and 5) and each dataset
-processes for a while. Nothing waits for real; the run takes seconds.
+processes for a while. Nothing waits for real; the run takes seconds. The chain
+runs twice: wired through published datasets, and with the datasets that hold one
+stage's files (Stage1, Stage4) read from their kernels' outputs instead.
 
     python benchmarks/bench_chain.py [--dataset-minutes 3]
 """
@@ -14,6 +16,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from kernelgen.backends.kaggle import KaggleBackend  # noqa: E402
 from kernelgen.chain import Chain  # noqa: E402
+from kernelgen.pipeline import Via  # noqa: E402
 from kernelgen.project import Project  # noqa: E402
 from tests.fakes import FakeClock, quick_executor  # noqa: E402
 from tests.kaggle_standin import DatasetScript, KaggleStandIn, KernelScript  # noqa: E402
@@ -39,7 +43,16 @@ def critical_path(project: Project) -> float:
     return max(finish.values())
 
 
-def run(dataset_minutes: float) -> tuple[float, dict[int, int], int]:
+def through_kernels(project: Project) -> Project:
+    """The project with every one-stage dataset read from its producer's kernel output."""
+    datasets = {
+        slug: replace(spec, via=Via.KERNEL) if len(spec.stages) == 1 else spec
+        for slug, spec in project.pipeline.datasets.items()
+    }
+    return replace(project, pipeline=replace(project.pipeline, datasets=datasets))
+
+
+def run(dataset_minutes: float, project: Project) -> tuple[float, dict[int, int], int]:
     clock = FakeClock()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -61,7 +74,6 @@ def run(dataset_minutes: float) -> tuple[float, dict[int, int], int]:
                     f"{USER}/severstal-stage{stage}-{SLUGS[stage]}", KernelScript(running_polls=0, run_seconds=seconds)
                 )
             backend = KaggleBackend(sleep=clock.sleep, clock=clock, rng=lambda: 0.5)
-            project = Project.load()
             result = Chain(
                 project, backend, Path(tmp) / "work", username=USER, clock=clock, sleep=clock.sleep
             ).run(list(project.pipeline.stages))
@@ -73,7 +85,9 @@ def main() -> None:
     parser.add_argument("--dataset-minutes", type=float, default=3.0, help="simulated dataset processing time")
     args = parser.parse_args()
     project = Project.load()
-    makespan, polls, dataset_polls = run(args.dataset_minutes)
+    makespan, polls, dataset_polls = run(args.dataset_minutes, project)
+    wired = through_kernels(project)
+    wired_makespan, _, wired_dataset_polls = run(args.dataset_minutes, wired)
     path = critical_path(project)
     serial = sum(DURATIONS.values())
     print("simulated stage durations (h): " + ", ".join(f"{s}: {d / HOUR:.2f}" for s, d in DURATIONS.items()))
@@ -87,6 +101,10 @@ def main() -> None:
         rate = polls[stage] / (DURATIONS[stage] / HOUR)
         print(f"stage {stage}: {polls[stage]} status polls for {DURATIONS[stage] / HOUR:.2f} h ({rate:.0f} per hour)")
     print(f"dataset status polls: {dataset_polls}")
+    via_kernel = ", ".join(slug for slug, spec in wired.pipeline.datasets.items() if spec.via is Via.KERNEL)
+    print(f"chain makespan, {via_kernel} read from kernel outputs: {wired_makespan / HOUR:.3f} h")
+    print(f"  vs through datasets:       {wired_makespan / makespan:.4f}  ({(makespan - wired_makespan) / 60:.1f} min less)")
+    print(f"  dataset status polls:      {wired_dataset_polls}")
 
 
 if __name__ == "__main__":

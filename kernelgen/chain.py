@@ -10,18 +10,22 @@ and unchanged, resumes polling what was pushed, and reruns what failed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import Backend, DatasetStatus, RunStatus
 from kernelgen.datasets import missing_files
 from kernelgen.errors import KernelFailedError, KernelgenError
-from kernelgen.pipeline import Pipeline
+from kernelgen.livelog import latest
+from kernelgen.pipeline import Pipeline, Via
 from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
 from kernelgen.progress import Reporter, StageRow
 from kernelgen.project import Project
+from kernelgen.quota import check_quota, describe_quota, estimate_gpu_hours
+from kernelgen.session import QUEUE_ALLOWANCE_SECONDS
 from kernelgen.steps import Steps
 
 
@@ -56,12 +60,17 @@ class Phase(str, Enum):
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """Intervals between status calls for one stage grow from `initial` to `maximum`."""
+    """Intervals between status calls for one stage grow from `initial` to `maximum`.
+
+    A stage is given up on after its session time limit plus `queue_allowance`,
+    or after `stage_timeout` when that is set.
+    """
 
     initial: float = KERNEL_INITIAL
     factor: float = DEFAULT_FACTOR
     maximum: float = KERNEL_MAX_INTERVAL
-    stage_timeout: float = 13 * 3600.0
+    stage_timeout: float | None = None
+    queue_allowance: float = QUEUE_ALLOWANCE_SECONDS
     dataset_timeout: float = 3600.0
 
 
@@ -81,6 +90,7 @@ class _Live:
     polls: int = 0
     note: str = ""
     log_tail: str = ""
+    log: str = ""
 
 
 @dataclass
@@ -104,6 +114,8 @@ class Chain:
         jobs: int = 2,
         reporter: Reporter | None = None,
         policy: PollPolicy | None = None,
+        accelerators: Mapping[int, str] | None = None,
+        ignore_quota: bool = False,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], float] = time.time,
@@ -112,11 +124,22 @@ class Chain:
             raise KernelgenError("--jobs must be at least 1")
         self.pipeline: Pipeline = project.pipeline
         self.backend = backend
-        self.steps = Steps(project, backend, workdir, username=username, profile=profile, now=now)
+        self.steps = Steps(
+            project,
+            backend,
+            workdir,
+            username=username,
+            profile=profile,
+            accelerators=accelerators,
+            clock=clock,
+            sleep=sleep,
+            now=now,
+        )
         self.state = self.steps.state
         self.outputs = self.steps.outputs
         self.workdir = self.steps.workdir
         self.jobs = jobs
+        self.ignore_quota = ignore_quota
         self.reporter = reporter
         self.policy = policy or PollPolicy()
         self.clock = clock
@@ -176,6 +199,10 @@ class Chain:
         state = self.steps.poll(number)
         live.polls += 1
         live.status = Phase.of(state.status)
+        if state.status.finished:
+            live.log = ""
+        elif state.status is RunStatus.RUNNING:
+            live.log = latest(self.steps.log_lines(number)) or live.log
         if state.status is RunStatus.COMPLETE:
             self.steps.collect(number)
             live.ended = now
@@ -187,14 +214,20 @@ class Chain:
             live.ended = now
             live.note = state.message or f"ended in {state.status.value}"
             self._mark_dependents_blocked(number)
-        elif live.started is not None and now - live.started > self.policy.stage_timeout:
+        elif live.started is not None and now - live.started > self._stage_timeout(number):
             live.status = Phase.ERROR
             live.ended = now
-            live.note = f"still {state.status.value} after {self.policy.stage_timeout:.0f} s; rerun to resume polling"
+            live.note = f"still {state.status.value} after {self._stage_timeout(number):.0f} s; rerun to resume polling"
             self._mark_dependents_blocked(number)
         else:
             live.interval = min(live.interval * self.policy.factor, self.policy.maximum)
             live.next_poll = now + live.interval
+
+    def _stage_timeout(self, number: int) -> float:
+        """How long a stage may take from its push: its session limit plus queueing."""
+        if self.policy.stage_timeout is not None:
+            return self.policy.stage_timeout
+        return self.steps.session(number).wait_seconds(self.policy.queue_allowance)
 
     def _mark_dependents_blocked(self, number: int) -> None:
         for other in self.pipeline.dependents(number):
@@ -206,6 +239,11 @@ class Chain:
     def _after_complete(self, number: int) -> None:
         for spec in self.pipeline.datasets_from(number):
             if missing_files(spec, self.outputs):
+                continue
+            if spec.via is Via.KERNEL:
+                linked = self.steps.link(spec.slug)
+                if linked is not None:
+                    self._note(f"dataset {spec.slug}: read from kernel {linked} (nothing uploaded)")
                 continue
             published = self.steps.publish(spec.slug)
             if published is not None:
@@ -224,6 +262,34 @@ class Chain:
                 dataset = self.state.datasets[slug].dataset
                 raise KernelgenError(f"dataset {dataset} failed to process on {self.backend.name}")
 
+    # -- quota -------------------------------------------------------------------------
+    def _to_push(self, selected: list[int], keys: Mapping[int, str]) -> list[int]:
+        """Stages this run will push: changed ones and everything after them, less those
+        already running (their time is reserved in the quota already)."""
+        rerun: set[int] = set()
+        for number in selected:
+            upstream = any(d in rerun for d in self.pipeline.dependencies[number])
+            if upstream or not self.steps.is_done(number, keys[number]):
+                rerun.add(number)
+        return [n for n in selected if n in rerun and not self.steps.is_running(n, keys[n])]
+
+    def _check_quota(self, selected: list[int], keys: Mapping[int, str]) -> None:
+        """Refuse, before any push, to start GPU work the week's quota cannot cover."""
+        pushing = self._to_push(selected, keys)
+        sessions = {n: self.steps.session(n) for n in pushing}
+        if not any(s.kind is AcceleratorKind.GPU for s in sessions.values()):
+            return
+        quota = self.backend.quota()
+        if quota is None:
+            return
+        estimate = estimate_gpu_hours(
+            [self.pipeline.stage(n) for n in sorted(pushing)], sessions, self.state.stages, self.steps.profile_name
+        )
+        self._note(f"GPU quota: {describe_quota(quota)}")
+        self._note(f"GPU hours this run needs: about {estimate.describe()}")
+        if not check_quota(estimate, quota, ignore=self.ignore_quota):
+            self._note(f"more than the {quota.left:.2f} h left; going ahead as --ignore-quota asks")
+
     # -- the loop ----------------------------------------------------------------------
     def _note(self, text: str) -> None:
         if self.reporter:
@@ -239,7 +305,7 @@ class Chain:
             end = live.ended if live.ended is not None else now
             elapsed = end - live.started if live.started is not None else 0.0
             title = self.pipeline.stage(number).title
-            rows.append(StageRow(number, title, live.status.value, live.version, elapsed, live.note))
+            rows.append(StageRow(number, title, live.status.value, live.version, elapsed, live.note, live.log))
         return rows
 
     def _active(self) -> list[int]:
@@ -253,8 +319,10 @@ class Chain:
                     raise KernelgenError(
                         f"stage {number} needs stage {dep}, which has not completed in {self.workdir}; include it"
                     )
+        keys = {}
         for number in selected:  # every stage renders (parameters checked) before anything is pushed
-            self.steps.render(number, self._sets_for(number), required=False)
+            keys[number] = self.steps.key(self.steps.render(number, self._sets_for(number), required=False))
+        self._check_quota(selected, keys)
         self.state.keep_previous()
         self.live = {n: _Live(n) for n in selected}
         dataset_wait_start: float | None = None

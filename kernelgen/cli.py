@@ -14,6 +14,7 @@ from kernelgen.errors import KernelgenError
 from kernelgen.project import Project
 
 if TYPE_CHECKING:
+    from kernelgen.polling import Timing
     from kernelgen.steps import Steps
 
 
@@ -203,27 +204,56 @@ def _username(project: Project, user: str | None, local: bool) -> str:
     return resolve_username(user, project.config)
 
 
+def _timing() -> Timing:
+    """The clock and sleep to wait with: real ones unless the caller handed others in
+    (`main(obj=Timing(...))`), as tests do."""
+    from kernelgen.polling import Timing
+
+    found = click.get_current_context().find_object(Timing)
+    return found if found is not None else Timing()
+
+
 def _steps(
-    project: Project, workdir: Path, *, local: bool, user: str | None = None, profile: str | None = None
+    project: Project,
+    workdir: Path,
+    *,
+    local: bool,
+    user: str | None = None,
+    profile: str | None = None,
+    accelerators: dict[int, str] | None = None,
 ) -> Steps:
     """The work folder's steps on the chosen backend."""
     from kernelgen import operations as ops
     from kernelgen.steps import Steps
 
-    backend = ops.open_backend(project, workdir, local=local)
+    timing = _timing()
+    backend = ops.open_backend(project, workdir, local=local, timing=timing)
     return Steps(
         project,
         backend,
         workdir,
         username=_username(project, user, local),
         profile=ops.run_profile(project, profile, local=local),
+        accelerators=accelerators,
+        clock=timing.clock,
+        sleep=timing.sleep,
     )
 
 
 @main.command()
 @click.option("--stage", type=int, required=True, help="Stage to push.")
 @click.option("--wait", is_flag=True, help="Follow the run until it ends, then download outputs and log.")
-@click.option("--timeout", type=float, default=13 * 3600, show_default=True, help="With --wait: seconds to wait.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="With --wait: seconds to wait (default: the stage's session time limit plus an hour of queueing).",
+)
+@click.option(
+    "--accelerator",
+    metavar="NAME",
+    help="Machine shape for this run, e.g. NvidiaTeslaT4 (two T4s), NvidiaL4, NvidiaH100, TpuV5E8.",
+)
 @user_option
 @profile_option
 @set_option
@@ -233,7 +263,8 @@ def _steps(
 def push(
     stage: int,
     wait: bool,
-    timeout: float,
+    timeout: float | None,
+    accelerator: str | None,
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
@@ -243,16 +274,23 @@ def push(
 ) -> None:
     """Render, validate and push one stage's kernel; print its URL and version.
 
-    With --local it runs here, with the smoke profile unless --profile names another.
+    With --wait, follow the run (its latest log line at each poll while it runs) and
+    download its outputs and whole log when it ends. With --local it runs here, with
+    the smoke profile unless --profile names another.
     """
     from kernelgen import operations as ops
     from kernelgen.backends.base import RunStatus
     from kernelgen.errors import KernelFailedError
+    from kernelgen.livelog import latest
     from kernelgen.progress import format_elapsed
 
+    number = project.pipeline.stage(stage).number
+    accelerators = project.accelerators([accelerator] if accelerator else [], [number])
     chosen = ops.run_profile(project, profile, local=local)
-    project.render([stage], username=_username(project, user, local), profile=chosen, sets=sets)
-    steps = _steps(project, workdir, local=local, user=user, profile=profile)
+    project.render(
+        [stage], username=_username(project, user, local), profile=chosen, sets=sets, accelerators=accelerators
+    )
+    steps = _steps(project, workdir, local=local, user=user, profile=profile, accelerators=accelerators)
     pushed = ops.push_stage(steps, stage, sets)
     click.echo(f"stage {stage}: pushed {pushed.kernel} version {pushed.version}")
     click.echo(pushed.url)
@@ -261,11 +299,14 @@ def push(
     seen: list[RunStatus] = []
 
     def on_poll(state, elapsed: float) -> None:  # type: ignore[no-untyped-def]
-        if not seen or seen[-1] is not state.status:
+        line = latest(steps.log_lines(stage))
+        if not seen or seen[-1] is not state.status or line:
             seen.append(state.status)
-            click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]")
+            shown = f" - {line}" if line else ""
+            click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]{shown}")
 
-    final = steps.wait(stage, timeout=timeout, on_poll=on_poll)
+    limit = timeout if timeout is not None else steps.session(stage).wait_seconds()
+    final = steps.wait(stage, timeout=limit, on_poll=on_poll)
     dest, output = steps.collect(stage)
     click.echo(f"stage {stage}: {len(output.files)} output files and the log in {dest}")
     if final.status is not RunStatus.COMPLETE:
@@ -366,6 +407,18 @@ def report(out: Path | None, workdir: Path, project: Project) -> None:
 @click.option("--to", "last", type=int, help="Last stage to run.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
 @click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
+@click.option(
+    "--accelerator",
+    "accelerators",
+    multiple=True,
+    metavar="[N=]NAME",
+    help="Machine shape: NAME for every accelerated stage, N=NAME for stage N only (repeatable).",
+)
+@click.option(
+    "--ignore-quota",
+    is_flag=True,
+    help="Push GPU stages even when their estimated hours exceed the week's GPU quota left.",
+)
 @user_option
 @profile_option
 @set_option
@@ -377,6 +430,8 @@ def chain(
     last: int | None,
     jobs: int,
     submit: bool,
+    accelerators: tuple[str, ...],
+    ignore_quota: bool,
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
@@ -385,7 +440,9 @@ def chain(
 ) -> None:
     """Run the whole pipeline in dependency order, publishing datasets between stages.
 
-    At the end, or when a stage fails, it writes the run's report to WORKDIR/report.html.
+    On Kaggle, the GPU hours the stages to run need are checked against the week's
+    GPU quota left before anything is pushed. At the end, or when a stage fails, it
+    writes the run's report to WORKDIR/report.html.
     """
     from kernelgen import operations as ops
     from kernelgen.chain import LOCAL_POLL_POLICY, Chain
@@ -397,9 +454,11 @@ def chain(
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
     hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
     selected = [n for n in numbers if lo <= n <= hi]
+    machines = project.accelerators(accelerators, selected)
     profile = ops.run_profile(project, profile, local=local)
     username = _username(project, user, local)
-    backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
+    timing = _timing()
+    backend = ops.open_backend(project, workdir, local=local, jobs=jobs, timing=timing)
     reporter = make_reporter()
     failed: KernelFailedError | None = None
     try:
@@ -413,6 +472,10 @@ def chain(
             jobs=jobs,
             reporter=reporter,
             policy=LOCAL_POLL_POLICY if local else None,
+            accelerators=machines,
+            ignore_quota=ignore_quota,
+            clock=timing.clock,
+            sleep=timing.sleep,
         ).run(selected, submit=submit, competition=project.config.competition)
     except KernelFailedError as exc:
         failed = exc
@@ -428,6 +491,30 @@ def chain(
         click.echo(f"submission: {result.submission}")
     else:
         click.echo(f"done: stages {', '.join(map(str, selected))} complete; outputs in {workdir / 'outputs'}")
+
+
+@main.command()
+def quota() -> None:
+    """The week's Kaggle GPU quota: used, reserved by running sessions, allowed, left,
+    and when it refreshes."""
+    from kernelgen.backends.kaggle import KaggleBackend
+    from kernelgen.quota import when
+
+    timing = _timing()
+    figures = KaggleBackend(sleep=timing.sleep, clock=timing.clock).quota()
+    if figures is None:
+        click.echo("Kaggle reports no GPU quota for this account")
+        return
+    click.echo("GPU quota this week")
+    for name, hours in (
+        ("used", figures.used),
+        ("reserved", figures.reserved),
+        ("allowed", figures.allowed),
+        ("left", figures.left),
+    ):
+        click.echo(f"  {name:<10}{hours:6.2f} h")
+    if figures.refreshes is not None:
+        click.echo(f"  {'refreshes':<10}{when(figures.refreshes)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -62,15 +62,18 @@ class ExecutionResult:
         return "\n".join(self.log.rstrip().splitlines()[-lines:])
 
 
-def _log_text(notebook: nbformat.NotebookNode) -> str:
+def _cell_log(cell: nbformat.NotebookNode) -> str:
     parts: list[str] = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "stream":
-                parts.append(output.get("text", ""))
-            elif output.get("output_type") == "error":
-                parts.append("\n".join(output.get("traceback", [])) + "\n")
+    for output in cell.get("outputs", []):
+        if output.get("output_type") == "stream":
+            parts.append(output.get("text", ""))
+        elif output.get("output_type") == "error":
+            parts.append("\n".join(output.get("traceback", [])) + "\n")
     return "".join(parts)
+
+
+def _log_text(notebook: nbformat.NotebookNode) -> str:
+    return "".join(_cell_log(cell) for cell in notebook.cells)
 
 
 def kernel_env(root: Path, working: Path | None = None) -> dict[str, str]:
@@ -93,10 +96,12 @@ def execute_notebook(
     timeout: int | None = None,
     kernel_name: str = "python3",
     packages: Sequence[str] = (),
+    live_log: Path | None = None,
 ) -> ExecutionResult:
     """Execute a notebook with `root` as its `/kaggle`; outputs land in `working` (default root/working).
 
-    `packages` names the project's packages, guarded like kernelgen itself.
+    `packages` names the project's packages, guarded like kernelgen itself. Each
+    cell's output is appended to `live_log` as soon as the cell has run.
     """
     root = root.resolve()
     working = working.resolve() if working is not None else None
@@ -112,6 +117,14 @@ def execute_notebook(
         allow_errors=False,
         resources={"metadata": {"path": str(cwd)}},
     )
+    if live_log is not None:
+        live_log.write_text("", encoding="utf-8")
+
+        def append_output(cell: nbformat.NotebookNode, **_: object) -> None:
+            with live_log.open("a", encoding="utf-8") as fh:
+                fh.write(_cell_log(cell))
+
+        client.on_cell_executed = append_output
     with tempfile.TemporaryFile() as process_output:
         try:
             client.execute(env=kernel_env(root, working), stdout=process_output, stderr=process_output)

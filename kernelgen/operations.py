@@ -12,13 +12,16 @@ from pathlib import Path
 
 from kernelgen.backends.base import Backend, PushResult
 from kernelgen.errors import BackendError
+from kernelgen.polling import Timing
 from kernelgen.project import Project
 from kernelgen.steps import Steps
 
 DEFAULT_WORKDIR = Path("kernelgen-work")
 
 
-def open_backend(project: Project, workdir: Path, *, local: bool, jobs: int = 2) -> Backend:
+def open_backend(
+    project: Project, workdir: Path, *, local: bool, jobs: int = 2, timing: Timing | None = None
+) -> Backend:
     if local:
         from kernelgen.backends.local import LocalBackend
         from kernelgen.localdata import local_competition_data
@@ -29,7 +32,8 @@ def open_backend(project: Project, workdir: Path, *, local: bool, jobs: int = 2)
         )
     from kernelgen.backends.kaggle import KaggleBackend
 
-    return KaggleBackend()
+    timing = timing or Timing()
+    return KaggleBackend(sleep=timing.sleep, clock=timing.clock)
 
 
 def run_profile(project: Project, profile: str | None, *, local: bool) -> str | None:

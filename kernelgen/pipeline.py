@@ -9,12 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from kernelgen.accelerators import DEFAULT_GPU, AcceleratorError, AcceleratorKind, accelerator
 from kernelgen.errors import MetadataError, UnknownStageError
 from kernelgen.resources import bundled_project
+from kernelgen.session import DockerPinning, Session, check_timeout_hours
 from kernelgen.tomlfile import read_toml
 
 METADATA_DIR = "kernel-metadata"
@@ -24,7 +27,8 @@ _STAGE_FILE = re.compile(r"^stage(\d+)\.toml$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$")
 _FILE_REF = re.compile(r"^stage(\d+)/([^/]+)$")
 
-_STAGE_KEYS = {
+_NUMBER = (int, float)
+_STAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "stage": int,
     "module": str,
     "title": str,
@@ -33,6 +37,11 @@ _STAGE_KEYS = {
     "is_private": bool,
     "enable_gpu": bool,
     "enable_internet": bool,
+    "accelerator": str,
+    "gpu_hours": _NUMBER,
+    "session_timeout_hours": _NUMBER,
+    "docker_pinning": str,
+    "docker_image": str,
     "competition_sources": list,
     "dataset_sources": list,
     "pip": list,
@@ -75,6 +84,8 @@ class StageSpec:
     pip: tuple[PipRequirement, ...] = ()
     params_from: Mapping[str, ParamFrom] = field(default_factory=dict)
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    session: Session = field(default_factory=Session)
+    gpu_hours: float | None = None
 
     @property
     def name(self) -> str:
@@ -87,15 +98,29 @@ class DatasetFile:
     name: str
 
 
+class Via(str, Enum):
+    """How consumers read a dataset: a published Kaggle dataset, or the producing kernel's
+    output version itself (`kernel_sources`), which needs no upload and no processing wait."""
+
+    DATASET = "dataset"
+    KERNEL = "kernel"
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     slug: str
     title: str
     files: tuple[DatasetFile, ...]
+    via: Via = Via.DATASET
 
     @property
     def stages(self) -> tuple[int, ...]:
         return tuple(sorted({f.stage for f in self.files}))
+
+    @property
+    def producer(self) -> int:
+        """The one stage whose kernel output a `via = "kernel"` dataset is."""
+        return self.stages[0]
 
 
 @dataclass(frozen=True)
@@ -185,10 +210,11 @@ class Pipeline:
         return tuple(d for d in self.datasets.values() if number in d.stages)
 
 
-def _check_type(value: Any, expected: type, key: str, where: Path) -> None:
-    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+def _check_type(value: Any, expected: type | tuple[type, ...], key: str, where: Path) -> None:
+    ok = isinstance(value, expected) and not (isinstance(value, bool) and expected is not bool)
     if not ok:
-        raise MetadataError(f"{key!r} must be {expected.__name__}, got {value!r}", where=where)
+        name = "a number" if expected == _NUMBER else getattr(expected, "__name__", str(expected))
+        raise MetadataError(f"{key!r} must be {name}, got {value!r}", where=where)
 
 
 def _str_list(value: list[Any], key: str, where: Path) -> tuple[str, ...]:
@@ -199,6 +225,50 @@ def _str_list(value: list[Any], key: str, where: Path) -> tuple[str, ...]:
 
 def _load_toml(path: Path) -> dict[str, Any]:
     return read_toml(path, lambda message: MetadataError(message, where=path))
+
+
+def _parse_session(raw: dict[str, Any], path: Path) -> tuple[Session, float | None]:
+    """The stage's session settings and its GPU-hours estimate, checked against each other."""
+    name = raw.get("accelerator")
+    shape: str | None = None
+    if name is not None:
+        try:
+            chosen = accelerator(name)
+        except AcceleratorError as exc:
+            raise MetadataError(str(exc), where=path) from None
+        gpu = chosen.kind is AcceleratorKind.GPU
+        if "enable_gpu" in raw and raw["enable_gpu"] is not gpu:
+            kind = "a GPU" if gpu else "a TPU"
+            raise MetadataError(
+                f"accelerator {chosen.name} is {kind} but enable_gpu is {str(raw['enable_gpu']).lower()}",
+                where=path,
+            )
+        shape = chosen.name
+    elif raw.get("enable_gpu", False):
+        shape = DEFAULT_GPU
+    timeout = float(raw.get("session_timeout_hours", Session.timeout_hours))
+    problem = check_timeout_hours(timeout)
+    if problem:
+        raise MetadataError(f"session_timeout_hours {problem}", where=path)
+    pinning = raw.get("docker_pinning", DockerPinning.ORIGINAL.value)
+    if pinning not in {p.value for p in DockerPinning}:
+        known = " or ".join(repr(p.value) for p in DockerPinning)
+        raise MetadataError(f"docker_pinning must be {known}, got {pinning!r}", where=path)
+    image = raw.get("docker_image")
+    if image is not None and not image.strip():
+        raise MetadataError("docker_image must name an image", where=path)
+    session = Session(accelerator=shape, timeout_hours=timeout, pinning=DockerPinning(pinning), docker_image=image)
+    gpu_hours = raw.get("gpu_hours")
+    if gpu_hours is not None:
+        if session.kind is not AcceleratorKind.GPU:
+            raise MetadataError("gpu_hours is an estimate for GPU stages; this stage runs without a GPU", where=path)
+        if not 0 < gpu_hours <= timeout:
+            raise MetadataError(
+                f"gpu_hours must be more than 0 and at most session_timeout_hours ({timeout:g}), got {gpu_hours:g}",
+                where=path,
+            )
+        gpu_hours = float(gpu_hours)
+    return session, gpu_hours
 
 
 def _parse_stage(path: Path, number: int) -> StageSpec:
@@ -236,6 +306,7 @@ def _parse_stage(path: Path, number: int) -> StageSpec:
     for profile, values in profiles.items():
         if not isinstance(values, dict):
             raise MetadataError(f"profiles.{profile} must be a table of parameter values", where=path)
+    session, gpu_hours = _parse_session(raw, path)
     return StageSpec(
         number=number,
         module=raw["module"],
@@ -244,13 +315,15 @@ def _parse_stage(path: Path, number: int) -> StageSpec:
         kernel_type=raw.get("kernel_type", "notebook"),
         language=raw.get("language", "python"),
         is_private=raw.get("is_private", True),
-        enable_gpu=raw.get("enable_gpu", False),
+        enable_gpu=session.kind is AcceleratorKind.GPU,
         enable_internet=raw.get("enable_internet", True),
         competition_sources=_str_list(raw.get("competition_sources", []), "competition_sources", path),
         dataset_sources=_str_list(raw.get("dataset_sources", []), "dataset_sources", path),
         pip=tuple(pip),
         params_from=params_from,
         profiles={k: dict(v) for k, v in profiles.items()},
+        session=session,
+        gpu_hours=gpu_hours,
     )
 
 
@@ -260,8 +333,8 @@ def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
     raw = _load_toml(path)
     datasets = {}
     for slug, body in raw.items():
-        if not isinstance(body, dict) or set(body) != {"title", "files"}:
-            raise MetadataError(f"dataset {slug!r} needs exactly 'title' and 'files'", where=path)
+        if not isinstance(body, dict) or not {"title", "files"} <= set(body) <= {"title", "files", "via"}:
+            raise MetadataError(f"dataset {slug!r} needs 'title' and 'files', and takes 'via'", where=path)
         if not _SLUG.match(slug):
             raise MetadataError(f"dataset slug {slug!r} must be lowercase letters, digits and dashes", where=path)
         files = []
@@ -272,7 +345,18 @@ def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
             files.append(DatasetFile(int(match.group(1)), match.group(2)))
         if not files:
             raise MetadataError(f"dataset {slug!r} lists no files", where=path)
-        datasets[slug] = DatasetSpec(slug=slug, title=str(body["title"]), files=tuple(files))
+        via = body.get("via", Via.DATASET.value)
+        if via not in {v.value for v in Via}:
+            known = " or ".join(repr(v.value) for v in Via)
+            raise MetadataError(f"dataset {slug!r}: via must be {known}, got {via!r}", where=path)
+        spec = DatasetSpec(slug=slug, title=str(body["title"]), files=tuple(files), via=Via(via))
+        if spec.via is Via.KERNEL and len(spec.stages) != 1:
+            raise MetadataError(
+                f"dataset {slug!r} is read through a kernel's output (via = \"kernel\"), so its files "
+                f"must come from one stage, not stages {list(spec.stages)}",
+                where=path,
+            )
+        datasets[slug] = spec
     return datasets
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from kernelgen.backends.base import Backend, DatasetStatus, KernelState
@@ -23,6 +24,14 @@ KERNEL_MAX_INTERVAL = 120.0
 DATASET_INITIAL = 5.0
 DATASET_MAX_INTERVAL = 30.0
 DEFAULT_FACTOR = 1.5
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The clock and sleep a command waits with: the real ones, or a test's fake."""
+
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
 
 
 def poll_until(

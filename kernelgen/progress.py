@@ -15,11 +15,13 @@ class StageRow:
     version: int | None
     elapsed: float
     note: str = ""
+    log: str = ""
 
     @property
     def last_line(self) -> str:
+        """The note's last line, else the latest line of a running kernel's log."""
         lines = [line for line in self.note.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
+        return lines[-1] if lines else self.log
 
 
 def format_elapsed(seconds: float) -> str:
@@ -38,15 +40,15 @@ class Reporter(Protocol):
 
 
 class PlainReporter:
-    """One line per change of a stage's status, for logs and pipes."""
+    """One line per change of a stage's status or of its latest log line, for logs and pipes."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
-        self._seen: dict[int, tuple[str, int | None]] = {}
+        self._seen: dict[int, tuple[str, int | None, str]] = {}
 
     def update(self, rows: list[StageRow]) -> None:
         for row in rows:
-            key = (row.status, row.version)
+            key = (row.status, row.version, row.last_line)
             if self._seen.get(row.stage) != key:
                 self._seen[row.stage] = key
                 version = f" v{row.version}" if row.version is not None else ""

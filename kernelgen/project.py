@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernelgen.accelerators import AcceleratorError, accelerator
 from kernelgen.config import Config, load_config, resolve_username
 from kernelgen.errors import ConfigError
 from kernelgen.params import ParamValue, assign_overrides, parse_overrides
@@ -13,6 +14,7 @@ from kernelgen.pipeline import METADATA_DIR, Pipeline, load_pipeline
 from kernelgen.render import RenderedKernel, render_stage, stage_params, write_kernels
 from kernelgen.resources import bundled_project
 from kernelgen.runner import run_module, run_notebook
+from kernelgen.session import Session
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,26 @@ class Project:
             self.pipeline.stage(number)
         return assign_overrides(parse_overrides(sets), stages, self.pipeline.stages)
 
+    def accelerators(self, choices: Iterable[str], stages: Sequence[int]) -> dict[int, str]:
+        """`--accelerator` values for `stages`: `NAME` puts every stage that runs on an
+        accelerator on NAME, `N=NAME` only stage N; each name is checked at once."""
+        chosen: dict[int, str] = {}
+        named: dict[int, str] = {}
+        for choice in choices:
+            target, sep, name = choice.rpartition("=")
+            shape = accelerator(name).name
+            if not sep:
+                accelerated = [n for n in stages if self.pipeline.stage(n).session.accelerator]
+                if not accelerated:
+                    which = f"stage {stages[0]} runs" if len(stages) == 1 else f"stages {', '.join(map(str, stages))} run"
+                    raise AcceleratorError(f"{which} on a CPU: --accelerator {shape} applies to none")
+                chosen.update(dict.fromkeys(accelerated, shape))
+                continue
+            number = self.pipeline.stage(target.strip().removeprefix("stage")).number
+            self.pipeline.stage(number).session.with_accelerator(shape, stage=number)
+            named[number] = shape
+        return {**chosen, **named}
+
     def params(
         self,
         number: int,
@@ -68,8 +90,14 @@ class Project:
         profile: str | None = None,
         sets: Iterable[str] = (),
         extra: Mapping[int, Iterable[ParamValue]] | None = None,
+        accelerators: Mapping[int, str] | None = None,
+        kernel_versions: Mapping[int, int] | None = None,
     ) -> list[RenderedKernel]:
-        """Render stages in memory; every problem is raised before anything is written."""
+        """Render stages in memory; every problem is raised before anything is written.
+
+        `accelerators` puts stages on other machine shapes than they declare;
+        `kernel_versions` names the output version each `via = "kernel"` input reads.
+        """
         user = resolve_username(username, self.config)
         routed = self.overrides(sets, stages)
         chosen = self.profile(profile)
@@ -82,9 +110,16 @@ class Project:
                     number, profile=chosen, texts=routed.get(number), extra=(extra or {}).get(number, ())
                 ),
                 profile=chosen,
+                session=self.session(number, (accelerators or {}).get(number)),
+                kernel_versions=kernel_versions,
             )
             for number in stages
         ]
+
+    def session(self, number: int, accelerator: str | None = None) -> Session:
+        """Stage `number`'s session settings, on `accelerator` when one is given."""
+        declared = self.pipeline.stage(number).session
+        return declared.with_accelerator(accelerator, stage=number) if accelerator else declared
 
     def write(self, kernels: Sequence[RenderedKernel], out: Path) -> list[Path]:
         return write_kernels(kernels, out)

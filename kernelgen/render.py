@@ -18,11 +18,13 @@ from pathlib import Path
 import nbformat
 
 from kernelgen import notebook as nb
+from kernelgen.accelerators import AcceleratorKind
 from kernelgen.config import BUILTIN_PROFILES, Config
 from kernelgen.errors import ConfigError, MetadataError, RenderError
 from kernelgen.modules import SourceModule, collect_modules
 from kernelgen.params import ParamValue, check_values, read_param_fields, resolve_params
-from kernelgen.pipeline import Pipeline, StageSpec
+from kernelgen.pipeline import Pipeline, StageSpec, Via
+from kernelgen.session import Session
 from kernelgen.templating import render_template
 from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
 
@@ -106,7 +108,30 @@ def _module_cells(module: SourceModule) -> list[nbformat.NotebookNode]:
     return cells
 
 
-def _cells(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], profile: str) -> list[nbformat.NotebookNode]:
+def kernel_inputs(
+    pipeline: Pipeline, spec: StageSpec, username: str, versions: Mapping[int, int] | None = None
+) -> dict[str, str]:
+    """The stage's `via = "kernel"` inputs: dataset slug -> the producing kernel's
+    `owner/slug/version` (`owner/slug`, its latest version, when no version is known)."""
+    found = {}
+    for slug in spec.dataset_sources:
+        dataset = pipeline.datasets[slug]
+        if dataset.via is not Via.KERNEL:
+            continue
+        producer = pipeline.stage(dataset.producer)
+        ref = f"{username}/{kernel_slug(producer.title)}"
+        version = (versions or {}).get(producer.number)
+        found[slug] = f"{ref}/{version}" if version is not None else ref
+    return found
+
+
+def _cells(
+    pipeline: Pipeline,
+    spec: StageSpec,
+    params: list[ParamValue],
+    profile: str,
+    aliases: Mapping[str, str],
+) -> list[nbformat.NotebookNode]:
     modules = collect_modules(spec.module, root=pipeline.root, packages=pipeline.packages, stage=spec.number)
     taken = set(modules.main.names) | {MODULES_VARIABLE}
     clashes = sorted(p.name for p in params if p.name in taken)
@@ -137,7 +162,9 @@ def _cells(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], profil
     for module in modules.modules:
         cells.extend(_module_cells(module))
     cells.extend(main_cells)
-    cells.append(nb.code_cell(render_template("run.py.j2", stage=spec.number, params=params)))
+    cells.append(
+        nb.code_cell(render_template("run.py.j2", stage=spec.number, params=params, aliases=sorted(aliases.items())))
+    )
     return cells
 
 
@@ -148,12 +175,22 @@ def render_stage(
     username: str,
     params: list[ParamValue],
     profile: str,
+    session: Session | None = None,
+    kernel_versions: Mapping[int, int] | None = None,
 ) -> RenderedKernel:
-    """Render one stage in memory and validate it as the Kaggle client would."""
+    """Render one stage in memory and validate it as the Kaggle client would.
+
+    `session` replaces the stage's declared session settings (another accelerator);
+    `kernel_versions` gives the output version of each stage whose kernel a
+    `via = "kernel"` input reads.
+    """
     spec = pipeline.stage(number)
     check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
+    session = session or spec.session
     code_file = f"{spec.name}.ipynb"
-    notebook = nb.assemble(_cells(pipeline, spec, params, profile), prefix=spec.name)
+    through_kernels = kernel_inputs(pipeline, spec, username, kernel_versions)
+    aliases = {slug: ref.split("/")[1] for slug, ref in through_kernels.items()}
+    notebook = nb.assemble(_cells(pipeline, spec, params, profile, aliases), prefix=spec.name)
     try:
         nbformat.validate(notebook)
     except nbformat.ValidationError as exc:
@@ -167,10 +204,16 @@ def render_stage(
         language=spec.language,
         kernel_type=spec.kernel_type,
         is_private=spec.is_private,
-        enable_gpu=spec.enable_gpu,
+        enable_gpu=session.kind is AcceleratorKind.GPU,
+        enable_tpu=session.kind is AcceleratorKind.TPU,
         enable_internet=spec.enable_internet,
-        dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources],
+        dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources if slug not in through_kernels],
         competition_sources=list(spec.competition_sources),
+        kernel_sources=list(through_kernels.values()),
+        machine_shape=session.accelerator,
+        session_timeout_seconds=session.timeout_seconds,
+        docker_image_pinning_type=session.pinning.value,
+        docker_image=session.docker_image,
     )
     try:
         meta = json.loads(meta_text)

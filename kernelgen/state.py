@@ -48,9 +48,15 @@ class StageRecord:
     sources: dict[str, str] = field(default_factory=dict)
     started: str = ""
     ended: str = ""
+    run_seconds: float | None = None
+    run_profile: str = ""
 
     def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str, at: str = "") -> None:
-        """A new version was pushed at `at`: forget the last run's status, message, outputs and end."""
+        """A new version was pushed at `at`: forget the last run's status, message, outputs
+        and end (its run time stays: the estimate of what the next run takes).
+
+        `started`/`ended` span push to the first poll that saw the end, queueing included;
+        `run_seconds` is the time from RUNNING to COMPLETE as polled, when it was seen."""
         self.key, self.kernel, self.version, self.url = key, kernel, version, url
         self.status, self.message, self.outputs = RunStatus.QUEUED, "", ""
         self.started, self.ended = at, ""

@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from kernelgen.backends.base import (
@@ -24,19 +24,22 @@ from kernelgen.backends.base import (
 )
 from kernelgen.datasets import build_dataset, files_digest, missing_files
 from kernelgen.errors import KernelgenError
+from kernelgen.livelog import LogFollower
 from kernelgen.params import ParamValue
-from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
+from kernelgen.pipeline import DatasetSpec, Via
+from kernelgen.polling import poll_until, wait_dataset_ready
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel, write_kernels
+from kernelgen.session import Session
 from kernelgen.state import ChainState, StageRecord, timestamp
 
 
 class Steps:
-    """One work folder on one backend, for one user, profile and set of overrides.
-
-    `now` gives the wall-clock time (seconds since the epoch) recorded when a run is
-    pushed and when it is first seen finished.
-    """
+    """One work folder on one backend, for one user, profile, set of overrides and
+    choice of accelerators (`accelerators`: stage -> machine shape). Waits use `clock`
+    and `sleep`, which also time each run this process sees from start to end; `now`
+    gives the wall-clock time (seconds since the epoch) recorded when a run is pushed
+    and when it is first seen finished."""
 
     def __init__(
         self,
@@ -46,6 +49,9 @@ class Steps:
         *,
         username: str,
         profile: str | None = None,
+        accelerators: Mapping[int, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], float] = time.time,
     ) -> None:
         self.project = project
@@ -55,8 +61,22 @@ class Steps:
         self.outputs = self.workdir / "outputs"
         self.username = username
         self.profile = profile
+        self.accelerators = dict(accelerators or {})
+        self.clock = clock
+        self.sleep = sleep
         self.now = now
         self.state = ChainState.open(self.workdir, backend.name)
+        self._seen: dict[int, RunStatus] = {}
+        self._run_start: dict[int, float] = {}
+        self._logs: dict[int, tuple[str, LogFollower]] = {}
+
+    @property
+    def profile_name(self) -> str:
+        return self.project.profile(self.profile)
+
+    def session(self, number: int) -> Session:
+        """How stage `number`'s kernel runs: its declared session, on the chosen accelerator."""
+        return self.project.session(number, self.accelerators.get(number))
 
     # -- rendering ---------------------------------------------------------------------
     def chained_params(self, number: int, *, required: bool) -> list[ParamValue]:
@@ -81,10 +101,35 @@ class Steps:
             found.append(ParamValue(name, value, f"from stage {ref.stage}{version}"))
         return found
 
+    def kernel_versions(self, number: int, *, required: bool) -> dict[int, int]:
+        """The collected run of each stage whose kernel output stage `number` reads
+        (`via = "kernel"`): stage -> version. A stage without a complete run is an
+        error when `required`, and read at its latest version otherwise."""
+        versions = {}
+        for slug in self.pipeline.stage(number).dataset_sources:
+            dataset = self.pipeline.datasets[slug]
+            if dataset.via is not Via.KERNEL:
+                continue
+            record = self.state.stages.get(dataset.producer)
+            if record is not None and record.version is not None and record.status is RunStatus.COMPLETE:
+                versions[dataset.producer] = record.version
+            elif required:
+                raise KernelgenError(
+                    f"stage {number} reads {slug} from stage {dataset.producer}'s kernel output, "
+                    f"which has no complete run in {self.workdir}"
+                )
+        return versions
+
     def render(self, number: int, sets: Iterable[str] = (), *, required: bool = True) -> RenderedKernel:
         extra = self.chained_params(number, required=required)
         return self.project.render(
-            [number], username=self.username, profile=self.profile, sets=sets, extra={number: extra}
+            [number],
+            username=self.username,
+            profile=self.profile,
+            sets=sets,
+            extra={number: extra},
+            accelerators=self.accelerators,
+            kernel_versions=self.kernel_versions(number, required=required),
         )[0]
 
     def key(self, kernel: RenderedKernel) -> str:
@@ -127,13 +172,46 @@ class Steps:
         record.params = {p.name: p.value for p in kernel.params}
         record.sources = {p.name: p.source for p in kernel.params}
         self.state.save()
+        self._seen[kernel.stage] = RunStatus.QUEUED
+        self._run_start.pop(kernel.stage, None)
         return pushed
 
     def poll(self, number: int) -> KernelState:
         record = self.pushed(number)
         live = self.backend.status(record.ref)
+        self._time_run(number, record, live.status)
         self._record_status(record, live)
+        if live.status.finished:
+            self._stop_following(number)
         return live
+
+    def log_lines(self, number: int) -> list[str]:
+        """Log lines the stage's run printed since the last call, while it is running."""
+        record = self.pushed(number)
+        if record.status is not RunStatus.RUNNING:
+            return []
+        current = self._logs.get(number)
+        if current is None or current[0] != record.ref:
+            self._stop_following(number)
+            ref = record.ref
+            current = self._logs[number] = (ref, LogFollower(lambda: self.backend.log_stream(ref)))
+        return current[1].take()
+
+    def _stop_following(self, number: int) -> None:
+        current = self._logs.pop(number, None)
+        if current is not None:
+            current[1].close()
+
+    def _time_run(self, number: int, record: StageRecord, status: RunStatus) -> None:
+        """Record a run's time from the first RUNNING to the first COMPLETE seen here; a run
+        first seen already running is not timed (its start was missed)."""
+        before = self._seen.get(number)
+        self._seen[number] = status
+        if status is RunStatus.RUNNING and before is RunStatus.QUEUED:
+            self._run_start[number] = self.clock()
+        elif status is RunStatus.COMPLETE and number in self._run_start:
+            record.run_seconds = self.clock() - self._run_start.pop(number)
+            record.run_profile = self.profile_name
 
     def _record_status(self, record: StageRecord, live: KernelState) -> None:
         if record.mark_status(live.status, live.message, at=timestamp(self.now())):
@@ -145,14 +223,18 @@ class Steps:
         *,
         timeout: float,
         on_poll: Callable[[KernelState, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> KernelState:
-        """Poll with backoff until the run ends; the final state is recorded."""
+        """Poll with backoff until the run ends; every state seen is recorded."""
         record = self.pushed(number)
-        final = wait_kernel_finished(self.backend, record.ref, timeout=timeout, on_poll=on_poll, clock=clock, sleep=sleep)
-        self._record_status(record, final)
-        return final
+        return poll_until(
+            lambda: self.poll(number),
+            lambda state: state.status.finished,
+            timeout=timeout,
+            clock=self.clock,
+            sleep=self.sleep,
+            on_poll=on_poll,
+            what=f"kernel {record.ref}",
+        )
 
     def collect(self, number: int, dest: Path | None = None) -> tuple[Path, KernelOutput]:
         """Download the run's files and log; into the work folder's outputs unless `dest`.
@@ -175,15 +257,21 @@ class Steps:
 
     # -- datasets ----------------------------------------------------------------------
     def dataset_ready(self, slug: str) -> bool:
-        """The dataset holds exactly the current outputs and the backend has it ready."""
+        """The dataset holds exactly the current outputs and the backend has it ready; one read
+        through a kernel must name the producer's collected run."""
         spec = self.pipeline.datasets[slug]
         if missing_files(spec, self.outputs):
             return False
         record = self.state.datasets.get(slug)
+        if spec.via is Via.KERNEL and (record is None or record.dataset != self._producer_ref(spec)):
+            return False
         return bool(record and record.status is DatasetStatus.READY and record.digest == files_digest(spec, self.outputs))
 
-    def publish(self, slug: str) -> PublishResult | None:
-        """Create or version dataset `slug` from the outputs; None when it already holds them."""
+    def _producer_ref(self, spec: DatasetSpec) -> str:
+        record = self.state.stages.get(spec.producer)
+        return record.ref if record is not None and record.kernel else ""
+
+    def _dataset_spec(self, slug: str) -> DatasetSpec:
         if slug not in self.pipeline.datasets:
             known = ", ".join(sorted(self.pipeline.datasets))
             raise KernelgenError(f"unknown dataset {slug!r}; known: {known}")
@@ -191,6 +279,31 @@ class Steps:
         absent = missing_files(spec, self.outputs)
         if absent:
             raise KernelgenError(f"dataset {slug}: missing stage outputs: {', '.join(map(str, absent))}")
+        return spec
+
+    def link(self, slug: str) -> str | None:
+        """Take `via = "kernel"` dataset `slug` to be the producing stage's collected run:
+        nothing is uploaded. Returns that run's `owner/slug/version`, None when unchanged."""
+        spec = self._dataset_spec(slug)
+        ref = self._producer_ref(spec)
+        if not ref:
+            raise KernelgenError(f"dataset {slug}: stage {spec.producer} has not been pushed from {self.workdir}")
+        digest = files_digest(spec, self.outputs)
+        record = self.state.dataset(slug)
+        if (record.digest, record.dataset, record.status) == (digest, ref, DatasetStatus.READY):
+            return None
+        record.digest, record.dataset, record.status = digest, ref, DatasetStatus.READY
+        self.state.save()
+        return ref
+
+    def publish(self, slug: str) -> PublishResult | None:
+        """Create or version dataset `slug` from the outputs; None when it already holds them."""
+        spec = self._dataset_spec(slug)
+        if spec.via is Via.KERNEL:
+            raise KernelgenError(
+                f"dataset {slug} is read from stage {spec.producer}'s kernel output (via = \"kernel\"): "
+                "there is nothing to publish"
+            )
         digest = files_digest(spec, self.outputs)
         record = self.state.dataset(slug)
         if record.digest == digest and record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING):
@@ -214,11 +327,9 @@ class Steps:
         slug: str,
         *,
         timeout: float,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> DatasetStatus:
         record = self.state.datasets[slug]
-        status = wait_dataset_ready(self.backend, record.dataset, timeout=timeout, clock=clock, sleep=sleep)
+        status = wait_dataset_ready(self.backend, record.dataset, timeout=timeout, clock=self.clock, sleep=self.sleep)
         record.status = status
         self.state.save()
         return status

@@ -12,7 +12,9 @@ from typing import Any
 
 from slugify import slugify
 
+from kernelgen.accelerators import AcceleratorError, accelerator
 from kernelgen.errors import MetadataError
+from kernelgen.session import SESSION_CAP_HOURS, DockerPinning
 
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")
@@ -69,6 +71,32 @@ def validate_kernel_metadata(meta: Mapping[str, Any], files: Mapping[str, bytes]
     for key in ("is_private", "enable_gpu", "enable_tpu", "enable_internet"):
         if not isinstance(meta.get(key), bool):
             raise MetadataError(f"{key} must be true or false", where=where)
+    _check_session(meta, where)
+
+
+def _check_session(meta: Mapping[str, Any], where: str) -> None:
+    """Machine shape, time limit and pinning: what the client passes on unchecked."""
+    shape = meta.get("machine_shape")
+    if shape is not None:
+        try:
+            known = accelerator(shape) if isinstance(shape, str) else None
+        except AcceleratorError as exc:
+            raise MetadataError(str(exc), where=where) from None
+        if known is None or known.name != shape:
+            raise MetadataError(f"machine_shape {shape!r} must be spelled as Kaggle names it", where=where)
+    timeout = meta.get("session_timeout_seconds")
+    if timeout is not None and (
+        type(timeout) is not int or not 0 < timeout <= SESSION_CAP_HOURS * 3600
+    ):
+        raise MetadataError(
+            f"session_timeout_seconds must be a whole number of seconds up to {SESSION_CAP_HOURS * 3600:.0f}",
+            where=where,
+        )
+    pinning = meta.get("docker_image_pinning_type")
+    if pinning is not None and pinning not in {p.value for p in DockerPinning}:
+        raise MetadataError(
+            f"docker_image_pinning_type must be one of {', '.join(p.value for p in DockerPinning)}", where=where
+        )
 
 
 def validate_dataset_metadata(meta: Mapping[str, Any], *, where: str) -> None:

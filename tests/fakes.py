@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernelgen.backends.base import (
     DatasetStatus,
+    GpuQuota,
     KernelOutput,
     KernelState,
     PublishResult,
@@ -92,6 +93,7 @@ class FakeBackend:
     dataset_delay: float = 0.0
     outputs: Callable[[int, dict], dict[str, bytes]] = default_outputs
     name: str = "fake"
+    gpu_quota: GpuQuota | None = None
 
     def __post_init__(self) -> None:
         self.runs: dict[str, list[_Run]] = {}
@@ -141,6 +143,14 @@ class FakeBackend:
         (dest / f"{kernel.split('/')[1]}.log").write_text(log)
         return KernelOutput(files, log)
 
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """`stage N step k` lines, one more for each tenth of its duration that has passed."""
+        run = self._latest(kernel)
+        duration = self.durations.get(run.stage, 0.0)
+        tenths = 10 if duration <= 0 else min(10, int(10 * (self.clock() - run.started) / duration))
+        for step in range(1, tenths + 1):
+            yield f"stage {run.stage} step {step}\n"
+
     def publish(self, folder: Path) -> PublishResult:
         meta = json.loads((folder / "dataset-metadata.json").read_text())
         files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != "dataset-metadata.json"}
@@ -158,6 +168,9 @@ class FakeBackend:
     def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
         self.submissions.append((competition, kernel, version, file_name))
         return f"submitted {kernel} version {version}"
+
+    def quota(self) -> GpuQuota | None:
+        return self.gpu_quota
 
 
 def quick_executor(failing: set[int]):

@@ -18,6 +18,11 @@ What it speaks (JSON bodies, camelCase field names as the client sends them):
   ``createUrl``; ``datasets.DatasetApiService``: ``CreateDataset``,
   ``CreateDatasetVersion``, ``GetDatasetStatus``, ``GetDataset``.
 - ``competitions.CompetitionApiService/CreateCodeSubmission``.
+- ``GET /api/v1/kernels/logs/stream/<owner>/<slug>?versionLabel=vN``: a running
+  version's log as server-sent events (see ``KernelScript.running_log``), the
+  saved log as a JSON list once it has finished.
+- ``kernels.KernelsApiService/GetAcceleratorQuotaStatistics``: the figures in
+  ``gpu_quota`` (durations as ``"<seconds>s"``, the refresh time in UTC).
 - ``security.OAuthService/IntrospectToken`` (for ``KAGGLE_API_TOKEN``).
 
 Errors are sent the way the client expects them: an HTTP status with a JSON body
@@ -29,7 +34,9 @@ inside the status call that observes the end. A poll loop on a fake clock thus
 sees exactly the scripted number of QUEUED/RUNNING answers however long the real
 execution takes. :func:`fake_executor` is the default; real notebook execution
 plugs in the same way, resolving ``dataset_sources`` with
-``pushed.dataset_dir("owner/slug")``.
+``pushed.dataset_dir("owner/slug")`` and ``kernel_sources`` with
+``pushed.kernel_dir("owner/slug/version")``; a push naming a kernel version that
+has not finished gets it back in ``invalidKernelSources``.
 """
 
 from __future__ import annotations
@@ -47,15 +54,19 @@ import traceback
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from kernelgen.backends.base import RunStatus
+
+SESSION_CAP_SECONDS = 12 * 3600
+LOG_STREAM = "/api/v1/kernels/logs/stream/"
 
 # -- the executor seam -------------------------------------------------------------------
 
@@ -78,6 +89,10 @@ class PushedKernel:
     kernel_sources: tuple[str, ...]
     scratch_dir: Path
     resolve_dataset: Callable[[str], Path] = field(repr=False, compare=False)
+    machine_shape: str | None = None
+    session_timeout_seconds: int | None = None
+    docker_image_pinning_type: str | None = None
+    resolve_kernel: Callable[[str], Path] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
@@ -90,6 +105,11 @@ class PushedKernel:
     def dataset_dir(self, source: str) -> Path:
         """The folder holding the files of dataset ``owner/slug`` (latest version)."""
         return self.resolve_dataset(source)
+
+    def kernel_dir(self, source: str) -> Path:
+        """The output folder of kernel source ``owner/slug/version`` (latest without one)."""
+        assert self.resolve_kernel is not None
+        return self.resolve_kernel(source)
 
 
 @dataclass(frozen=True)
@@ -114,6 +134,9 @@ def fake_executor(pushed: PushedKernel) -> ExecutedKernel:
     for source in pushed.dataset_sources:
         folder = pushed.dataset_dir(source)
         lines.extend(f"{source}/{p.name}" for p in sorted(folder.iterdir()))
+    for source in pushed.kernel_sources:
+        folder = pushed.kernel_dir(source)
+        lines.extend(f"{source}/{p.name}" for p in sorted(folder.iterdir()))
     (out / "result.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     log = "".join(f"{line}\n" for line in ["starting", *lines, "done"])
     return ExecutedKernel(status=RunStatus.COMPLETE, output_dir=out, log=log)
@@ -131,6 +154,11 @@ class KernelScript:
     also keeps it RUNNING until that much time passed on the stand-in's clock
     since the push. ``stuck`` never leaves RUNNING; ``cancel`` ends in
     CANCEL_ACKNOWLEDGED without running.
+
+    ``running_log`` is what the kernel prints while it runs: each RUNNING answer
+    makes one more line of it readable on the live log stream, and the saved log
+    starts with all of it. The first live stream connection that has more than
+    ``cut_stream_after`` events to send is cut after sending that many, mid-response.
     """
 
     queued_polls: int = 0
@@ -138,6 +166,8 @@ class KernelScript:
     run_seconds: float = 0.0
     stuck: bool = False
     cancel: bool = False
+    running_log: tuple[str, ...] = ()
+    cut_stream_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -182,6 +212,16 @@ class Fault:
 
 
 @dataclass(frozen=True)
+class QuotaFigures:
+    """The week's GPU quota the stand-in reports, in hours."""
+
+    used: float = 0.0
+    reserved: float = 0.0
+    allowed: float = 30.0
+    refreshes: datetime = datetime(2030, 1, 7, 0, 0)
+
+
+@dataclass(frozen=True)
 class RequestRecord:
     """One request the server saw; ``status`` is None when the connection was dropped."""
 
@@ -207,7 +247,15 @@ class KernelVersion:
     failure_message: str = ""
     log: str = ""
     output_dir: Path | None = None
+    running_answers: int = 0
+    streams: int = 0
+    stream_cut: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def printed(self) -> list[str]:
+        """Lines the run has printed so far: one more of the script's per RUNNING answer."""
+        lines = self.script.running_log
+        return list(lines) if self.finished else list(lines[: self.running_answers])
 
     def output_files(self) -> list[str]:
         if self.output_dir is None or not self.output_dir.is_dir():
@@ -273,11 +321,14 @@ class _Fail(Exception):
 
 @dataclass
 class _Reply:
+    """An answer; a `declared_length` above the body's is a response cut short."""
+
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: Mapping[str, str] = field(default_factory=dict)
     drop: bool = False
+    declared_length: int | None = None
 
 
 def _json_reply(payload: Mapping[str, Any], status: int = 200) -> _Reply:
@@ -313,6 +364,7 @@ class KaggleStandIn:
         output_page_size: int = 20,
         kernel_script: KernelScript | None = None,
         dataset_script: DatasetScript | None = None,
+        gpu_quota: QuotaFigures | None = None,
     ) -> None:
         self.root = Path(root)
         self.executor = executor
@@ -322,6 +374,7 @@ class KaggleStandIn:
         self.output_page_size = output_page_size
         self.default_kernel_script = kernel_script or KernelScript()
         self.default_dataset_script = dataset_script or DatasetScript()
+        self.gpu_quota = gpu_quota or QuotaFigures()
         self.kernels: dict[str, KernelRecord] = {}
         self.datasets: dict[str, DatasetRecord] = {}
         self.submissions: list[Submission] = []
@@ -483,6 +536,15 @@ class KaggleStandIn:
             return self._with_faults(
                 "Download", verb, None, None, lambda: self._download(path.rsplit("/", 1)[1])
             )
+        if path.startswith(LOG_STREAM) and verb == "GET":
+            owner, _, slug = path[len(LOG_STREAM) :].partition("/")
+            label = parse_qs(urlsplit(target).query).get("versionLabel", [""])[0]
+            user = self._authenticate(headers)
+            query = {"userName": owner, "kernelSlug": slug, "versionLabel": label}
+            if user is None:
+                self._record("LogStream", verb, 401, None, query)
+                return _error_reply(401, "Unauthenticated")
+            return self._with_faults("LogStream", verb, user, query, lambda: self._log_stream(query))
         self._record("unknown", verb, 404, None, path)
         return _error_reply(404, f"no route for {verb} {path}")
 
@@ -576,6 +638,11 @@ class KaggleStandIn:
             "script",
         ):
             raise _Fail(400, "invalid language or kernel type")
+        timeout = body.get("sessionTimeoutSeconds")
+        if timeout is not None and not 0 < int(timeout) <= SESSION_CAP_SECONDS:
+            raise _Fail(400, f"sessionTimeoutSeconds must be at most {SESSION_CAP_SECONDS}")
+        if body.get("dockerImagePinningType") not in (None, "original", "latest"):
+            raise _Fail(400, "invalid docker image pinning type")
         with self._lock:
             record = self.kernels.get(ref)
             if record is None:
@@ -588,6 +655,8 @@ class KaggleStandIn:
             scratch.mkdir(parents=True, exist_ok=True)
             dataset_sources = tuple(body.get("datasetDataSources") or ())
             invalid = [s for s in dataset_sources if s not in self.datasets]
+            kernel_sources = tuple(body.get("kernelDataSources") or ())
+            invalid_kernels = [s for s in kernel_sources if self._finished_output(s) is None]
             pushed = PushedKernel(
                 owner=owner,
                 slug=slug,
@@ -600,9 +669,13 @@ class KaggleStandIn:
                 enable_internet=bool(body.get("enableInternet")),
                 dataset_sources=dataset_sources,
                 competition_sources=tuple(body.get("competitionDataSources") or ()),
-                kernel_sources=tuple(body.get("kernelDataSources") or ()),
+                kernel_sources=kernel_sources,
                 scratch_dir=scratch,
                 resolve_dataset=self.dataset_dir,
+                resolve_kernel=self.kernel_output_dir,
+                machine_shape=body.get("machineShape"),
+                session_timeout_seconds=None if timeout is None else int(timeout),
+                docker_image_pinning_type=body.get("dockerImagePinningType"),
             )
             script = self._kernel_scripts.get(ref, self.default_kernel_script)
             record.versions.append(KernelVersion(number, pushed, script, self.clock()))
@@ -612,6 +685,7 @@ class KaggleStandIn:
             "versionNumber": number,
             "kernelId": record.kernel_id,
             "invalidDatasetSources": invalid,
+            "invalidKernelSources": invalid_kernels,
         }
 
     def _kernel_version(self, body: dict[str, Any]) -> KernelVersion:
@@ -628,6 +702,25 @@ class KaggleStandIn:
                 if str(version.number) == number:
                     return version
         raise _Fail(404, f"Kernel {ref} has no version {label}")
+
+    def _finished_output(self, source: str) -> Path | None:
+        """The output folder of a finished version named ``owner/slug[/version]``, else None."""
+        owner, slug, *version = source.split("/")
+        with self._lock:
+            record = self.kernels.get(f"{owner}/{slug}")
+            versions = list(record.versions) if record else []
+        if version:
+            versions = [v for v in versions if str(v.number) == version[0]]
+        if not versions or not versions[-1].finished:
+            return None
+        return versions[-1].output_dir
+
+    def kernel_output_dir(self, source: str) -> Path:
+        """What a kernel reading ``owner/slug[/version]`` through kernel_sources sees."""
+        folder = self._finished_output(source)
+        if folder is None:
+            raise KeyError(f"no finished run of {source} on the stand-in")
+        return folder
 
     def _rpc_GetKernel(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
         version = self._kernel_version(body)
@@ -683,6 +776,7 @@ class KaggleStandIn:
             )
             if still_running:
                 version.wire_status = "RUNNING"
+                version.running_answers += 1
                 return
             if script.cancel:
                 version.wire_status = "CANCEL_ACKNOWLEDGED"
@@ -708,13 +802,42 @@ class KaggleStandIn:
         else:
             output.mkdir(parents=True)
         version.output_dir = output
-        version.log = result.log
+        version.log = "".join(f"{line}\n" for line in version.script.running_log) + result.log
         version.failure_message = result.failure_message
         version.wire_status = {
             RunStatus.COMPLETE: "COMPLETE",
             RunStatus.CANCELLED: "CANCEL_ACKNOWLEDGED",
         }.get(result.status, "ERROR")
         version.finished = True
+
+    def _log_stream(self, query: dict[str, Any]) -> _Reply:
+        """A running version's log as server-sent events: every line printed so far, then
+        the response ends as an idle cut does (so a test never waits on a held stream;
+        the next connection replays from the start). A finished version answers its
+        saved log as a JSON list, as Kaggle does."""
+        version = self._kernel_version(query)
+        if version.finished:
+            return _Reply(status=200, body=_kaggle_log(version.log).encode())
+        cut = version.script.cut_stream_after
+        with version.lock:
+            version.streams += 1
+            lines = version.printed()
+            cutting = cut is not None and not version.stream_cut and cut < len(lines)
+            version.stream_cut = version.stream_cut or cutting
+        events = [
+            "data: " + json.dumps({"stream_name": "stdout", "time": round(0.1 * i, 1), "data": f"{line}\n"}) + "\n\n"
+            for i, line in enumerate(lines)
+        ]
+        body = "".join(events).encode()
+        if cutting:
+            assert cut is not None
+            return _Reply(
+                status=200,
+                body="".join(events[:cut]).encode(),
+                content_type="text/event-stream",
+                declared_length=len(body),
+            )
+        return _Reply(status=200, body=body, content_type="text/event-stream")
 
     def _rpc_ListKernelSessionOutput(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
         version = self._kernel_version(body)
@@ -898,6 +1021,22 @@ class KaggleStandIn:
             self.submissions.append(submission)
         return {"message": "Your submission was successfully saved", "ref": submission.ref}
 
+    def _rpc_GetAcceleratorQuotaStatistics(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        figures = self.gpu_quota
+
+        def seconds(hours: float) -> str:
+            return f"{round(hours * 3600)}s"
+
+        return {
+            "quotaRefreshTime": figures.refreshes.isoformat(timespec="milliseconds") + "Z",
+            "gpuQuota": {
+                "timeUsed": seconds(figures.used),
+                "timeReserved": seconds(figures.reserved),
+                "totalTimeAllowed": seconds(figures.allowed),
+                "minimumTimeAllowed": seconds(figures.allowed),
+            },
+        }
+
     def _rpc_IntrospectToken(self, user: str | None, body: dict[str, Any]) -> dict[str, Any]:
         username = self.tokens.get(str(body.get("token") or ""))
         return {"active": True, "username": username} if username else {}
@@ -944,11 +1083,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(reply.declared_length or len(reply.body)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(reply.body)
+        if reply.declared_length is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
 
     def do_POST(self) -> None:
         self._serve("POST")

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from kernelgen.backends.base import GpuQuota
 from kernelgen.chain import Chain, PollPolicy
-from kernelgen.errors import KernelFailedError
+from kernelgen.errors import KernelFailedError, KernelgenError
+from kernelgen.pipeline import Via
+from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
+from kernelgen.quota import QuotaError
+from kernelgen.steps import Steps
 from tests.fakes import FakeBackend, FakeClock
 
 HOURS = 3600.0
@@ -165,3 +172,119 @@ def test_a_chain_run_keeps_the_state_it_started_from(tmp_path: Path) -> None:
     make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"]).run([1, 2, 3, 4, 5])
     assert (tmp_path / "state.previous.json").read_text() == first
     assert (tmp_path / "state.json").read_text() != first
+
+
+def test_a_stuck_stage_is_given_up_after_its_session_limit_and_an_hour_of_queueing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, stuck={4})
+    with pytest.raises(KernelFailedError, match="still running after 45000 s") as caught:
+        make_chain(backend, clock, tmp_path, policy=PollPolicy(initial=10, maximum=600)).run([4])
+    assert caught.value.stage == 4
+    assert 45000 < clock.now <= 45000 + 600
+
+
+class Lines:
+    """A reporter keeping the chain's messages."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def update(self, rows) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    def message(self, text: str) -> None:
+        self.lines.append(text)
+
+    def close(self) -> None:
+        return None
+
+
+def test_run_times_are_recorded_and_become_the_next_estimate(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    stages = json.loads((tmp_path / "state.json").read_text())["stages"]
+    for number in (1, 2, 4):
+        assert abs(stages[str(number)]["run_seconds"] - SEED_DURATIONS[number]) <= 70
+        assert stages[str(number)]["run_profile"] == "full"
+
+    backend.gpu_quota = GpuQuota(used=0, reserved=0, allowed=30)
+    reporter = Lines()
+    make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"], reporter=reporter).run([1, 2, 3, 4, 5])
+    assert reporter.lines[0] == "GPU quota: 0.00 h used, 0.00 h reserved, 30.00 h allowed, 30.00 h left"
+    hours = stages["4"]["run_seconds"] / 3600
+    assert reporter.lines[1] == f"GPU hours this run needs: about {hours:.2f} h (stage 4: {hours:.2f} h (last run))"
+
+
+def test_not_enough_quota_refuses_before_any_push_unless_ignored(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS, gpu_quota=GpuQuota(used=28, reserved=0, allowed=30))
+    reporter = Lines()
+    with pytest.raises(QuotaError, match=r"need about 7\.75 h but 2\.00 h of this week's GPU quota are left"):
+        make_chain(backend, clock, tmp_path, reporter=reporter).run([1, 2, 3, 4, 5])
+    assert backend.pushes == []
+    assert reporter.lines == [
+        "GPU quota: 28.00 h used, 0.00 h reserved, 30.00 h allowed, 2.00 h left",
+        "GPU hours this run needs: about 7.75 h (stage 1: 3.50 h (declared); stage 2: 0.25 h (declared); "
+        "stage 4: 4.00 h (declared))",
+    ]
+    result = make_chain(backend, clock, tmp_path, reporter=reporter, ignore_quota=True).run([1, 2, 3, 4, 5])
+    assert result.stages == dict.fromkeys(range(1, 6), "complete")
+    assert "more than the 2.00 h left; going ahead as --ignore-quota asks" in reporter.lines
+
+
+def test_only_gpu_stages_that_will_run_are_counted(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    backend.gpu_quota = GpuQuota(used=30, reserved=0, allowed=30)
+    assert make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5]).stages == dict.fromkeys(range(1, 6), "unchanged")
+    reporter = Lines()
+    result = make_chain(backend, clock, tmp_path, reporter=reporter, sets=["stage5.threshold=0.5"]).run([1, 2, 3, 4, 5])
+    assert result.stages[5] == "complete"  # a CPU stage needs no GPU quota
+    assert not any(line.startswith("GPU") for line in reporter.lines)
+
+
+def test_plain_output_shows_each_running_stages_latest_log_line_once_per_poll_at_most(tmp_path: Path) -> None:
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS)
+    out = io.StringIO()
+    make_chain(backend, clock, tmp_path, reporter=PlainReporter(out)).run([1, 4])
+    lines = out.getvalue().splitlines()
+    stage4 = [line for line in lines if line.startswith("stage 4 v1: running")]
+    assert stage4[0] == "stage 4 v1: running [0:10]"  # nothing printed yet
+    steps = [int(line.rsplit(" - stage 4 step ", 1)[1]) for line in stage4[1:]]
+    assert steps == list(range(1, 10))  # the last step is printed as the run completes, not while it runs
+    assert len(stage4) <= backend.status_calls[4]
+    assert any(line.startswith("stage 4 v1: complete [") and " - " not in line for line in lines)
+
+
+def test_datasets_read_through_kernels_skip_the_upload_and_the_processing_wait(tmp_path: Path) -> None:
+    bundled = Project.load()
+    datasets = dict(bundled.pipeline.datasets)
+    for slug in ("stage1", "stage4"):
+        datasets[slug] = replace(datasets[slug], via=Via.KERNEL)
+    wired = replace(bundled, pipeline=replace(bundled.pipeline, datasets=datasets))
+
+    def makespan(project: Project, folder: Path) -> tuple[float, FakeBackend]:
+        clock = FakeClock()
+        backend = FakeBackend(clock, durations=SEED_DURATIONS, dataset_delay=600.0)
+        chain = Chain(
+            project, backend, folder, username="alice", clock=clock, sleep=clock.sleep,
+            policy=PollPolicy(initial=10, maximum=60),
+        )
+        assert chain.run([1, 2, 3, 4, 5]).stages == dict.fromkeys(range(1, 6), "complete")
+        return clock.now, backend
+
+    early = Steps(wired, FakeBackend(FakeClock()), tmp_path / "early", username="alice")
+    with pytest.raises(KernelgenError, match="reads stage1 from stage 1's kernel output, which has no complete run"):
+        early.render(2)
+    through_datasets, _ = makespan(bundled, tmp_path / "datasets")
+    through_kernels, backend = makespan(wired, tmp_path / "kernels")
+    assert [ref for _, ref, _ in backend.published] == ["alice/stage2"]
+    assert through_kernels <= through_datasets - 600
+    stage5 = backend.runs["alice/severstal-stage5-submission"][-1]
+    assert "'stage4': 'severstal-stage4-segmentation'" in stage5.notebook
+    steps = Steps(wired, backend, tmp_path / "kernels", username="alice")
+    with pytest.raises(KernelgenError, match='read from stage 1\'s kernel output \\(via = "kernel"\\)'):
+        steps.publish("stage1")

@@ -76,6 +76,19 @@ def test_execute_notebook_outputs_log_and_files(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_each_cells_output_reaches_the_live_log_as_soon_as_it_has_run(tmp_path: Path) -> None:
+    live = tmp_path / "live.log"
+    source = notebook_bytes(
+        "print('first cell')",
+        f"print('while the second runs:', open({str(live)!r}).read().strip())",
+    )
+    result = execute_notebook(source, tmp_path / "kaggle", timeout=60, live_log=live)
+    assert result.ok, result.error
+    assert "while the second runs: first cell\n" in result.log
+    assert live.read_text() == "first cell\nwhile the second runs: first cell\n"
+
+
+@pytest.mark.slow
 def test_execute_notebook_guard_and_error_cell(tmp_path: Path) -> None:
     root = tmp_path / "kaggle"
     source = notebook_bytes(

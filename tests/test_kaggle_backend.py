@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from kernelgen.backends.base import DatasetStatus, RunStatus
 from kernelgen.backends.kaggle import KaggleBackend, log_text
@@ -153,6 +154,29 @@ def test_push_status_output_through_the_official_client(
     assert standin.count("ListKernelSessionOutput") == 5
     assert standin.count("Download") == 7
     assert fake_time.sleeps == []
+
+
+def test_the_live_log_streams_while_running_and_replays_from_the_start(
+    standin: KaggleStandIn, backend: KaggleBackend, tmp_path: Path
+) -> None:
+    script = KernelScript(running_polls=3, running_log=("epoch 1", f"key {KEY}", "epoch 3"), cut_stream_after=1)
+    standin.script_kernel(KERNEL, script)
+    backend.push(make_kernel(tmp_path / "kernel"))
+    backend.push(make_kernel(tmp_path / "kernel"))
+    first = f"{KERNEL}/1"
+    assert backend.status(first).status is RunStatus.RUNNING
+    assert list(backend.log_stream(first)) == ["epoch 1\n"]
+    assert backend.status(first).status is RunStatus.RUNNING
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        list(backend.log_stream(first))  # the connection is cut mid-response
+    assert list(backend.log_stream(first)) == ["epoch 1\n", "key ***\n"]  # replayed from the start, redacted
+    assert list(backend.log_stream(f"{KERNEL}/2")) == []  # the other version has printed nothing yet
+    while not backend.status(first).status.finished:
+        pass
+    saved = list(backend.log_stream(first))  # the saved log after the run, as a JSON list
+    assert saved == ["epoch 1\n", "key ***\n", "epoch 3\n", "epoch 1\n", "epoch 2\n", "finished\n"]
+    labels = [call.body["versionLabel"] for call in standin.calls("LogStream")]
+    assert labels == ["v1", "v1", "v1", "v2", "v1"]
 
 
 def test_versions_count_up_and_can_be_addressed(

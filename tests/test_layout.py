@@ -126,3 +126,46 @@ def test_kaggle_layout_honours_the_environment(
 
 def test_environment_names() -> None:
     assert (ROOT_ENV, WORKING_ENV) == ("KERNELGEN_ROOT", "KERNELGEN_WORKING")
+
+
+KERNEL_SLUG = "severstal-stage1-classifier"
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        f"input/notebooks/someone/{KERNEL_SLUG}",
+        f"input/{KERNEL_SLUG}",
+        "input/datasets/someone/stage1",
+        "input/stage1",
+    ],
+)
+@pytest.mark.parametrize("asked", ["stage1", KERNEL_SLUG])
+def test_a_kernel_output_is_found_by_the_dataset_slug_or_the_kernel_slug(
+    tmp_path: Path, mount: str, asked: str
+) -> None:
+    (tmp_path / mount).mkdir(parents=True)
+    layout = Layout(tmp_path, aliases={"stage1": KERNEL_SLUG})
+    assert layout.input(asked) == tmp_path / mount
+
+
+def test_the_name_asked_for_comes_first_and_the_error_names_both(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, aliases={"stage1": KERNEL_SLUG})
+    assert layout.names("stage1") == ["stage1", KERNEL_SLUG]
+    assert layout.names(KERNEL_SLUG) == [KERNEL_SLUG, "stage1"]
+    assert layout.names("stage2") == ["stage2"]
+    (tmp_path / "input/stage1").mkdir(parents=True)
+    (tmp_path / f"input/notebooks/someone/{KERNEL_SLUG}").mkdir(parents=True)
+    assert layout.input("stage1") == tmp_path / "input/stage1"
+    assert layout.input(KERNEL_SLUG) == tmp_path / f"input/notebooks/someone/{KERNEL_SLUG}"
+    with pytest.raises(InputError) as info:
+        Layout(tmp_path / "empty", aliases={"stage4": "severstal-stage4-segmentation"}).input("stage4")
+    message = str(info.value)
+    assert "input/notebooks/<owner>/stage4" in message
+    assert "input/notebooks/<owner>/severstal-stage4-segmentation" in message
+
+
+def test_kaggle_layout_takes_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    assert Layout.kaggle(aliases={"stage1": KERNEL_SLUG}).aliases == {"stage1": KERNEL_SLUG}
+    assert Layout.kaggle().aliases == {}

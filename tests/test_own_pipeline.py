@@ -195,3 +195,23 @@ def test_a_bad_parameter_fails_at_render_and_writes_nothing(tiny: Path, monkeypa
     assert result.exit_code == 1
     assert result.output.strip() == "kernelgen: error: stage 1: scale must be at least 1, got 0"
     assert not (tiny / "build").exists()
+
+
+@pytest.mark.slow
+def test_a_local_chain_reads_a_dataset_from_the_producing_kernels_output(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    datasets = tiny / "kernel-metadata" / "datasets.toml"
+    datasets.write_text(datasets.read_text() + 'via = "kernel"\n')
+    monkeypatch.chdir(tiny)
+    result = CliRunner().invoke(main, ["chain", "--local", "--workdir", "work"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "dataset tiny-stats: read from kernel local/tiny-pipe-measure/1 (nothing uploaded)" in result.output
+    submission = tiny / "work" / "outputs" / "stage2" / "submission.csv"
+    assert submission.read_text().splitlines()[:2] == ["id,prediction", "r1,-5.0"]
+    meta = json.loads((tiny / "work" / "kernels" / "stage2" / "kernel-metadata.json").read_text())
+    assert (meta["dataset_sources"], meta["kernel_sources"]) == ([], ["local/tiny-pipe-measure/1"])
+    store = tiny / "work" / "local-store"
+    assert not (store / "datasets").exists()
+    mount = store / "kernels/local/tiny-pipe-submit/1/root/input/notebooks/local/tiny-pipe-measure"
+    assert (mount / "stats.json").is_file()

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from kernelgen.accelerators import AcceleratorKind
 from kernelgen.errors import MetadataError, UnknownStageError
-from kernelgen.pipeline import DatasetFile, Pipeline, load_pipeline
+from kernelgen.pipeline import DatasetFile, Pipeline, Via, load_pipeline
+from kernelgen.session import DockerPinning, Session
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +309,96 @@ def test_stage_reading_its_own_output_refused(tmp_path: Path) -> None:
     result = _load_in_subprocess(folder)
     assert result.returncode == 3, result.stderr
     assert str(folder) in result.stdout
+
+
+# --- session settings ---------------------------------------------------------------------
+
+
+def test_bundled_sessions(bundled: Pipeline) -> None:
+    shapes = {n: s.session.accelerator for n, s in bundled.stages.items()}
+    assert shapes == {1: "NvidiaTeslaT4", 2: "NvidiaTeslaT4", 3: None, 4: "NvidiaTeslaT4", 5: None}
+    for spec in bundled.stages.values():
+        assert spec.session.pinning is DockerPinning.ORIGINAL
+        assert 0 < spec.session.timeout_seconds <= 12 * 3600
+
+
+def test_session_keys_are_read(tmp_path: Path) -> None:
+    extra = (
+        'accelerator = "nvidiah100"\ngpu_hours = 2\nsession_timeout_hours = 6\n'
+        'docker_pinning = "latest"\ndocker_image = "gcr.io/kaggle-gpu-images/python@sha256:abc"\n'
+    )
+    spec = load_pipeline(write_metadata(tmp_path, {1: stage_toml(1, extra)}).parent).stage(1)
+    assert spec.session == Session(
+        accelerator="NvidiaH100",
+        timeout_hours=6.0,
+        pinning=DockerPinning.LATEST,
+        docker_image="gcr.io/kaggle-gpu-images/python@sha256:abc",
+    )
+    assert spec.enable_gpu is True and spec.gpu_hours == 2.0
+
+
+def test_a_gpu_stage_without_a_name_gets_the_default_and_a_tpu_is_no_gpu(tmp_path: Path) -> None:
+    folder = write_metadata(
+        tmp_path, {1: stage_toml(1, "enable_gpu = true\n"), 2: stage_toml(2, 'accelerator = "TpuV5E8"\n')}
+    )
+    pipeline = load_pipeline(folder.parent)
+    assert pipeline.stage(1).session.accelerator == "NvidiaTeslaT4"
+    assert pipeline.stage(2).session.kind is AcceleratorKind.TPU
+    assert pipeline.stage(2).enable_gpu is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ('accelerator = "NvidiaTeslaP100"\n', "retired: Kaggle runs such sessions on NvidiaTeslaT4"),
+        ('accelerator = "TpuV38"\n', "on TpuV5E8 instead"),
+        ('accelerator = "K80"\n', "unknown accelerator 'K80'"),
+        ('accelerator = "NvidiaL4"\nenable_gpu = false\n', "is a GPU but enable_gpu is false"),
+        ('accelerator = "TpuV6E8"\nenable_gpu = true\n', "is a TPU but enable_gpu is true"),
+        ("gpu_hours = 1\n", "gpu_hours is an estimate for GPU stages"),
+        ("enable_gpu = true\ngpu_hours = 0\n", "gpu_hours must be more than 0"),
+        ("enable_gpu = true\ngpu_hours = 12\nsession_timeout_hours = 4\n", "at most session_timeout_hours (4)"),
+        ("session_timeout_hours = 13\n", "at most the 12 h session cap"),
+        ("session_timeout_hours = 0\n", "session_timeout_hours must be more than 0"),
+        ('session_timeout_hours = "2h"\n', "'session_timeout_hours' must be a number"),
+        ('docker_pinning = "newest"\n', "docker_pinning must be 'original' or 'latest'"),
+        ('docker_image = " "\n', "docker_image must name an image"),
+    ],
+)
+def test_session_settings_refused(tmp_path: Path, extra: str, needle: str) -> None:
+    folder = write_metadata(tmp_path, {1: stage_toml(1, extra)})
+    error = refused(folder)
+    assert error.where == folder / "stage1.toml"
+    assert needle in str(error)
+
+
+# --- datasets read through a kernel's output ----------------------------------------------
+
+
+def test_a_dataset_may_be_read_through_its_producing_kernel(tmp_path: Path) -> None:
+    folder = write_metadata(
+        tmp_path,
+        {1: stage_toml(1), 2: stage_toml(2, 'dataset_sources = ["done"]\n')},
+        '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "kernel"\n',
+    )
+    pipeline = load_pipeline(folder.parent)
+    assert pipeline.datasets["done"].via is Via.KERNEL
+    assert pipeline.datasets["done"].producer == 1
+    assert pipeline.dependencies[2] == (1,)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ('[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\n', "via must be 'dataset' or 'kernel'"),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv", "stage2/b.csv"]\nvia = "kernel"\n',
+            "must come from one stage, not stages [1, 2]",
+        ),
+    ],
+)
+def test_kernel_wiring_refused(tmp_path: Path, body: str, needle: str) -> None:
+    folder = write_metadata(tmp_path, {1: stage_toml(1), 2: stage_toml(2)}, body)
+    error = refused(folder)
+    assert error.where == folder / "datasets.toml"
+    assert needle in str(error)

@@ -6,8 +6,10 @@ others use a quick executor that leaves well-formed outputs, with faults injecte
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,10 @@ from kernelgen.backends.kaggle import KaggleBackend
 from kernelgen.chain import Chain, PollPolicy
 from kernelgen.errors import KernelFailedError
 from kernelgen.execute import execute_notebook
+from kernelgen.pipeline import Via
+from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
+from kernelgen.quota import QuotaError
 from stages.lib.submission import read_submission
 from stages.synth import generate
 from tests.fakes import FakeClock, quick_executor
@@ -28,6 +33,7 @@ from tests.kaggle_standin import (
     KaggleStandIn,
     KernelScript,
     PushedKernel,
+    QuotaFigures,
     use_standin,
 )
 
@@ -47,6 +53,10 @@ def notebook_executor(competition: Path):
             (inputs / slug).symlink_to(competition, target_is_directory=True)
         for ref in pushed.dataset_sources:
             (inputs / ref.split("/")[1]).symlink_to(pushed.dataset_dir(ref), target_is_directory=True)
+        for ref in pushed.kernel_sources:
+            owner, slug = ref.split("/")[:2]
+            (inputs / "notebooks" / owner).mkdir(parents=True, exist_ok=True)
+            (inputs / "notebooks" / owner / slug).symlink_to(pushed.kernel_dir(ref), target_is_directory=True)
         result = execute_notebook(pushed.text.encode(), root, working=root / "working")
         status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
         return ExecutedKernel(status, root / "working", result.log, result.error)
@@ -76,7 +86,16 @@ def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) ->
 def chain(clock: FakeClock, workdir: Path, **options) -> Chain:
     backend = KaggleBackend(sleep=clock.sleep, clock=clock, rng=lambda: 0.5)
     policy = options.pop("policy", PollPolicy(initial=10, maximum=60, stage_timeout=3600))
-    return Chain(Project.load(), backend, workdir, username=USER, clock=clock, sleep=clock.sleep, policy=policy, **options)
+    project = options.pop("project", None) or Project.load()
+    return Chain(project, backend, workdir, username=USER, clock=clock, sleep=clock.sleep, policy=policy, **options)
+
+
+def read_through_kernels(project: Project, *slugs: str) -> Project:
+    """The project with these datasets read from their producing kernels' outputs."""
+    datasets = dict(project.pipeline.datasets)
+    for slug in slugs:
+        datasets[slug] = replace(datasets[slug], via=Via.KERNEL)
+    return replace(project, pipeline=replace(project.pipeline, datasets=datasets))
 
 
 def pushes(server: KaggleStandIn, stage: int) -> int:
@@ -173,3 +192,65 @@ def test_the_planted_key_never_leaves_the_client(
     for path in work.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_chain_the_gpu_quota_cannot_cover_is_refused_before_any_push(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock
+) -> None:
+    kaggle.gpu_quota = QuotaFigures(used=26.0, reserved=2.0, allowed=30.0)
+    work = tmp_path / "work"
+    with pytest.raises(QuotaError) as caught:
+        chain(clock, work, profile="full").run(STAGES)
+    assert "need about 7.75 h but 2.00 h of this week's GPU quota are left" in str(caught.value)
+    assert kaggle.count("GetAcceleratorQuotaStatistics") == 1
+    assert kaggle.count("SaveKernel") == 0
+
+    result = chain(clock, work, profile="full", ignore_quota=True).run(STAGES)
+    assert result.stages == dict.fromkeys(STAGES, "complete")
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
+
+
+def test_the_chain_shows_running_kernels_log_lines_through_the_stream(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock
+) -> None:
+    epochs = tuple(f"epoch {i}/4" for i in range(1, 5))
+    kaggle.script_kernel(
+        f"{USER}/severstal-stage4-segmentation", KernelScript(running_polls=4, running_log=epochs, cut_stream_after=1)
+    )
+    out = io.StringIO()
+    result = chain(clock, tmp_path / "work", reporter=PlainReporter(out)).run([4])
+    assert result.stages == {4: "complete"}
+    running = [line for line in out.getvalue().splitlines() if line.startswith("stage 4 v1: running")]
+    assert [line.split(" - ", 1)[1] for line in running] == ["epoch 1/4", "epoch 3/4", "epoch 4/4"]
+    assert kaggle.count("LogStream") == 4
+    log = (tmp_path / "work/outputs/stage4/severstal-stage4-segmentation.log").read_text()
+    assert log.startswith("".join(f"{line}\n" for line in epochs))
+
+
+def test_a_dataset_read_through_its_kernel_is_not_uploaded(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
+    project = read_through_kernels(Project.load(), "stage1")
+    stage1 = f"{USER}/severstal-stage1-classifier/1"
+    seen: dict[str, dict[str, list[str]]] = {}
+    quick = quick_executor(set())
+
+    def executor(pushed: PushedKernel) -> ExecutedKernel:
+        seen[pushed.slug] = {ref: sorted(p.name for p in pushed.kernel_dir(ref).iterdir()) for ref in pushed.kernel_sources}
+        return quick(pushed)
+
+    kaggle.executor = executor
+    work = tmp_path / "work"
+    result = chain(clock, work, project=project).run(STAGES)
+    assert result.stages == dict.fromkeys(STAGES, "complete")
+    assert sorted(kaggle.datasets) == [f"{USER}/stage2", f"{USER}/stage4"]
+    assert "model.h5" not in [call.body["name"] for call in kaggle.calls("StartBlobUpload")]
+    meta = json.loads((work / "kernels/stage2/kernel-metadata.json").read_text())
+    assert (meta["dataset_sources"], meta["kernel_sources"]) == ([], [stage1])
+    saved = next(c.body for c in kaggle.calls("SaveKernel") if c.body["slug"].endswith("stage2-scoring"))
+    assert saved["kernelDataSources"] == [stage1]
+    assert seen["severstal-stage2-scoring"] == {stage1: ["model.h5", "test_missing_count.csv"]}
+    state = json.loads((work / "state.json").read_text())["datasets"]["stage1"]
+    assert (state["dataset"], state["status"]) == (stage1, "ready")
+
+    again = chain(clock, work, project=project).run(STAGES)
+    assert again.stages == dict.fromkeys(STAGES, "unchanged")
+    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]

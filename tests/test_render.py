@@ -11,6 +11,7 @@ import ast
 import json
 import re
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -18,8 +19,8 @@ import pytest
 from slugify import slugify
 
 from kernelgen.config import Config
-from kernelgen.errors import MetadataError, RenderError
-from kernelgen.pipeline import load_pipeline
+from kernelgen.errors import KernelgenError, MetadataError, RenderError
+from kernelgen.pipeline import Via, load_pipeline
 from kernelgen.project import Project
 from kernelgen.render import METADATA_FILE, RenderedKernel, write_kernels
 from kernelgen.templating import comment, pyliteral
@@ -225,6 +226,48 @@ def test_kernel_metadata(stage: int) -> None:
     expected_sources = {1: [], 2: ["stage1"], 3: ["stage2"], 4: [], 5: ["stage4", "stage2"]}[stage]
     assert meta["dataset_sources"] == [f"{USER}/{s}" for s in expected_sources]
     assert meta["kernel_sources"] == []
+    assert meta.get("machine_shape") == ("NvidiaTeslaT4" if stage in (1, 2, 4) else None)
+    assert meta["session_timeout_seconds"] == 41400
+    assert meta["docker_image_pinning_type"] == "original"
+    assert "docker_image" not in meta
+
+
+def test_another_accelerator_changes_the_metadata_and_the_digest() -> None:
+    bundled = project()
+    (t4,) = bundled.render([4], username=USER)
+    (h100,) = bundled.render([4], username=USER, accelerators=bundled.accelerators(["4=NvidiaH100"], [4]))
+    assert json.loads(h100.files[METADATA_FILE])["machine_shape"] == "NvidiaH100"
+    assert h100.digest != t4.digest
+    (tpu,) = bundled.render([4], username=USER, accelerators={4: "TpuV5E8"})
+    meta = json.loads(tpu.files[METADATA_FILE])
+    assert (meta["enable_gpu"], meta["enable_tpu"], meta["machine_shape"]) == (False, True, "TpuV5E8")
+
+
+@pytest.mark.parametrize(
+    ("choices", "stages", "expected"),
+    [
+        (["NvidiaL4"], [1, 2, 3, 4, 5], {1: "NvidiaL4", 2: "NvidiaL4", 4: "NvidiaL4"}),
+        (["NvidiaL4", "4=nvidiah100"], [1, 2, 3, 4, 5], {1: "NvidiaL4", 2: "NvidiaL4", 4: "NvidiaH100"}),
+        (["stage2=TpuV6E8"], [2], {2: "TpuV6E8"}),
+        ([], [1, 4], {}),
+    ],
+)
+def test_accelerator_choices(choices: list[str], stages: list[int], expected: dict[int, str]) -> None:
+    assert project().accelerators(choices, stages) == expected
+
+
+@pytest.mark.parametrize(
+    ("choices", "stages", "needle"),
+    [
+        (["4=NvidiaTeslaP100"], [4], "NvidiaTeslaP100 is retired"),
+        (["NvidiaL4"], [3, 5], "stages 3, 5 run on a CPU"),
+        (["5=NvidiaL4"], [1, 5], "stage 5 runs on a CPU"),
+        (["9=NvidiaL4"], [1], "unknown stage '9'"),
+    ],
+)
+def test_accelerator_choices_refused(choices: list[str], stages: list[int], needle: str) -> None:
+    with pytest.raises(KernelgenError, match=needle):
+        project().accelerators(choices, stages)
 
 
 @pytest.mark.parametrize("stage", [3, 5])
@@ -493,3 +536,26 @@ def test_write_failure_creates_no_out_folder(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         write_kernels([kernel(5, {"sub/x.txt": b"x"})], out)
     assert not out.exists()
+
+
+def kernel_wired(*slugs: str) -> Project:
+    bundled = project()
+    datasets = dict(bundled.pipeline.datasets)
+    for slug in slugs:
+        datasets[slug] = replace(datasets[slug], via=Via.KERNEL)
+    return replace(bundled, pipeline=replace(bundled.pipeline, datasets=datasets))
+
+
+def test_a_dataset_read_through_its_kernel_becomes_a_kernel_source_and_an_alias() -> None:
+    wired = kernel_wired("stage4")
+    (stage5,) = wired.render([5], username=USER, kernel_versions={4: 3})
+    meta = json.loads(stage5.files[METADATA_FILE])
+    assert meta["dataset_sources"] == [f"{USER}/stage2"]
+    assert meta["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation/3"]
+    run_cell = code_cells(notebook_of(stage5))[-1]
+    assert "Layout.kaggle(\n        aliases={\n            'stage4': 'severstal-stage4-segmentation',\n" in run_cell
+    (latest,) = wired.render([5], username=USER)
+    assert json.loads(latest.files[METADATA_FILE])["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation"]
+    assert latest.digest != stage5.digest
+    (plain,) = project().render([5], username=USER)
+    assert code_cells(notebook_of(plain))[-1].endswith("    Layout.kaggle(),\n)")

@@ -66,8 +66,11 @@ def test_the_chain_records_when_each_run_started_and_ended(tmp_path: Path) -> No
         # the end is the poll that saw the run finish: at most one polling interval late
         assert duration <= facts[number].seconds <= duration + POLICY.maximum
     assert state.stages[1].started == state.stages[4].started == timestamp(0.0)
-    # stages 1, 2 and 4 declare enable_gpu; 3 and 5 do not and cost no GPU time
-    assert facts[1].gpu_hours == pytest.approx(facts[1].seconds / 3600)
+    # stages 1, 2 and 4 run on a GPU: their GPU time is the polled run time, queueing left
+    # out; 3 and 5 do not and cost no GPU time
+    assert state.stages[1].run_seconds is not None
+    assert state.stages[1].run_seconds <= facts[1].seconds
+    assert facts[1].gpu_hours == pytest.approx(state.stages[1].run_seconds / 3600)
     assert facts[3].gpu_hours == facts[5].gpu_hours == 0.0
     assert state.stages[5].sources["threshold"] == "from stage 3, version 1"
     assert state.stages[4].sources["epochs"] == "default"

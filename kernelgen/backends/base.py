@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +62,22 @@ class PublishResult:
     url: str = ""
 
 
+@dataclass(frozen=True)
+class GpuQuota:
+    """The week's GPU time in hours: used, held by running sessions, allowed; and when
+    the week starts over."""
+
+    used: float
+    reserved: float
+    allowed: float
+    refreshes: datetime | None = None
+
+    @property
+    def left(self) -> float:
+        """What new sessions may still use: allowed less used and reserved."""
+        return max(0.0, self.allowed - self.used - self.reserved)
+
+
 class Backend(Protocol):
     """Push kernels, follow them, collect their outputs, publish datasets, submit."""
 
@@ -77,6 +95,11 @@ class Backend(Protocol):
         """Download every output file of the latest run into `dest`, and its log."""
         ...
 
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """The run's log from its start, in chunks as it is written; it ends when the run
+        does or the connection is cut, and a new call starts from the beginning again."""
+        ...
+
     def publish(self, folder: Path) -> PublishResult:
         """Create the dataset in `folder` (dataset-metadata.json + files) or add a version."""
         ...
@@ -87,4 +110,8 @@ class Backend(Protocol):
 
     def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
         """Submit a code-competition kernel version; returns the backend's message."""
+        ...
+
+    def quota(self) -> GpuQuota | None:
+        """The weekly GPU quota, or None where runs draw on none."""
         ...

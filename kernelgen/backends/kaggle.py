@@ -27,13 +27,14 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from kernelgen.backends.base import (
     DatasetStatus,
+    GpuQuota,
     KernelOutput,
     KernelState,
     PublishResult,
@@ -212,17 +213,23 @@ class KaggleBackend:
     # -- kernels ------------------------------------------------------------------------
 
     def push(self, folder: Path) -> PushResult:
-        """Push the kernel in ``folder``; Kaggle starts a new version running."""
+        """Push the kernel in ``folder``; Kaggle starts a new version running.
+
+        The client reads the machine shape and image pinning from kernel-metadata.json
+        but the session time limit only from its ``timeout`` argument, so
+        ``session_timeout_seconds`` in the metadata is handed over that way.
+        """
         folder = Path(folder)
         meta = _read_metadata(folder / KERNEL_METADATA)
         ref = _ref(meta, folder / KERNEL_METADATA)
         owner, slug = ref.split("/")
+        timeout = meta.get("session_timeout_seconds")
         api = self._client()
         what = f"push {ref}"
         before = self._kernel_version(owner, slug)
 
         def push_once() -> PushResult:
-            response = api.kernels_push(str(folder))
+            response = api.kernels_push(str(folder), timeout=str(timeout) if timeout else None)
             return self._push_result(what, ref, response)
 
         def landed() -> PushResult | None:
@@ -319,6 +326,15 @@ class KaggleBackend:
         log = self._redact(log_text(raw_log or ""))
         (dest / f"{slug}.log").write_text(log, encoding="utf-8")
         return KernelOutput(files=files, log=log)
+
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """The live log of ``owner/slug/N`` (server-sent events while it runs, the saved
+        log after); not retried: whoever follows it reconnects."""
+        api = self._client()
+        for event in api.kernels_logs_stream(kernel):
+            data = event.get("data") if isinstance(event, dict) else None
+            if isinstance(data, str):
+                yield self._redact(data)
 
     # -- datasets -----------------------------------------------------------------------
 
@@ -427,7 +443,31 @@ class KaggleBackend:
         return self._redact(response.message or f"submitted {owner_slug} version {version}")
 
 
+    # -- quota --------------------------------------------------------------------------
+
+    def quota(self) -> GpuQuota | None:
+        """The week's GPU quota as Kaggle reports it, or None when it reports none."""
+        api = self._client()
+        response = self._call("GPU quota", api.quota_view)
+        gpu = response.gpu_quota
+        if gpu is None:
+            return None
+        refreshes = response.quota_refresh_time
+        if refreshes is not None and refreshes.tzinfo is None:  # the SDK drops the zone of a UTC time
+            refreshes = refreshes.replace(tzinfo=timezone.utc)
+        return GpuQuota(
+            used=_hours(gpu.time_used),
+            reserved=_hours(gpu.time_reserved),
+            allowed=_hours(gpu.total_time_allowed),
+            refreshes=refreshes,
+        )
+
+
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _hours(duration: timedelta | None) -> float:
+    return duration.total_seconds() / 3600 if duration is not None else 0.0
 
 
 def log_text(raw: str) -> str:

@@ -2,6 +2,7 @@
 
 Layout of the store folder:
     kernels/<owner>/<slug>/<version>/   the pushed kernel, its run root and status.json
+                                        (a kernel_sources entry mounts a run's root/working)
     datasets/<owner>/<slug>/<version>/  published files
     submissions.jsonl                   one line per submission
 Runs execute in background threads (each in its own Python kernel), so the chain
@@ -14,11 +15,13 @@ import json
 import os
 import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from kernelgen.backends.base import (
     DatasetStatus,
+    GpuQuota,
     KernelOutput,
     KernelState,
     PublishResult,
@@ -29,6 +32,7 @@ from kernelgen.errors import BackendError
 from kernelgen.execute import execute_notebook
 
 STATUS_FILE = "status.json"
+LIVE_LOG = "live.log"
 
 
 def _read_json(path: Path) -> dict:
@@ -115,6 +119,14 @@ class LocalBackend:
         for ref in meta.get("dataset_sources", []):
             folder = _pick_version(self._dataset_dir(ref), ref, "dataset")
             (inputs / ref.split("/")[1]).symlink_to(folder, target_is_directory=True)
+        for ref in meta.get("kernel_sources", []):  # another run's outputs, where Kaggle mounts them
+            owner, slug = ref.split("/")[:2]
+            working = self._run_dir(ref) / "root" / "working"
+            if not working.is_dir():
+                raise BackendError(f"kernel {ref} has no outputs in the local store")
+            mount = inputs / "notebooks" / owner / slug
+            mount.parent.mkdir(parents=True, exist_ok=True)
+            mount.symlink_to(working, target_is_directory=True)
 
     def push(self, folder: Path) -> PushResult:
         meta = _read_json(folder / "kernel-metadata.json")
@@ -136,7 +148,12 @@ class LocalBackend:
         _write_json(run_dir / STATUS_FILE, {"status": RunStatus.RUNNING.value, "message": ""})
         try:
             result = execute_notebook(
-                notebook, root, working=root / "working", timeout=self.timeout, packages=self.packages
+                notebook,
+                root,
+                working=root / "working",
+                timeout=self.timeout,
+                packages=self.packages,
+                live_log=run_dir / LIVE_LOG,
             )
         except Exception as exc:
             (run_dir / "log.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
@@ -171,6 +188,16 @@ class LocalBackend:
         (dest / f"{kernel.split('/')[1]}.log").write_text(log, encoding="utf-8")
         return KernelOutput(files=files, log=log)
 
+    def log_stream(self, kernel: str) -> Iterator[str]:
+        """The lines of the cells run so far (the whole log once the run has ended)."""
+        run_dir = self._run_dir(kernel)
+        finished = RunStatus(_read_json(run_dir / STATUS_FILE)["status"]).finished
+        source = run_dir / ("log.txt" if finished else LIVE_LOG)
+        text = source.read_text(encoding="utf-8") if source.is_file() else ""
+        for line in text.splitlines(keepends=True):
+            if finished or line.endswith("\n"):
+                yield line
+
     def publish(self, folder: Path) -> PublishResult:
         meta = _read_json(folder / "dataset-metadata.json")
         dataset = meta["id"]
@@ -191,3 +218,7 @@ class LocalBackend:
         with (self.store / "submissions.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         return f"recorded a local submission of {kernel} version {version} ({file_name})"
+
+    def quota(self) -> GpuQuota | None:
+        """Runs here draw on no quota."""
+        return None

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import RunStatus
 from kernelgen.chain import Phase
 from kernelgen.datasets import missing_files
@@ -37,17 +38,13 @@ class ParamRow:
 
 
 def declared_accelerator(spec: StageSpec) -> str:
-    """The accelerator the stage's metadata names, or "" when it names none."""
-    value = getattr(spec, "accelerator", None)
-    return str(value) if value else ""
+    """The machine shape the stage runs on, or "" for a CPU stage."""
+    return spec.session.accelerator or ""
 
 
 def uses_gpu(spec: StageSpec) -> bool:
-    """Whether the stage's runs count against the GPU quota: a declared GPU shape, else `enable_gpu`."""
-    declared = declared_accelerator(spec).lower()
-    if declared:
-        return not declared.startswith("tpu") and declared not in ("none", "cpu")
-    return spec.enable_gpu
+    """Whether the stage's runs count against the GPU quota."""
+    return spec.session.kind is AcceleratorKind.GPU
 
 
 @dataclass(frozen=True)
@@ -68,6 +65,7 @@ class StageFacts:
     params: tuple[ParamRow, ...] = ()
     log_tail: str = ""
     missing: tuple[str, ...] = ()
+    run_seconds: float | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -77,9 +75,15 @@ class StageFacts:
 
     @property
     def gpu_hours(self) -> float | None:
+        """The polled run time (RUNNING to COMPLETE) where it was seen, else push to end.
+
+        A polled time longer than the push-to-end span belongs to an earlier run.
+        """
         seconds = self.seconds
         if seconds is None:
             return None
+        if self.run_seconds is not None and self.run_seconds <= seconds:
+            seconds = self.run_seconds
         return seconds / 3600 if self.gpu else 0.0
 
     @property
@@ -199,6 +203,7 @@ def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
             params=params,
             log_tail=_log_tail(folder, record.kernel) if record and phase.failed else "",
             missing=tuple(_missing(number, phase, record, folder, needs)),
+            run_seconds=record.run_seconds if record and record.ended else None,
         )
     for slug, dataset in pipeline.datasets.items():
         if all(stages[n].phase.done for n in dataset.stages):

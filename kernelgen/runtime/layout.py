@@ -3,11 +3,14 @@
 # Kaggle mounts inputs under `/kaggle/input` in several shapes; resolve a slug
 # by trying each known one. Locally the root is any folder of the same shape,
 # named by the `KERNELGEN_ROOT` environment variable (and `KERNELGEN_WORKING`
-# may put the outputs elsewhere).
+# may put the outputs elsewhere). An input read from another kernel's output is
+# mounted under that kernel's slug; `aliases` lets a stage ask for it by the
+# dataset slug all the same.
 
 # %%
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernelgen.runtime.errors import InputError
@@ -23,14 +26,20 @@ class Layout:
 
     root: Path
     working_dir: Path | None = None
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def kaggle(cls) -> "Layout":
-        """The layout of a running kernel: `/kaggle`, or `$KERNELGEN_ROOT` when set."""
+    def kaggle(cls, aliases: Mapping[str, str] | None = None) -> "Layout":
+        """The layout of a running kernel: `/kaggle`, or `$KERNELGEN_ROOT` when set.
+
+        `aliases` maps a dataset slug to the slug of the kernel whose output the
+        kernel reads in its place.
+        """
         working = os.environ.get(WORKING_ENV)
         return cls(
             Path(os.environ.get(ROOT_ENV) or KAGGLE_ROOT),
             working_dir=Path(working) if working else None,
+            aliases=dict(aliases or {}),
         )
 
     @property
@@ -39,16 +48,24 @@ class Layout:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def names(self, slug: str) -> list[str]:
+        """`slug` and the other name of the same input, if it has one."""
+        others = [kernel for name, kernel in self.aliases.items() if name == slug]
+        others += [name for name, kernel in self.aliases.items() if kernel == slug]
+        return [slug, *(name for name in others if name != slug)]
+
     def candidates(self, slug: str) -> list[Path]:
         """Every place a source named `slug` may be mounted, most specific first."""
         base = self.root / "input"
-        found = [base / slug, base / "competitions" / slug]
-        for kind in ("datasets", "notebooks"):
-            kind_dir = base / kind
-            if kind_dir.is_dir():
-                found.extend(sorted(kind_dir.glob(f"*/{slug}")))
-            else:
-                found.append(kind_dir / "<owner>" / slug)
+        found = []
+        for name in self.names(slug):
+            found += [base / name, base / "competitions" / name]
+            for kind in ("datasets", "notebooks"):
+                kind_dir = base / kind
+                if kind_dir.is_dir():
+                    found.extend(sorted(kind_dir.glob(f"*/{name}")))
+                else:
+                    found.append(kind_dir / "<owner>" / name)
         return found
 
     def input(self, slug: str) -> Path:
