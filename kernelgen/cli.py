@@ -59,6 +59,12 @@ def with_project(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 profile_option = click.option("--profile", help="Parameter profile: full (seed values), smoke (tiny), or one of yours.")
+jupyter_kernel_option = click.option(
+    "--jupyter-kernel",
+    metavar="NAME",
+    help="Jupyter kernel (kernelspec name) that runs the notebooks here, e.g. one made from an "
+    "environment pinned to Kaggle's image (default: python3, this interpreter).",
+)
 set_option = click.option(
     "--set",
     "sets",
@@ -114,6 +120,7 @@ def render(
 )
 @click.option("--notebook", is_flag=True, help="Run the rendered notebook in a fresh interpreter instead of the module.")
 @click.option("--timeout", type=int, default=None, help="With --notebook: seconds a cell may run.")
+@jupyter_kernel_option
 @profile_option
 @set_option
 @with_project
@@ -122,12 +129,22 @@ def run(
     root: Path,
     notebook: bool,
     timeout: int | None,
+    jupyter_kernel: str | None,
     profile: str | None,
     sets: tuple[str, ...],
     project: Project,
 ) -> None:
     """Run one stage here against a Kaggle-shaped folder."""
-    working = project.run(stage, root, profile=profile, sets=sets, notebook=notebook, timeout=timeout)
+    kernel = _jupyter_kernel(jupyter_kernel, allowed=notebook, needs="--notebook")
+    working = project.run(
+        stage,
+        root,
+        profile=profile,
+        sets=sets,
+        notebook=notebook,
+        timeout=timeout,
+        jupyter_kernel=kernel,
+    )
     click.echo(f"stage {stage}: outputs in {working}")
 
 
@@ -193,6 +210,18 @@ local_option = click.option(
     "--local", is_flag=True, help="Use the local backend (runs here, no Kaggle account) instead of Kaggle."
 )
 user_option = click.option("--user", help="Kaggle username (default: config, KAGGLE_USERNAME, kaggle.json).")
+
+
+def _jupyter_kernel(name: str | None, *, allowed: bool, needs: str) -> str:
+    """The kernelspec to run notebooks in, checked to exist before anything runs."""
+    from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, check_jupyter_kernel
+
+    if name is None:
+        return DEFAULT_JUPYTER_KERNEL
+    if not allowed:
+        raise click.UsageError(f"--jupyter-kernel needs {needs}")
+    check_jupyter_kernel(name)
+    return name
 
 
 def _username(project: Project, user: str | None, local: bool) -> str:
@@ -349,6 +378,7 @@ def publish(
 @click.option("--to", "last", type=int, help="Last stage to run.")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
 @click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
+@jupyter_kernel_option
 @user_option
 @profile_option
 @set_option
@@ -360,6 +390,7 @@ def chain(
     last: int | None,
     jobs: int,
     submit: bool,
+    jupyter_kernel: str | None,
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
@@ -375,9 +406,10 @@ def chain(
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
     hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
     selected = [n for n in numbers if lo <= n <= hi]
+    kernel = _jupyter_kernel(jupyter_kernel, allowed=local, needs="--local")
     profile = ops.run_profile(project, profile, local=local)
     username = _username(project, user, local)
-    backend = ops.open_backend(project, workdir, local=local, jobs=jobs)
+    backend = ops.open_backend(project, workdir, local=local, jobs=jobs, jupyter_kernel=kernel)
     reporter = make_reporter()
     try:
         result = Chain(
