@@ -55,6 +55,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def say(text: str) -> None:
 
 
 def run_command(command: list[str], **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    say("$ " + " ".join(command))
+    say("$ " + shlex.join(command))
     return subprocess.run(command, check=False, **kwargs)
 
 
@@ -254,7 +255,7 @@ def run_chain(work: Path, deadline: float) -> list[StageResult]:
     """All stages through `kernelgen chain --local`; results from its plain progress lines
     (`stage N vV: STATUS [M:SS] - last message line`; the time runs from the push)."""
     command = kernelgen("chain", "--local", "--workdir", str(work), "--jupyter-kernel", KERNEL_NAME)
-    say("$ " + " ".join(command))
+    say("$ " + shlex.join(command))
     last: dict[int, tuple[str, float, str]] = {}
     errors: list[str] = []
     with subprocess.Popen(
