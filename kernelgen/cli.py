@@ -60,6 +60,12 @@ def with_project(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 profile_option = click.option("--profile", help="Parameter profile: full (seed values), smoke (tiny), or one of yours.")
+jupyter_kernel_option = click.option(
+    "--jupyter-kernel",
+    metavar="NAME",
+    help="Jupyter kernel (kernelspec name) that runs the notebooks here, e.g. one made from an "
+    "environment pinned to Kaggle's image (default: python3, this interpreter).",
+)
 set_option = click.option(
     "--set",
     "sets",
@@ -115,6 +121,7 @@ def render(
 )
 @click.option("--notebook", is_flag=True, help="Run the rendered notebook in a fresh interpreter instead of the module.")
 @click.option("--timeout", type=int, default=None, help="With --notebook: seconds a cell may run.")
+@jupyter_kernel_option
 @profile_option
 @set_option
 @with_project
@@ -123,12 +130,22 @@ def run(
     root: Path,
     notebook: bool,
     timeout: int | None,
+    jupyter_kernel: str | None,
     profile: str | None,
     sets: tuple[str, ...],
     project: Project,
 ) -> None:
     """Run one stage here against a Kaggle-shaped folder."""
-    working = project.run(stage, root, profile=profile, sets=sets, notebook=notebook, timeout=timeout)
+    kernel = _jupyter_kernel(jupyter_kernel, allowed=notebook, needs="--notebook")
+    working = project.run(
+        stage,
+        root,
+        profile=profile,
+        sets=sets,
+        notebook=notebook,
+        timeout=timeout,
+        jupyter_kernel=kernel,
+    )
     click.echo(f"stage {stage}: outputs in {working}")
 
 
@@ -194,6 +211,18 @@ local_option = click.option(
     "--local", is_flag=True, help="Use the local backend (runs here, no Kaggle account) instead of Kaggle."
 )
 user_option = click.option("--user", help="Kaggle username (default: config, KAGGLE_USERNAME, kaggle.json).")
+
+
+def _jupyter_kernel(name: str | None, *, allowed: bool, needs: str) -> str:
+    """The kernelspec to run notebooks in, checked to exist before anything runs."""
+    from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, check_jupyter_kernel
+
+    if name is None:
+        return DEFAULT_JUPYTER_KERNEL
+    if not allowed:
+        raise click.UsageError(f"--jupyter-kernel needs {needs}")
+    check_jupyter_kernel(name)
+    return name
 
 
 def _username(project: Project, user: str | None, local: bool) -> str:
@@ -419,6 +448,7 @@ def report(out: Path | None, workdir: Path, project: Project) -> None:
     is_flag=True,
     help="Push GPU stages even when their estimated hours exceed the week's GPU quota left.",
 )
+@jupyter_kernel_option
 @user_option
 @profile_option
 @set_option
@@ -432,6 +462,7 @@ def chain(
     submit: bool,
     accelerators: tuple[str, ...],
     ignore_quota: bool,
+    jupyter_kernel: str | None,
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
@@ -455,10 +486,11 @@ def chain(
     hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
     selected = [n for n in numbers if lo <= n <= hi]
     machines = project.accelerators(accelerators, selected)
+    kernel = _jupyter_kernel(jupyter_kernel, allowed=local, needs="--local")
     profile = ops.run_profile(project, profile, local=local)
     username = _username(project, user, local)
     timing = _timing()
-    backend = ops.open_backend(project, workdir, local=local, jobs=jobs, timing=timing)
+    backend = ops.open_backend(project, workdir, local=local, jobs=jobs, timing=timing, jupyter_kernel=kernel)
     reporter = make_reporter()
     failed: KernelFailedError | None = None
     try:

@@ -17,6 +17,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
+from kernelgen.errors import ConfigError
+
 _GUARD = """
 import sys
 from importlib.machinery import PathFinder
@@ -43,6 +45,21 @@ for _name in [m for m in sys.modules if m.split(".")[0] in GUARDED]:
     del sys.modules[_name]
 """
 TOOL_PACKAGES = ("kernelgen",)
+DEFAULT_JUPYTER_KERNEL = "python3"
+"""The kernel of the interpreter kernelgen runs in (or the `python3` kernelspec Jupyter finds)."""
+
+
+def check_jupyter_kernel(name: str) -> None:
+    """Refuse, in one line, a Jupyter kernel name no kernelspec on the Jupyter path defines."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise ConfigError(
+            f"no Jupyter kernel named {name!r} (`jupyter kernelspec list` shows those installed; "
+            "JUPYTER_PATH adds folders to look in)"
+        ) from None
 
 
 def guard_cell(packages: Sequence[str]) -> str:
@@ -94,14 +111,16 @@ def execute_notebook(
     *,
     working: Path | None = None,
     timeout: int | None = None,
-    kernel_name: str = "python3",
+    kernel_name: str = DEFAULT_JUPYTER_KERNEL,
     packages: Sequence[str] = (),
     live_log: Path | None = None,
 ) -> ExecutionResult:
     """Execute a notebook with `root` as its `/kaggle`; outputs land in `working` (default root/working).
 
-    `packages` names the project's packages, guarded like kernelgen itself. Each
-    cell's output is appended to `live_log` as soon as the cell has run.
+    `kernel_name` is the Jupyter kernelspec that runs it (another interpreter, e.g. one
+    pinned to Kaggle's image, has its own); `packages` names the project's packages,
+    guarded like kernelgen itself. Each cell's output is appended to `live_log` as soon
+    as the cell has run.
     """
     root = root.resolve()
     working = working.resolve() if working is not None else None

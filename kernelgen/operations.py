@@ -12,6 +12,7 @@ from pathlib import Path
 
 from kernelgen.backends.base import Backend, PushResult
 from kernelgen.errors import BackendError
+from kernelgen.execute import DEFAULT_JUPYTER_KERNEL
 from kernelgen.polling import Timing
 from kernelgen.project import Project
 from kernelgen.steps import Steps
@@ -20,15 +21,26 @@ DEFAULT_WORKDIR = Path("kernelgen-work")
 
 
 def open_backend(
-    project: Project, workdir: Path, *, local: bool, jobs: int = 2, timing: Timing | None = None
+    project: Project,
+    workdir: Path,
+    *,
+    local: bool,
+    jobs: int = 2,
+    timing: Timing | None = None,
+    jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
 ) -> Backend:
+    """The Kaggle backend, or with `local` one that runs the notebooks here in `jupyter_kernel`."""
     if local:
         from kernelgen.backends.local import LocalBackend
         from kernelgen.localdata import local_competition_data
 
         data = local_competition_data(project.pipeline, project.config.data, workdir)
         return LocalBackend(
-            workdir / "local-store", data, workers=jobs, packages=project.pipeline.packages
+            workdir / "local-store",
+            data,
+            workers=jobs,
+            packages=project.pipeline.packages,
+            jupyter_kernel=jupyter_kernel,
         )
     from kernelgen.backends.kaggle import KaggleBackend
 

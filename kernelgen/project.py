@@ -9,6 +9,7 @@ from pathlib import Path
 from kernelgen.accelerators import AcceleratorError, accelerator
 from kernelgen.config import Config, load_config, resolve_username
 from kernelgen.errors import ConfigError
+from kernelgen.execute import DEFAULT_JUPYTER_KERNEL
 from kernelgen.params import ParamValue, assign_overrides, parse_overrides
 from kernelgen.pipeline import METADATA_DIR, Pipeline, load_pipeline
 from kernelgen.render import RenderedKernel, render_stage, stage_params, write_kernels
@@ -133,12 +134,22 @@ class Project:
         sets: Iterable[str] = (),
         notebook: bool = False,
         timeout: int | None = None,
+        jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
     ) -> Path:
-        """Run one stage against the Kaggle-shaped folder `root`; returns its outputs folder."""
+        """Run one stage against the Kaggle-shaped folder `root`; returns its outputs folder.
+
+        With `notebook`, the rendered notebook runs in the Jupyter kernel `jupyter_kernel`.
+        """
         texts = self.overrides(sets, [number]).get(number)
         if notebook:
             kernel = self.render([number], username="local", profile=profile, sets=sets)[0]
-            return run_notebook(kernel, root, packages=self.pipeline.packages, timeout=timeout)
+            return run_notebook(
+                kernel,
+                root,
+                packages=self.pipeline.packages,
+                timeout=timeout,
+                jupyter_kernel=jupyter_kernel,
+            )
         params = self.params(number, profile=profile, texts=texts)
         return run_module(self.pipeline, self.pipeline.stage(number), params, root)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from kernelgen.errors import StageRunError
-from kernelgen.execute import execute_notebook
+from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
 from kernelgen.params import ParamValue
 from kernelgen.pipeline import Pipeline, StageSpec
 from kernelgen.render import RenderedKernel, replace_dir
@@ -68,13 +68,24 @@ def run_module(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], ro
 
 
 def run_notebook(
-    kernel: RenderedKernel, root: Path, *, packages: tuple[str, ...] = (), timeout: int | None = None
+    kernel: RenderedKernel,
+    root: Path,
+    *,
+    packages: tuple[str, ...] = (),
+    timeout: int | None = None,
+    jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
 ) -> Path:
-    """Execute the rendered notebook in a fresh interpreter; returns the outputs folder."""
+    """Execute the rendered notebook in a fresh interpreter (the Jupyter kernel named
+    `jupyter_kernel`); returns the outputs folder."""
 
     def body(working: Path) -> None:
         result = execute_notebook(
-            kernel.files[kernel.code_file], root, working=working, timeout=timeout, packages=packages
+            kernel.files[kernel.code_file],
+            root,
+            working=working,
+            timeout=timeout,
+            kernel_name=jupyter_kernel,
+            packages=packages,
         )
         (working / f"{kernel.slug}.log").write_text(result.log, encoding="utf-8")
         if not result.ok:

@@ -404,8 +404,9 @@ def _place(
 
 
 def _save_jpeg(pixels: np.ndarray, path: Path) -> None:
-    rgb = np.repeat(pixels[:, :, None], 3, axis=2)
-    Image.fromarray(rgb, mode="RGB").save(path, format="JPEG", quality=_JPEG_QUALITY)
+    rgb = np.repeat(pixels[:, :, None], 3, axis=2)  # uint8 (H, W, 3): PIL makes it RGB
+    # No `mode=`: Pillow 11.3 (Kaggle's image) deprecates passing it to fromarray.
+    Image.fromarray(rgb).save(path, format="JPEG", quality=_JPEG_QUALITY)
 
 
 # ---------------------------------------------------------------------------------------

@@ -203,6 +203,27 @@ def test_run_writes_outputs(tmp_path: Path) -> None:
     ]
 
 
+def test_jupyter_kernel_is_checked_before_anything_runs(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    assert_one_line_error(
+        invoke("chain", "--local", "--workdir", str(work), "--jupyter-kernel", "nowhere"),
+        "no Jupyter kernel named 'nowhere'",
+    )
+    assert not work.exists()
+    assert_one_line_error(
+        invoke("run", "--stage", "5", "--root", "root", "--notebook", "--jupyter-kernel", "nowhere"),
+        "no Jupyter kernel named 'nowhere'",
+    )
+    assert not (tmp_path / "root").exists()
+    for args in (
+        ["chain", "--workdir", str(work), "--jupyter-kernel", "python3"],
+        ["run", "--stage", "5", "--root", "root", "--jupyter-kernel", "python3"],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 2
+        assert "--jupyter-kernel needs" in result.output
+
+
 def test_python_dash_m() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "kernelgen", "--help"],

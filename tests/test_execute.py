@@ -15,9 +15,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from kernelgen import execute
+from kernelgen.backends import local
+from kernelgen.backends.base import RunStatus
+from kernelgen.backends.local import LocalBackend
 from kernelgen.config import Config
-from kernelgen.errors import StageRunError
-from kernelgen.execute import execute_notebook, kernel_env
+from kernelgen.errors import ConfigError, StageRunError
+from kernelgen.execute import ExecutionResult, check_jupyter_kernel, execute_notebook, kernel_env
 from kernelgen.pipeline import load_pipeline
 from kernelgen.project import Project
 from kernelgen.render import RenderedKernel
@@ -170,6 +174,68 @@ def test_kernel_env_drops_an_inherited_working(
     env = kernel_env(tmp_path / "root")
     assert env["KERNELGEN_ROOT"] == str(tmp_path / "root")
     assert "KERNELGEN_WORKING" not in env
+
+
+# --- the Jupyter kernel a notebook runs in ------------------------------------------------
+# Another interpreter (an environment pinned to Kaggle's image, see
+# scripts/kaggle_image_check.py) runs notebooks through its own kernelspec. These tests
+# check that the name reaches nbclient without starting any kernel.
+
+
+def test_execute_notebook_starts_the_named_kernel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    names: list[str] = []
+
+    class RecordingClient:
+        """Stands in for nbclient's NotebookClient: records the kernel name, runs nothing."""
+
+        def __init__(self, notebook, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            names.append(kwargs["kernel_name"])
+
+        def execute(self, **kwargs) -> None:  # type: ignore[no-untyped-def]
+            return None
+
+    monkeypatch.setattr(execute, "NotebookClient", RecordingClient)
+    assert execute_notebook(notebook_bytes("1"), tmp_path, kernel_name="pinned").ok
+    assert execute_notebook(notebook_bytes("1"), tmp_path).ok
+    assert names == ["pinned", "python3"]
+
+
+def test_notebook_runs_pass_the_kernel_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kernelgen run --notebook` and the local backend (`chain --local`) both name it."""
+    names: list[str] = []
+
+    def fake_execute(notebook: bytes, root: Path, **kwargs) -> ExecutionResult:  # type: ignore[no-untyped-def]
+        names.append(kwargs["kernel_name"])
+        return ExecutionResult(True, "")
+
+    monkeypatch.setattr("kernelgen.runner.execute_notebook", fake_execute)
+    monkeypatch.setattr(local, "execute_notebook", fake_execute)
+    project().run(5, tmp_path / "root", notebook=True, jupyter_kernel="pinned")
+
+    folder = tmp_path / "kernel"
+    folder.mkdir()
+    (folder / "kernel-metadata.json").write_text('{"id": "u/k", "code_file": "k.ipynb"}')
+    (folder / "k.ipynb").write_bytes(notebook_bytes("1"))
+    backend = LocalBackend(tmp_path / "store", {}, jupyter_kernel="pinned-too")
+    backend.push(folder)
+    backend.close()
+    assert backend.status("u/k").status is RunStatus.COMPLETE
+    assert names == ["pinned", "pinned-too"]
+
+
+def test_check_jupyter_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tmp_path / "share" / "jupyter" / "kernels" / "pinned"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        '{"argv": ["/pinned/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"], '
+        '"display_name": "pinned", "language": "python"}'
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    check_jupyter_kernel("pinned")
+    with pytest.raises(ConfigError, match="no Jupyter kernel named 'nowhere'"):
+        check_jupyter_kernel("nowhere")
 
 
 # --- stage inputs -------------------------------------------------------------------------

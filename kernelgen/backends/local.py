@@ -29,7 +29,7 @@ from kernelgen.backends.base import (
     RunStatus,
 )
 from kernelgen.errors import BackendError
-from kernelgen.execute import execute_notebook
+from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
 
 STATUS_FILE = "status.json"
 LIVE_LOG = "live.log"
@@ -66,7 +66,8 @@ def _pick_version(folder: Path, ref: str, what: str) -> Path:
 
 class LocalBackend:
     """Runs pushed notebooks here; `competition_dirs` maps competition slugs to data folders,
-    and `packages` names the project's packages, which a kernel must not import from the project."""
+    `packages` names the project's packages, which a kernel must not import from the project,
+    and `jupyter_kernel` the Jupyter kernel that runs the notebooks."""
 
     name = "local"
 
@@ -78,11 +79,13 @@ class LocalBackend:
         workers: int = 2,
         timeout: int | None = None,
         packages: tuple[str, ...] = (),
+        jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
     ) -> None:
         self.store = store.resolve()
         self.competition_dirs = {slug: path.resolve() for slug, path in competition_dirs.items()}
         self.timeout = timeout
         self.packages = packages
+        self.jupyter_kernel = jupyter_kernel
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kernelgen-local")
         self._futures: dict[Path, Future[None]] = {}
         self._lock = threading.Lock()
@@ -152,6 +155,7 @@ class LocalBackend:
                 root,
                 working=root / "working",
                 timeout=self.timeout,
+                kernel_name=self.jupyter_kernel,
                 packages=self.packages,
                 live_log=run_dir / LIVE_LOG,
             )
