@@ -7,11 +7,15 @@ that a stage's checks work with nothing else of the module.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from kernelgen.params import params_class
+import pytest
+
+from kernelgen.errors import ParameterError
+from kernelgen.params import check_values, params_class
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,3 +39,19 @@ def smoke_profile(stage: int) -> dict[str, Any]:
     """The `[profiles.smoke]` values of kernel-metadata/stage<stage>.toml."""
     with (REPO / "kernel-metadata" / f"stage{stage}.toml").open("rb") as handle:
         return tomllib.load(handle)["profiles"]["smoke"]
+
+
+def assert_refused(params: type, name: str, value: object, rule: str) -> None:
+    """Building `params` with `name=value` fails with exactly '<name> <rule>, got <value>'."""
+    message = f"{name} {rule}, got {value}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(**{name: value})
+
+
+def assert_renderer_checks(module: str, stage: int, bad: dict[str, Any], message: str) -> None:
+    """The defaults and the smoke profile pass the render-time check; `bad` fails it with `message`."""
+    source = source_of(module)
+    check_values(source, {}, stage)
+    check_values(source, smoke_profile(stage), stage)
+    with pytest.raises(ParameterError, match=re.escape(f"stage {stage}: {message}")):
+        check_values(source, bad, stage)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -14,8 +13,6 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kernelgen.errors import ParameterError
-from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, classifier_image_dataset
 from stages.lib.scores import read_scores
@@ -23,7 +20,12 @@ from stages.lib.severstal import COMPETITION
 from stages.lib.submission import read_submission
 from stages.stage1_classifier import Params, run, split_validation, train_labels
 from stages.synth import SynthDataset, generate
-from tests.stage_params import params_alone, smoke_profile, source_of
+from tests.stage_params import (
+    assert_refused,
+    assert_renderer_checks,
+    params_alone,
+    smoke_profile,
+)
 
 # One worker for the file, so its module fixture trains once. Keras' HDF5 writer trips a
 # numpy 2 deprecation once per weight; it says nothing about us.
@@ -130,9 +132,7 @@ def test_split_is_stratified_and_fixed_by_seed() -> None:
 def test_bad_parameter_is_refused_naming_it(
     params: type, name: str, value: object, rule: str
 ) -> None:
-    message = f"{name} {rule}, got {value}"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        params(**{name: value})
+    assert_refused(params, name, value, rule)
 
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)
@@ -161,12 +161,7 @@ def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
 
 
 def test_renderer_checks_values_with_this_params() -> None:
-    source = source_of("stages.stage1_classifier")
-    check_values(source, {}, 1)
-    check_values(source, smoke_profile(1), 1)
-    message = "stage 1: epochs must be at least 1, got 0"
-    with pytest.raises(ParameterError, match=re.escape(message)):
-        check_values(source, {"epochs": 0}, 1)
+    assert_renderer_checks("stages.stage1_classifier", 1, {"epochs": 0}, "epochs must be at least 1, got 0")
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,14 +11,17 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from kernelgen.errors import ParameterError
-from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, build_classifier
 from stages.lib.scores import read_scores
 from stages.stage2_scoring import Params, run
 from stages.synth import SynthDataset, generate
-from tests.stage_params import params_alone, smoke_profile, source_of
+from tests.stage_params import (
+    assert_refused,
+    assert_renderer_checks,
+    params_alone,
+    smoke_profile,
+)
 
 # Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
 pytestmark = pytest.mark.filterwarnings(
@@ -114,9 +116,7 @@ def test_smoke_profile_names_only_stage2_parameters() -> None:
 def test_bad_parameter_is_refused_naming_it(
     params: type, name: str, value: int, rule: str
 ) -> None:
-    message = f"{name} {rule}, got {value}"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
-        params(**{name: value})
+    assert_refused(params, name, value, rule)
 
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)
@@ -128,12 +128,7 @@ def test_defaults_smoke_profile_and_edges_are_accepted(params: type) -> None:
 
 
 def test_renderer_checks_values_with_this_params() -> None:
-    source = source_of("stages.stage2_scoring")
-    check_values(source, {}, 2)
-    check_values(source, smoke_profile(2), 2)
-    message = "stage 2: image_size must be at least 32"
-    with pytest.raises(ParameterError, match=re.escape(message)):
-        check_values(source, {"image_size": 16}, 2)
+    assert_renderer_checks("stages.stage2_scoring", 2, {"image_size": 16}, "image_size must be at least 32")
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,12 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kernelgen.errors import ParameterError
-from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.severstal import COMPETITION
 from stages.stage3_threshold import Params, choose_threshold, run, threshold_sweep
-from tests.stage_params import params_alone, smoke_profile, source_of
+from tests.stage_params import (
+    assert_renderer_checks,
+    params_alone,
+    smoke_profile,
+)
 
 # Params as the kernel builds it (module imported) and as rendering does (module not run).
 PARAMS_CLASSES = [
@@ -189,12 +191,7 @@ def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
 
 
 def test_renderer_checks_values_with_this_params() -> None:
-    source = source_of("stages.stage3_threshold")
-    check_values(source, {}, 3)
-    check_values(source, smoke_profile(3), 3)
-    message = "stage 3: rule must be one of consistency, f1, accuracy, got 'best'"
-    with pytest.raises(ParameterError, match=re.escape(message)):
-        check_values(source, {"rule": "best"}, 3)
+    assert_renderer_checks("stages.stage3_threshold", 3, {"rule": "best"}, "rule must be one of consistency, f1, accuracy, got 'best'")
 
 
 def test_choose_threshold_refuses_an_unknown_rule() -> None:

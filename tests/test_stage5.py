@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.errors import ParameterError
-from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.stage5_submission import Params, run
-from tests.stage_params import params_alone, smoke_profile, source_of
+from tests.stage_params import (
+    assert_renderer_checks,
+    params_alone,
+    smoke_profile,
+)
 
 # Params as the kernel builds it (module imported) and as rendering does (module not run).
 PARAMS_CLASSES = [
@@ -195,9 +197,4 @@ def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
 
 
 def test_renderer_checks_values_with_this_params() -> None:
-    source = source_of("stages.stage5_submission")
-    check_values(source, {}, 5)
-    check_values(source, smoke_profile(5), 5)
-    message = "stage 5: threshold must be between 0 and 1, got 1.5"
-    with pytest.raises(ParameterError, match=re.escape(message)):
-        check_values(source, {"threshold": 1.5}, 5)
+    assert_renderer_checks("stages.stage5_submission", 5, {"threshold": 1.5}, "threshold must be between 0 and 1, got 1.5")
