@@ -14,6 +14,7 @@ from kernelgen.errors import KernelgenError
 from kernelgen.project import Project
 
 if TYPE_CHECKING:
+    from kernelgen.backends.base import KernelState
     from kernelgen.polling import Timing
     from kernelgen.steps import Steps
 
@@ -327,7 +328,7 @@ def push(
         return
     seen: list[RunStatus] = []
 
-    def on_poll(state, elapsed: float) -> None:  # type: ignore[no-untyped-def]
+    def on_poll(state: KernelState, elapsed: float) -> None:
         line = latest(steps.log_lines(stage))
         if not seen or seen[-1] is not state.status or line:
             seen.append(state.status)
