@@ -409,3 +409,28 @@ def test_kernel_wiring_refused(tmp_path: Path, body: str, needle: str) -> None:
     error = refused(folder)
     assert error.where == folder / "datasets.toml"
     assert needle in str(error)
+
+
+# --- [chain] in pipeline.toml -------------------------------------------------------------
+
+
+def test_chain_last_sets_the_default_stages(tmp_path: Path) -> None:
+    meta = write_metadata(tmp_path, {1: stage_toml(1), 2: stage_toml(2), 3: stage_toml(3)})
+    assert load_pipeline(tmp_path).default_stages == [1, 2, 3]
+    (meta / "pipeline.toml").write_text("[chain]\nlast = 2\n")
+    assert load_pipeline(tmp_path).default_stages == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[chain]\nlast = 9\n", "chain.last names unknown stage 9"),
+        ('[chain]\nlast = "2"\n', "chain.last must be a stage number, got '2'"),
+        ("[chain]\nfirst = 1\n", "[chain] takes only 'last'"),
+    ],
+)
+def test_a_bad_chain_table_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    meta = write_metadata(tmp_path, {1: stage_toml(1), 2: stage_toml(2)})
+    (meta / "pipeline.toml").write_text(text)
+    error = refused(meta)
+    assert message in str(error) and "\n" not in str(error)
