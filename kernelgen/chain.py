@@ -27,6 +27,7 @@ from kernelgen.project import Project
 from kernelgen.quota import check_quota, describe_quota, estimate_gpu_hours
 from kernelgen.session import QUEUE_ALLOWANCE_SECONDS
 from kernelgen.steps import Steps
+from kernelgen.wheels import wheel_houses
 
 
 class Phase(str, Enum):
@@ -262,6 +263,17 @@ class Chain:
                 dataset = self.state.datasets[slug].dataset
                 raise KernelgenError(f"dataset {dataset} failed to process on {self.backend.name}")
 
+    # -- wheel houses ------------------------------------------------------------------
+    def _build_wheels(self, selected: list[int]) -> None:
+        """Make the wheel houses the selected internet-off stages install from, before any
+        stage starts; a house whose kernel is unchanged since its last complete run is reused."""
+        for house in wheel_houses(self.pipeline, selected):
+            record, built = self.steps.build_wheels(
+                house, initial=self.policy.initial, factor=self.policy.factor, maximum=self.policy.maximum
+            )
+            verb = "built" if built else "unchanged, reused"
+            self._note(f"wheels {house.slug}: {verb} version {record.version}")
+
     # -- quota -------------------------------------------------------------------------
     def _to_push(self, selected: list[int], keys: Mapping[int, str]) -> list[int]:
         """Stages this run will push: changed ones and everything after them, less those
@@ -324,6 +336,7 @@ class Chain:
             keys[number] = self.steps.key(self.steps.render(number, self._sets_for(number), required=False))
         self._check_quota(selected, keys)
         self.state.keep_previous()
+        self._build_wheels(selected)
         self.live = {n: _Live(n) for n in selected}
         dataset_wait_start: float | None = None
         while True:

@@ -434,7 +434,7 @@ def report(out: Path | None, workdir: Path, project: Project) -> None:
 @main.command()
 @click.option("--local", is_flag=True, help="Run every stage here on local data (smoke profile unless --profile).")
 @click.option("--from", "first", type=int, help="First stage to run (earlier ones must be complete in WORKDIR).")
-@click.option("--to", "last", type=int, help="Last stage to run.")
+@click.option("--to", "last", type=int, help="Last stage to run (default: the pipeline's [chain] last, else the last stage).")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
 @click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
 @click.option(
@@ -484,7 +484,7 @@ def chain(
 
     numbers = list(project.pipeline.stages)
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
-    hi = project.pipeline.stage(last).number if last is not None else numbers[-1]
+    hi = project.pipeline.stage(last).number if last is not None else project.pipeline.default_stages[-1]
     selected = [n for n in numbers if lo <= n <= hi]
     machines = project.accelerators(accelerators, selected)
     kernel = _jupyter_kernel(jupyter_kernel, allowed=local, needs="--local")

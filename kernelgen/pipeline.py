@@ -149,6 +149,13 @@ class Pipeline:
     root: Path = Path(".")
     local: LocalData = field(default_factory=LocalData)
     report: ReportHooks = field(default_factory=ReportHooks)
+    default_last: int | None = None
+
+    @property
+    def default_stages(self) -> list[int]:
+        """What `kernelgen chain` runs without --to: every stage up to [chain] last, if set."""
+        last = self.default_last if self.default_last is not None else max(self.stages)
+        return [n for n in self.stages if n <= last]
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -417,14 +424,24 @@ def _parse_report(raw: dict[str, Any], path: Path) -> ReportHooks:
     return ReportHooks(panels=None if panels is None else _hook(panels, "report.panels", path))
 
 
-def _parse_pipeline_file(path: Path) -> tuple[LocalData, ReportHooks]:
+def _parse_chain(raw: dict[str, Any], path: Path) -> int | None:
+    chain = raw.get("chain", {})
+    if not isinstance(chain, dict) or set(chain) - {"last"}:
+        raise MetadataError("[chain] takes only 'last'", where=path)
+    last = chain.get("last")
+    if last is not None and type(last) is not int:
+        raise MetadataError(f"chain.last must be a stage number, got {last!r}", where=path)
+    return last
+
+
+def _parse_pipeline_file(path: Path) -> tuple[LocalData, ReportHooks, int | None]:
     if not path.is_file():
-        return LocalData(), ReportHooks()
+        return LocalData(), ReportHooks(), None
     raw = _load_toml(path)
-    unknown = sorted(set(raw) - {"local", "report"})
+    unknown = sorted(set(raw) - {"local", "report", "chain"})
     if unknown:
-        raise MetadataError(f"unknown key {unknown[0]!r} (known: local, report)", where=path)
-    return _parse_local(raw, path), _parse_report(raw, path)
+        raise MetadataError(f"unknown key {unknown[0]!r} (known: chain, local, report)", where=path)
+    return _parse_local(raw, path), _parse_report(raw, path), _parse_chain(raw, path)
 
 
 def load_pipeline(root: Path | None = None) -> Pipeline:
@@ -449,7 +466,9 @@ def load_pipeline(root: Path | None = None) -> Pipeline:
             raise MetadataError(f"module {spec.module!r} must read 'package.module'", where=spec.source)
         if spec.module.split(".")[0] == "kernelgen":
             raise MetadataError("stage modules cannot live in the kernelgen package", where=spec.source)
-    local, report = _parse_pipeline_file(folder / PIPELINE_FILE)
+    local, report, default_last = _parse_pipeline_file(folder / PIPELINE_FILE)
+    if default_last is not None and default_last not in stages:
+        raise MetadataError(f"chain.last names unknown stage {default_last}", where=folder / PIPELINE_FILE)
     return Pipeline(
         stages=dict(sorted(stages.items())),
         datasets=datasets,
@@ -457,4 +476,5 @@ def load_pipeline(root: Path | None = None) -> Pipeline:
         root=root,
         local=local,
         report=report,
+        default_last=default_last,
     )

@@ -93,11 +93,13 @@ class Project:
         extra: Mapping[int, Iterable[ParamValue]] | None = None,
         accelerators: Mapping[int, str] | None = None,
         kernel_versions: Mapping[int, int] | None = None,
+        wheel_versions: Mapping[str, int] | None = None,
     ) -> list[RenderedKernel]:
         """Render stages in memory; every problem is raised before anything is written.
 
         `accelerators` puts stages on other machine shapes than they declare;
-        `kernel_versions` names the output version each `via = "kernel"` input reads.
+        `kernel_versions` names the output version each `via = "kernel"` input reads,
+        `wheel_versions` that of each wheel house (by slug).
         """
         user = resolve_username(username, self.config)
         routed = self.overrides(sets, stages)
@@ -113,6 +115,7 @@ class Project:
                 profile=chosen,
                 session=self.session(number, (accelerators or {}).get(number)),
                 kernel_versions=kernel_versions,
+                wheel_versions=wheel_versions,
             )
             for number in stages
         ]

@@ -20,13 +20,14 @@ import nbformat
 from kernelgen import notebook as nb
 from kernelgen.accelerators import AcceleratorKind
 from kernelgen.config import BUILTIN_PROFILES, Config
-from kernelgen.errors import ConfigError, MetadataError, RenderError
+from kernelgen.errors import ConfigError, RenderError
 from kernelgen.modules import SourceModule, collect_modules
 from kernelgen.params import ParamValue, check_values, read_param_fields, resolve_params
 from kernelgen.pipeline import Pipeline, StageSpec, Via
 from kernelgen.session import Session
 from kernelgen.templating import render_template
 from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
+from kernelgen.wheels import wheel_house
 
 METADATA_FILE = "kernel-metadata.json"
 
@@ -46,10 +47,15 @@ class RenderedKernel:
     @property
     def digest(self) -> str:
         """A content hash of every rendered file."""
-        hasher = hashlib.sha256()
-        for name in sorted(self.files):
-            hasher.update(name.encode() + b"\0" + self.files[name] + b"\0")
-        return hasher.hexdigest()
+        return kernel_digest(self.files)
+
+
+def kernel_digest(files: Mapping[str, bytes]) -> str:
+    """A content hash of a kernel's files, names included."""
+    hasher = hashlib.sha256()
+    for name in sorted(files):
+        hasher.update(name.encode() + b"\0" + files[name] + b"\0")
+    return hasher.hexdigest()
 
 
 def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[str, dict]]:
@@ -151,10 +157,14 @@ def _cells(
         ),
     ]
     if spec.pip:
-        if not spec.enable_internet:
-            names = ", ".join(p.requirement for p in spec.pip)
-            raise MetadataError(f"installs {names} but enable_internet is false", where=spec.source)
-        cells.append(nb.code_cell(render_template("pip.py.j2", stage=spec.number, requirements=spec.pip)))
+        house = wheel_house(pipeline, spec)
+        cells.append(
+            nb.code_cell(
+                render_template(
+                    "pip.py.j2", stage=spec.number, requirements=spec.pip, house=house.slug if house else None
+                )
+            )
+        )
     cells.append(
         nb.code_cell(render_template("parameters.py.j2", stage=spec.number, params=params), tags=("parameters",))
     )
@@ -177,12 +187,14 @@ def render_stage(
     profile: str,
     session: Session | None = None,
     kernel_versions: Mapping[int, int] | None = None,
+    wheel_versions: Mapping[str, int] | None = None,
 ) -> RenderedKernel:
     """Render one stage in memory and validate it as the Kaggle client would.
 
     `session` replaces the stage's declared session settings (another accelerator);
     `kernel_versions` gives the output version of each stage whose kernel a
-    `via = "kernel"` input reads.
+    `via = "kernel"` input reads, and `wheel_versions` that of each wheel house
+    (by slug) an internet-off stage installs from.
     """
     spec = pipeline.stage(number)
     check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
@@ -209,7 +221,7 @@ def render_stage(
         enable_internet=spec.enable_internet,
         dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources if slug not in through_kernels],
         competition_sources=list(spec.competition_sources),
-        kernel_sources=list(through_kernels.values()),
+        kernel_sources=[*through_kernels.values(), *_wheels_source(pipeline, spec, username, wheel_versions)],
         machine_shape=session.accelerator,
         session_timeout_seconds=session.timeout_seconds,
         docker_image_pinning_type=session.pinning.value,
@@ -224,6 +236,18 @@ def render_stage(
     return RenderedKernel(
         stage=number, kernel_id=meta["id"], code_file=code_file, files=files, params=tuple(params)
     )
+
+
+def _wheels_source(
+    pipeline: Pipeline, spec: StageSpec, username: str, versions: Mapping[str, int] | None
+) -> list[str]:
+    """The wheel house an internet-off stage with `pip` reads: `owner/slug[/version]`."""
+    house = wheel_house(pipeline, spec)
+    if house is None:
+        return []
+    version = (versions or {}).get(house.slug)
+    ref = house.kernel_id(username)
+    return [f"{ref}/{version}" if version is not None else ref]
 
 
 def replace_dir(source: Path, target: Path) -> None:

@@ -102,6 +102,7 @@ class ChainState:
     backend: str = ""
     stages: dict[int, StageRecord] = field(default_factory=dict)
     datasets: dict[str, DatasetRecord] = field(default_factory=dict)
+    wheels: dict[str, StageRecord] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path, backend: str | None) -> ChainState:
@@ -117,6 +118,7 @@ class ChainState:
                 backend=raw["backend"],
                 stages={int(k): StageRecord.from_json(v) for k, v in raw["stages"].items()},
                 datasets={k: DatasetRecord.from_json(v) for k, v in raw["datasets"].items()},
+                wheels={k: StageRecord.from_json(v) for k, v in raw.get("wheels", {}).items()},
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise KernelgenError(f"{path}: unreadable chain state ({exc}); move it away to start afresh") from None
@@ -156,6 +158,7 @@ class ChainState:
             "backend": self.backend,
             "stages": {str(k): asdict(v) for k, v in sorted(self.stages.items())},
             "datasets": {k: asdict(v) for k, v in sorted(self.datasets.items())},
+            "wheels": {k: asdict(v) for k, v in sorted(self.wheels.items())},
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")

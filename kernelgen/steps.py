@@ -29,9 +29,10 @@ from kernelgen.params import ParamValue
 from kernelgen.pipeline import DatasetSpec, Via
 from kernelgen.polling import poll_until, wait_dataset_ready
 from kernelgen.project import Project
-from kernelgen.render import RenderedKernel, write_kernels
+from kernelgen.render import RenderedKernel, kernel_digest, write_kernels
 from kernelgen.session import Session
 from kernelgen.state import ChainState, StageRecord, timestamp
+from kernelgen.wheels import WheelHouse, render_wheels
 
 
 class Steps:
@@ -130,6 +131,7 @@ class Steps:
             extra={number: extra},
             accelerators=self.accelerators,
             kernel_versions=self.kernel_versions(number, required=required),
+            wheel_versions=self.wheel_versions(),
         )[0]
 
     def key(self, kernel: RenderedKernel) -> str:
@@ -138,6 +140,51 @@ class Steps:
         for slug in self.pipeline.stage(kernel.stage).dataset_sources:
             hasher.update(f"{slug}:{self.state.dataset(slug).digest}".encode())
         return hasher.hexdigest()
+
+    # -- wheel houses -------------------------------------------------------------------
+    def wheel_versions(self) -> dict[str, int]:
+        """The completed version of each wheel house built from this work folder, by slug."""
+        return {
+            slug: record.version
+            for slug, record in self.state.wheels.items()
+            if record.version is not None and record.status is RunStatus.COMPLETE
+        }
+
+    def build_wheels(
+        self, house: WheelHouse, *, initial: float, factor: float, maximum: float
+    ) -> tuple[StageRecord, bool]:
+        """Push the wheel house's kernel and wait for it, unless the same files already
+        completed here. Returns its record and whether it was built now."""
+        files = render_wheels(house, self.username)
+        key = kernel_digest(files)
+        record = self.state.wheels.setdefault(house.slug, StageRecord())
+        if record.key == key and record.status is RunStatus.COMPLETE:
+            return record, False
+        folder = self.workdir / "kernels" / house.slug
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        pushed = self.backend.push(folder)
+        record.mark_pushed(key=key, kernel=pushed.kernel, version=pushed.version, url=pushed.url, at=timestamp(self.now()))
+        self.state.save()
+        final = poll_until(
+            lambda: self.backend.status(record.ref),
+            lambda state: state.status.finished,
+            timeout=house.session.wait_seconds(),
+            clock=self.clock,
+            sleep=self.sleep,
+            initial=initial,
+            factor=factor,
+            max_interval=maximum,
+            what=f"wheels kernel {record.ref}",
+        )
+        record.mark_status(final.status, final.message, at=timestamp(self.now()))
+        self.state.save()
+        if final.status is not RunStatus.COMPLETE:
+            detail = f": {final.message}" if final.message else ""
+            raise KernelgenError(f"wheels kernel {record.ref} ended in {final.status.value}{detail}")
+        return record, True
 
     # -- kernels -----------------------------------------------------------------------
     def record(self, number: int) -> StageRecord:

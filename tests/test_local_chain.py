@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -52,3 +54,36 @@ def test_local_chain_ends_in_a_valid_submission_and_reruns_nothing(
     assert again.output.strip().splitlines()[-2:] == [report_line, last]
     rows = re.findall(r'<tr data-stage="(\d+)" data-status="(\w+)">', (work / "report.html").read_text())
     assert rows == [(str(n), "unchanged") for n in range(1, 6)]
+
+
+@pytest.mark.slow
+def test_stage6_predicts_the_test_images_itself_and_matches_stage5_row_for_row(
+    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chain --local --to 6` on a copy of the session's chain: stages 1-5 are unchanged, the
+    wheel house (nothing missing here: smp imports) and stage 6 run, and stage 6's own
+    predictions, gated by the classifier, give stage 5's submission."""
+    work = tmp_path / "work"
+    shutil.copytree(local_chain.workdir, work, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index, should any pip call try one
+    result = CliRunner().invoke(main, ["chain", "--local", "--to", "6", "--workdir", str(work)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("unchanged") >= 5
+    stage6 = work / "outputs" / "stage6" / "submission.csv"
+    assert result.output.strip().splitlines()[-1] == f"submission: {stage6}"
+    assert re.search(r"wheels severstal-wheels-[0-9a-f]{12}: built version 1", result.output)
+
+    five = read_submission(work / "outputs" / "stage5" / "submission.csv")
+    six = read_submission(stage6)
+    pd.testing.assert_frame_equal(six.frame, five.frame)
+    assert six.fmt == five.fmt
+    meta = json.loads((work / "kernels" / "stage6" / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False
+    assert meta["dataset_sources"] == ["local/stage4", "local/stage1"]
+    assert len(meta["kernel_sources"]) == 1 and "-wheels-" in meta["kernel_sources"][0]
+    notebook = json.loads((work / "kernels" / "stage6" / "stage6.ipynb").read_text())
+    pip = next("".join(c["source"]) for c in notebook["cells"] if '"pip"' in "".join(c["source"]))
+    assert pip.count('"install"') == 1 and '"--no-index"' in pip
+    log = (work / "outputs" / "stage6" / "severstal-stage6-inference.log").read_text()
+    assert re.search(r"stage 6 on cpu: \d+ test images in [\d.]+ s \([\d.]+ images/s", log)

@@ -52,19 +52,21 @@ def refused(folder: Path) -> MetadataError:
 
 
 def test_bundled_stages_and_modules(bundled: Pipeline) -> None:
-    assert list(bundled.stages) == [1, 2, 3, 4, 5]
+    assert list(bundled.stages) == [1, 2, 3, 4, 5, 6]
+    assert bundled.default_stages == [1, 2, 3, 4, 5]  # [chain] last = 5: stage 6 only with --to 6
+    assert bundled.stage(6).module == "stages.stage6_inference"
     assert bundled.stage(5).module == "stages.stage5_submission"
     assert bundled.stage(3).module == "stages.stage3_threshold"
     assert bundled.stage("2").name == "stage2"
 
 
 def test_bundled_dependencies(bundled: Pipeline) -> None:
-    assert bundled.dependencies == {1: (), 2: (1,), 3: (1, 2), 4: (), 5: (1, 2, 3, 4)}
+    assert bundled.dependencies == {1: (), 2: (1,), 3: (1, 2), 4: (), 5: (1, 2, 3, 4), 6: (1, 3, 4)}
 
 
 def test_bundled_order_puts_producers_first(bundled: Pipeline) -> None:
     order = bundled.order()
-    assert sorted(order) == [1, 2, 3, 4, 5]
+    assert sorted(order) == [1, 2, 3, 4, 5, 6]
     for stage, needs in bundled.dependencies.items():
         assert all(order.index(n) < order.index(stage) for n in needs)
     assert bundled.order([5, 3]) == [3, 5]
@@ -72,10 +74,10 @@ def test_bundled_order_puts_producers_first(bundled: Pipeline) -> None:
 
 
 def test_bundled_dependents(bundled: Pipeline) -> None:
-    assert bundled.dependents(1) == (2, 3, 5)
-    assert bundled.dependents(2) == (3, 5)
-    assert bundled.dependents(3) == (5,)
-    assert bundled.dependents(4) == (5,)
+    assert bundled.dependents(1) == (2, 3, 5, 6)
+    assert bundled.dependents(2) == (3, 5, 6)
+    assert bundled.dependents(3) == (5, 6)
+    assert bundled.dependents(4) == (5, 6)
     assert bundled.dependents(5) == ()
 
 
@@ -87,7 +89,7 @@ def test_bundled_datasets(bundled: Pipeline) -> None:
         DatasetFile(1, "test_missing_count.csv"),
     }
     assert bundled.datasets["stage2"].stages == (1, 2)
-    assert bundled.datasets["stage4"].files == (DatasetFile(4, "submission.csv"),)
+    assert bundled.datasets["stage4"].files == (DatasetFile(4, "submission.csv"), DatasetFile(4, "model.pth"))
     assert [d.slug for d in bundled.datasets_from(1)] == ["stage1", "stage2"]
     assert bundled.datasets_from(3) == ()
 
@@ -99,6 +101,7 @@ def test_bundled_flags(bundled: Pipeline) -> None:
         3: False,
         4: True,
         5: False,
+        6: True,
     }
     assert {n: s.enable_internet for n, s in bundled.stages.items()} == {
         1: True,
@@ -106,17 +109,21 @@ def test_bundled_flags(bundled: Pipeline) -> None:
         3: True,
         4: True,
         5: False,
+        6: False,
     }
     for spec in bundled.stages.values():
         assert spec.competition_sources == ("severstal-steel-defect-detection",)
     threshold = bundled.stage(5).params_from["threshold"]
     assert (threshold.stage, threshold.file, threshold.key) == (3, "threshold.json", "threshold")
     assert [p.module for p in bundled.stage(4).pip] == ["segmentation_models_pytorch"]
+    assert [p.module for p in bundled.stage(6).pip] == ["segmentation_models_pytorch"]
+    assert bundled.stage(6).dataset_sources == ("stage4", "stage1")
+    assert bundled.stage(6).params_from == bundled.stage(5).params_from
 
 
-@pytest.mark.parametrize("bad", [0, 6, "x", None])
+@pytest.mark.parametrize("bad", [0, 7, "x", None])
 def test_unknown_stage_lists_the_known_ones(bundled: Pipeline, bad: object) -> None:
-    with pytest.raises(UnknownStageError, match="known stages: 1, 2, 3, 4, 5"):
+    with pytest.raises(UnknownStageError, match="known stages: 1, 2, 3, 4, 5, 6"):
         bundled.stage(bad)  # type: ignore[arg-type]
 
 
@@ -316,7 +323,7 @@ def test_stage_reading_its_own_output_refused(tmp_path: Path) -> None:
 
 def test_bundled_sessions(bundled: Pipeline) -> None:
     shapes = {n: s.session.accelerator for n, s in bundled.stages.items()}
-    assert shapes == {1: "NvidiaTeslaT4", 2: "NvidiaTeslaT4", 3: None, 4: "NvidiaTeslaT4", 5: None}
+    assert shapes == {1: "NvidiaTeslaT4", 2: "NvidiaTeslaT4", 3: None, 4: "NvidiaTeslaT4", 5: None, 6: "NvidiaTeslaT4"}
     for spec in bundled.stages.values():
         assert spec.session.pinning is DockerPinning.ORIGINAL
         assert 0 < spec.session.timeout_seconds <= 12 * 3600
@@ -402,3 +409,28 @@ def test_kernel_wiring_refused(tmp_path: Path, body: str, needle: str) -> None:
     error = refused(folder)
     assert error.where == folder / "datasets.toml"
     assert needle in str(error)
+
+
+# --- [chain] in pipeline.toml -------------------------------------------------------------
+
+
+def test_chain_last_sets_the_default_stages(tmp_path: Path) -> None:
+    meta = write_metadata(tmp_path, {1: stage_toml(1), 2: stage_toml(2), 3: stage_toml(3)})
+    assert load_pipeline(tmp_path).default_stages == [1, 2, 3]
+    (meta / "pipeline.toml").write_text("[chain]\nlast = 2\n")
+    assert load_pipeline(tmp_path).default_stages == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[chain]\nlast = 9\n", "chain.last names unknown stage 9"),
+        ('[chain]\nlast = "2"\n', "chain.last must be a stage number, got '2'"),
+        ("[chain]\nfirst = 1\n", "[chain] takes only 'last'"),
+    ],
+)
+def test_a_bad_chain_table_is_one_line(tmp_path: Path, text: str, message: str) -> None:
+    meta = write_metadata(tmp_path, {1: stage_toml(1), 2: stage_toml(2)})
+    (meta / "pipeline.toml").write_text(text)
+    error = refused(meta)
+    assert message in str(error) and "\n" not in str(error)

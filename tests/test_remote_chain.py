@@ -23,6 +23,7 @@ from kernelgen.pipeline import Via
 from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
 from kernelgen.quota import QuotaError
+from kernelgen.wheels import wheel_houses
 from stages.lib.submission import read_submission
 from stages.synth import generate
 from tests.fakes import FakeClock, quick_executor
@@ -254,3 +255,39 @@ def test_a_dataset_read_through_its_kernel_is_not_uploaded(tmp_path: Path, kaggl
     again = chain(clock, work, project=project).run(STAGES)
     assert again.stages == dict.fromkeys(STAGES, "unchanged")
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
+
+
+def test_the_wheels_kernel_is_built_once_and_a_rerun_reuses_it(
+    tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock
+) -> None:
+    """Stage 6 is internet-off with `pip`: the chain pushes its wheel house first, wires that
+    run into stage 6 through kernel_sources, submits stage 6, and builds nothing again on a rerun."""
+    quick = quick_executor(set())
+
+    def execute(pushed: PushedKernel) -> ExecutedKernel:
+        if "-wheels-" not in pushed.slug:
+            return quick(pushed)
+        out = pushed.scratch_dir / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "requirements.txt").write_text("segmentation-models-pytorch==0.5.0\n")
+        return ExecutedKernel(RunStatus.COMPLETE, out, "wheels done\n")
+
+    kaggle.executor = execute
+    project = Project.load()
+    (house,) = wheel_houses(project.pipeline, [6])
+    stages = [1, 2, 3, 4, 6]
+    work = tmp_path / "work"
+    result = chain(clock, work, project=project).run(stages, submit=True)
+    assert result.stages == dict.fromkeys(stages, "complete")
+    assert [v.number for v in kaggle.kernel_versions(f"{USER}/{house.slug}")] == [1]
+    meta = json.loads((work / "kernels" / "stage6" / "kernel-metadata.json").read_text())
+    assert meta["enable_internet"] is False
+    assert meta["kernel_sources"] == [f"{USER}/{house.slug}/1"]
+    assert meta["dataset_sources"] == [f"{USER}/stage4", f"{USER}/stage1"]
+    ((competition, kernel),) = [(s.competition, s.kernel) for s in kaggle.submissions]
+    assert (competition, kernel) == ("severstal-steel-defect-detection", f"{USER}/severstal-stage6-inference")
+
+    again = chain(clock, work, project=Project.load()).run(stages)
+    assert again.stages == dict.fromkeys(stages, "unchanged")
+    assert [v.number for v in kaggle.kernel_versions(f"{USER}/{house.slug}")] == [1]
+    assert len(kaggle.kernel_versions(f"{USER}/severstal-stage6-inference")) == 1

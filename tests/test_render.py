@@ -367,13 +367,15 @@ def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
     assert any("from stages.lib.helpers import double" in source for source in code_cells(notebook))
 
 
-def test_pip_without_internet_refused(fake: Path) -> None:
+def test_pip_without_internet_installs_from_the_wheel_house_only(fake: Path) -> None:
     (fake / "kernel-metadata" / "stage1.toml").write_text(FAKE_META.format(internet="false"))
-    with pytest.raises(
-        MetadataError, match=r"fancy-pkg>=1\.2 but enable_internet is false"
-    ) as info:
-        fake_project(fake).render([1], username=USER)
-    assert info.value.where == fake / "kernel-metadata" / "stage1.toml"
+    kernel = fake_project(fake).render([1], username=USER)[0]
+    meta = json.loads(kernel.files["kernel-metadata.json"])
+    (house,) = meta["kernel_sources"]
+    assert house.startswith(f"{USER}/") and "-wheels-" in house
+    pip = next(s for s in code_cells(nbformat.reads(kernel.files[kernel.code_file].decode(), as_version=4)) if "pip" in s)
+    assert '"--no-index", "--find-links", str(WHEELS), \'fancy-pkg>=1.2\'' in pip
+    assert pip.count('"install"') == 1
 
 
 def test_parameter_clashing_with_inlined_name_refused(fake: Path) -> None:

@@ -264,7 +264,7 @@ def test_a_hook_adds_panels_of_plain_values(tmp_path: Path) -> None:
     [
         ('[report]\npanels = "nocolon"\n', "report.panels must read 'package.module:function'"),
         ('[report]\npages = "a.b:c"\n', "[report] takes only 'panels'"),
-        ('[reports]\npanels = "a.b:c"\n', "unknown key 'reports' (known: local, report)"),
+        ('[reports]\npanels = "a.b:c"\n', "unknown key 'reports' (known: chain, local, report)"),
     ],
 )
 def test_a_bad_report_hook_declaration_is_one_line(tmp_path: Path, text: str, message: str) -> None:

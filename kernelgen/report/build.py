@@ -164,7 +164,7 @@ def build_report(project: Project, workdir: Path) -> Report:
     problems = list(folder.problems)
     for number, facts in folder.stages.items():
         problems.extend(f"stage {number}: {text}" for text in facts.missing)
-    last = pipeline.order()[-1]
+    last = list(folder.stages)[-1] if folder.stages else pipeline.default_stages[-1]
     candidate = folder.outputs / f"stage{last}" / SUBMISSION_FILE
     submission = candidate if candidate.is_file() else None
     summary, notes = _summary(folder, submission)

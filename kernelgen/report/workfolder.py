@@ -175,7 +175,9 @@ def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
     records = state.stages if state else {}
     before = previous.stages if previous else {}
     stages: dict[int, StageFacts] = {}
-    for number in pipeline.order():
+    # Stages past the default chain (`[chain] last`) show only once they have run here.
+    shown = [n for n in pipeline.order() if n in pipeline.default_stages or n in records]
+    for number in shown:
         spec = pipeline.stage(number)
         needs = pipeline.dependencies[number]
         record = records.get(number)
