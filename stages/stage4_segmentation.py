@@ -14,9 +14,11 @@
 
 # %%
 import itertools
+import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from stages.lib.rle import rle_encode
 from stages.lib.segdata import (
     SteelSegDataset,
     check_images,
+    decode_masks,
     defects_by_image,
     list_images,
     stratified_split,
@@ -58,6 +61,13 @@ VAL_FRACTION = 0.2
 SIZE_MULTIPLE = 32
 # `torch.manual_seed` takes seeds up to 2**64 - 1, numpy's generators none below 0.
 MAX_SEED = 18_446_744_073_709_551_615
+# Post-processing search grid (per class): pixel thresholds and minimum component sizes.
+TUNE_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+TUNE_MIN_SIZES = (
+    0, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 3500,
+    4000, 5000, 6000, 8000, 10000,
+)
+N_CLASSES = 4
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,11 @@ class Params:
     better validation loss before the learning rate drops tenfold;
     `pixel_threshold`: probability above which a pixel is defect; `min_size`:
     a predicted region must have more pixels than this to be kept;
+    `pixel_thresholds`/`min_sizes`: four comma-separated per-class values
+    ("0.55,0.7,0.53,0.5") that replace the single ones when not empty;
+    `tune_postprocess`: search, per class, the pixel threshold and minimum
+    region size that maximise the competition metric on the validation split,
+    write them to `postprocess.json` and use them on the test images;
     `pretrained`: ImageNet encoder weights (need internet); `amp`: mixed
     precision, used on CUDA only; `workers`: data-loader processes (0 loads
     in the main process). Values are checked when `Params` is built, so a bad
@@ -89,8 +104,33 @@ class Params:
     amp: bool = True
     workers: int = 2
     seed: int = 69
+    pixel_thresholds: str = ""
+    min_sizes: str = ""
+    tune_postprocess: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("pixel_thresholds", "min_sizes"):
+            text = getattr(self, name).strip()
+            if not text:
+                continue
+            parts = [part.strip() for part in text.split(",")]
+            if len(parts) != N_CLASSES:
+                raise ValueError(
+                    f"{name} must be empty or {N_CLASSES} comma-separated values, got {text!r}"
+                )
+            for part in parts:
+                try:
+                    value = float(part) if name == "pixel_thresholds" else int(part)
+                except ValueError:
+                    value = None
+                if name == "pixel_thresholds" and (value is None or not 0.0 < value < 1.0):
+                    raise ValueError(
+                        f"{name} values must be numbers between 0 and 1 (exclusive), got {text!r}"
+                    )
+                if name == "min_sizes" and (value is None or value < 0):
+                    raise ValueError(
+                        f"{name} values must be integers of at least 0, got {text!r}"
+                    )
         for name in ("train_height", "train_width"):
             size = getattr(self, name)
             if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
@@ -113,6 +153,20 @@ class Params:
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+
+
+def class_thresholds(params: Params) -> tuple[float, ...]:
+    """The pixel threshold of each class: `pixel_thresholds` if given, else `pixel_threshold`."""
+    if params.pixel_thresholds.strip():
+        return tuple(float(part) for part in params.pixel_thresholds.split(","))
+    return (params.pixel_threshold,) * N_CLASSES
+
+
+def class_min_sizes(params: Params) -> tuple[int, ...]:
+    """The minimum region size of each class: `min_sizes` if given, else `min_size`."""
+    if params.min_sizes.strip():
+        return tuple(int(part) for part in params.min_sizes.split(","))
+    return (params.min_size,) * N_CLASSES
 
 
 # %% [markdown]
@@ -343,31 +397,152 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 # 8-connectivity inside each (image, class) plane and none across planes.
 
 # %%
-def remove_small(masks: np.ndarray, min_size: int) -> np.ndarray:
+def label_planes(planes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected regions of a (P, H, W) boolean stack: 8-connected in a plane, none across."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    return ndimage.label(planes, structure=structure)
+
+
+def remove_small(masks: np.ndarray, min_size: "int | Sequence[int]") -> np.ndarray:
     """Keep only connected regions with more than `min_size` pixels in each 2-D plane.
 
+    `min_size` is one size for every plane, or one per class: a sequence as
+    long as axis -3 of `masks` (the class axis of (N, C, H, W) masks).
     Only planes with a predicted pixel are labelled, and region sizes are
     counted over predicted pixels only: most of a batch is background.
     """
     planes = masks.reshape(-1, *masks.shape[-2:]).astype(bool, copy=False)
     kept = np.zeros(planes.shape, dtype=bool)
     active = np.flatnonzero(planes.any(axis=(1, 2)))
+    if np.ndim(min_size):
+        per_class = np.asarray(min_size, dtype=np.int64)
+        if masks.ndim < 3 or per_class.size != masks.shape[-3]:
+            raise ValueError(
+                f"remove_small: {per_class.size} per-class sizes for masks of shape {masks.shape}"
+            )
+        plane_min = np.tile(per_class, planes.shape[0] // per_class.size)
+    else:
+        plane_min = np.full(planes.shape[0], int(min_size), dtype=np.int64)
     if active.size:
         chosen = planes[active]
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        structure[1] = True  # 8-connected inside a plane, never across planes
-        labels, count = ndimage.label(chosen, structure=structure)
-        sizes = np.bincount(labels[chosen], minlength=count + 1)
-        keep = sizes > min_size
+        labels, count = label_planes(chosen)
+        picked = labels[chosen]
+        sizes = np.bincount(picked, minlength=count + 1)
+        label_min = np.zeros(count + 1, dtype=np.int64)
+        plane_of_pixel = np.nonzero(chosen)[0]
+        label_min[picked] = plane_min[active][plane_of_pixel]
+        keep = sizes > label_min
         keep[0] = False
         kept[active] = keep[labels]
     return kept.reshape(masks.shape)
 
 
+def tune_class(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+) -> tuple[float, int, float, np.ndarray]:
+    """Best (pixel threshold, min region size) for one class on validation maps.
+
+    `probs` (N, H, W): probabilities in [0, 1], or uint8 holding round(255 p);
+    `truth` (N, H, W) binary. Per threshold, regions are labelled once for all
+    images; each region's size and overlap with the truth come from two
+    bincounts, and every minimum size is then scored at once: per (size,
+    image) predicted area and overlap are summed with one bincount. Returns
+    the best threshold, size, its mean Dice (1 for empty-empty pairs) and the
+    whole (threshold, size) score grid. Ties go to the earlier grid entry.
+    """
+    n = probs.shape[0]
+    sizes_grid = np.asarray(min_sizes, dtype=np.int64)
+    truth = truth.astype(bool, copy=False)
+    truth_area = truth.reshape(n, -1).sum(axis=1).astype(np.float64)
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    grid = np.zeros((len(thresholds), sizes_grid.size), dtype=np.float64)
+    for row, threshold in enumerate(thresholds):
+        pred = probs > threshold * scale
+        labels, count = label_planes(pred)
+        picked = labels[pred]
+        area = np.bincount(picked, minlength=count + 1)[1:]
+        overlap = np.bincount(picked, weights=truth[pred], minlength=count + 1)[1:]
+        image = np.zeros(count + 1, dtype=np.int64)
+        image[picked] = np.nonzero(pred)[0]
+        image = image[1:]
+        keep = area[None, :] > sizes_grid[:, None]  # (sizes, regions)
+        slot = (np.arange(sizes_grid.size)[:, None] * n + image[None, :])[keep]
+        pred_area = np.bincount(
+            slot, weights=np.broadcast_to(area, keep.shape)[keep], minlength=sizes_grid.size * n
+        ).reshape(sizes_grid.size, n)
+        inter = np.bincount(
+            slot, weights=np.broadcast_to(overlap, keep.shape)[keep],
+            minlength=sizes_grid.size * n,
+        ).reshape(sizes_grid.size, n)
+        total = pred_area + truth_area[None, :]
+        dice = np.where(total > 0, 2.0 * inter / np.maximum(total, 1.0), 1.0)
+        grid[row] = dice.mean(axis=1)
+    best = int(np.argmax(grid))
+    row, col = divmod(best, sizes_grid.size)
+    return float(thresholds[row]), int(sizes_grid[col]), float(grid[row, col]), grid
+
+
+def tune_postprocess(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+) -> dict[str, dict]:
+    """Per class, the threshold and min region size that score best; (N, C, H, W) in.
+
+    Returns `{"1": {"pixel_threshold": t, "min_size": m, "dice": d}, ...}`,
+    the content of `postprocess.json`.
+    """
+    chosen: dict[str, dict] = {}
+    for index, class_id in enumerate(CLASS_IDS[: probs.shape[1]]):
+        threshold, size, score, _ = tune_class(
+            probs[:, index], truth[:, index], thresholds, min_sizes
+        )
+        chosen[str(class_id)] = {"pixel_threshold": threshold, "min_size": size, "dice": score}
+    return chosen
+
+
+def full_size_probs(
+    model: nn.Module, loader: DataLoader, setup: DeviceSetup
+) -> np.ndarray:
+    """Sigmoid maps at 256x1600 for every image of `loader` (items may carry masks),
+    as uint8 holding round(255 p): a validation split of real size fits in memory."""
+    model.eval()
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in loader:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            with setup.autocast():
+                logits = model(prepare_images(images, setup))
+            logits = logits.float()
+            if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
+                logits = F.interpolate(
+                    logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
+                )
+            out.append(
+                torch.round(torch.sigmoid(logits) * 255).to(torch.uint8).cpu().numpy()
+            )
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES, *IMAGE_SHAPE), np.uint8)
+
+
 def predict(
-    model: nn.Module, loader: DataLoader, setup: DeviceSetup, threshold: float, min_size: int
+    model: nn.Module,
+    loader: DataLoader,
+    setup: DeviceSetup,
+    threshold: "float | Sequence[float]",
+    min_size: "int | Sequence[int]",
 ) -> list[list[str]]:
-    """Per image (loader order), the RLE of each class after threshold and size filter."""
+    """Per image (loader order), the RLE of each class after threshold and size filter.
+
+    `threshold` and `min_size` are one value for all classes or one per class.
+    """
+    if np.ndim(threshold):
+        threshold = torch.tensor(list(threshold), dtype=torch.float32).view(1, -1, 1, 1)
+        threshold = threshold.to(setup.device)
     model.eval()
     encoded: list[list[str]] = []
     with torch.no_grad():
@@ -538,7 +713,31 @@ def run(params: Params, layout: Layout) -> None:
         SteelSegDataset(test_dir, test_names, *size),
         params.batch_size, params.workers, device, shuffle_seed=None,
     )
-    encoded = predict(model, test_loader, setup, params.pixel_threshold, params.min_size)
+    thresholds, min_sizes = class_thresholds(params), class_min_sizes(params)
+    if params.tune_postprocess:
+        val_loader = make_loader(
+            SteelSegDataset(train_dir, val_ids, *size),
+            params.batch_size, params.workers, device, shuffle_seed=None,
+        )
+        probs = full_size_probs(model, val_loader, setup)
+        del val_loader
+        truth = np.stack(
+            [decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in val_ids]
+        )
+        chosen = tune_postprocess(probs, truth)
+        del probs, truth
+        (working / "postprocess.json").write_text(json.dumps(chosen, indent=2) + "\n")
+        thresholds = tuple(chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS)
+        min_sizes = tuple(chosen[str(c)]["min_size"] for c in CLASS_IDS)
+        print(
+            "postprocess.json (tuned on the validation split): "
+            + "; ".join(
+                f"class {c}: threshold {chosen[str(c)]['pixel_threshold']}, "
+                f"min size {chosen[str(c)]['min_size']}, dice {chosen[str(c)]['dice']:.4f}"
+                for c in CLASS_IDS
+            )
+        )
+    encoded = predict(model, test_loader, setup, thresholds, min_sizes)
     lookup = {
         (name, class_id): rle
         for name, rles in zip(test_names, encoded, strict=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import re
 import shutil
@@ -304,6 +305,24 @@ def test_smoke_profile_run_with_old_format(tmp_path: Path) -> None:
     assert len(sub.frame) == 6 * 4
     assert len(pd.read_csv(working / "history.csv")) == smoke_params().epochs
     assert (working / "model.pth").is_file()
+
+
+@pytest.mark.slow
+def test_tuned_postprocessing_is_written_and_applied(small_data: SynthDataset, tmp_path: Path) -> None:
+    """tune_postprocess: postprocess.json holds one entry per class and the test masks obey it."""
+    working = tmp_path / "working"
+    params = replace(smoke_params(), epochs=1, tune_postprocess=True)
+    run(params, Layout(small_data.root, working))
+    chosen = json.loads((working / "postprocess.json").read_text())
+    assert set(chosen) == {"1", "2", "3", "4"}
+    for entry in chosen.values():
+        assert 0 < entry["pixel_threshold"] < 1 and entry["min_size"] >= 0
+        assert 0 <= entry["dice"] <= 1
+    sub = read_submission(working / "submission.csv").frame
+    structure = np.ones((3, 3), dtype=bool)
+    for class_id, rle in zip(sub["ClassId"], sub["EncodedPixels"], strict=True):
+        labels, _ = ndimage.label(rle_decode(rle), structure=structure)
+        assert (np.bincount(labels.ravel())[1:] > chosen[str(class_id)]["min_size"]).all()
 
 
 # ---------------------------------------------------------------------------------------
