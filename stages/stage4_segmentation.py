@@ -68,6 +68,15 @@ TUNE_MIN_SIZES = (
     4000, 5000, 6000, 8000, 10000,
 )
 N_CLASSES = 4
+LOSSES = ("bce", "bce_dice")
+# Encoders and decoders of segmentation_models_pytorch offered here (smp ships more).
+ENCODERS = (
+    "resnet18", "resnet34", "resnet50", "se_resnext50_32x4d", "mobilenet_v2",
+    "efficientnet-b0", "efficientnet-b3", "efficientnet-b4", "efficientnet-b5",
+)
+DECODERS = ("unet", "fpn")
+TTAS = ("none", "h", "hv")
+BCE_SHARE = 0.75  # bce_dice: 0.75 BCE + 0.25 soft Dice, as the 2019 winners did
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,14 @@ class Params:
     `tune_postprocess`: search, per class, the pixel threshold and minimum
     region size that maximise the competition metric on the validation split,
     write them to `postprocess.json` and use them on the test images;
+    `loss`: "bce" or "bce_dice" (0.75 BCE + 0.25 soft Dice); `pos_weight`:
+    empty, or four comma-separated BCE weights of the defect pixels per class
+    ("2,2,1,1.5"); `crop_width`: 0, or train on random crops this wide of the
+    `train_width` images (validation and prediction stay full width);
+    `encoder`/`decoder`: network (one of ENCODERS / DECODERS); `average_best`:
+    predict with the average of the weights of the best k epochs (by
+    validation loss; 1 = the best epoch alone); `tta`: average the segmenter
+    over horizontal ("h") or horizontal and vertical ("hv") flips;
     `pretrained`: ImageNet encoder weights (need internet); `amp`: mixed
     precision, used on CUDA only; `workers`: data-loader processes (0 loads
     in the main process). Values are checked when `Params` is built, so a bad
@@ -107,8 +124,44 @@ class Params:
     pixel_thresholds: str = ""
     min_sizes: str = ""
     tune_postprocess: bool = False
+    loss: str = "bce"
+    pos_weight: str = ""
+    crop_width: int = 0
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    average_best: int = 1
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        for name, allowed in (
+            ("loss", LOSSES), ("encoder", ENCODERS), ("decoder", DECODERS), ("tta", TTAS)
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.pos_weight.strip():
+            parts = [part.strip() for part in self.pos_weight.split(",")]
+            try:
+                weights = [float(part) for part in parts]
+            except ValueError:
+                weights = []
+            if len(parts) != N_CLASSES or len(weights) != N_CLASSES or not all(
+                0.0 < w < float("inf") for w in weights
+            ):
+                raise ValueError(
+                    f"pos_weight must be empty or {N_CLASSES} comma-separated positive numbers, "
+                    f"got {self.pos_weight!r}"
+                )
+        if self.crop_width and (
+            self.crop_width % SIZE_MULTIPLE or not SIZE_MULTIPLE <= self.crop_width <= self.train_width
+        ):
+            raise ValueError(
+                f"crop_width must be 0 or a multiple of {SIZE_MULTIPLE} up to train_width, "
+                f"got {self.crop_width}"
+            )
+        if self.average_best < 1:
+            raise ValueError(f"average_best must be at least 1, got {self.average_best}")
         for name in ("pixel_thresholds", "min_sizes"):
             text = getattr(self, name).strip()
             if not text:
@@ -173,19 +226,18 @@ def class_min_sizes(params: Params) -> tuple[int, ...]:
 # ## Model and device set-up
 
 # %%
-def build_unet(pretrained: bool) -> nn.Module:
-    """UNet-ResNet18 with one logit channel per class; a clear error when weights are missing."""
+def build_unet(pretrained: bool, encoder: str = "resnet18", decoder: str = "unet") -> nn.Module:
+    """UNet (or FPN) with one logit channel per class; a clear error when weights are missing."""
     weights = "imagenet" if pretrained else None
+    network = smp.FPN if decoder == "fpn" else smp.Unet
     try:
-        return smp.Unet(
-            "resnet18", encoder_weights=weights, classes=len(CLASS_IDS), activation=None
-        )
+        return network(encoder, encoder_weights=weights, classes=len(CLASS_IDS), activation=None)
     except Exception as exc:
         if not pretrained:
             raise
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise InputError(
-            f"ImageNet weights for the resnet18 encoder could not be fetched "
+            f"ImageNet weights for the {encoder} encoder could not be fetched "
             f"({type(exc).__name__}: {detail[:120]}); set pretrained=false to train from scratch"
         ) from None
 
@@ -278,6 +330,79 @@ def random_flip(
     return torch.where(flips, images.flip(-1), images), torch.where(flips, masks.flip(-1), masks)
 
 
+def random_crop(
+    images: torch.Tensor, masks: torch.Tensor, width: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random `width`-wide window of each sample (full height), image and masks together."""
+    full = images.shape[-1]
+    if width >= full:
+        return images, masks
+    starts = torch.randint(0, full - width + 1, (images.shape[0],), generator=generator,
+                           device=generator.device).tolist()
+    return (
+        torch.stack([img[..., s : s + width] for img, s in zip(images, starts, strict=True)]),
+        torch.stack([m[..., s : s + width] for m, s in zip(masks, starts, strict=True)]),
+    )
+
+
+def class_pos_weight(params: Params) -> tuple[float, ...] | None:
+    """The per-class BCE weight of defect pixels, or None (weight 1)."""
+    if not params.pos_weight.strip():
+        return None
+    return tuple(float(part) for part in params.pos_weight.split(","))
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss: str = "bce",
+    pos_weight: "Sequence[float] | None" = None,
+) -> torch.Tensor:
+    """BCE with logits (defect pixels of class c weighted pos_weight[c]) or, with
+    "bce_dice", 0.75 of it plus 0.25 soft Dice loss (1 - Dice of the probabilities,
+    per class over the batch, smoothed by 1, averaged over classes)."""
+    weight = None
+    if pos_weight is not None:
+        weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+        weight = weight.view(1, -1, 1, 1)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+    if loss == "bce":
+        return bce
+    probs = torch.sigmoid(logits)
+    inter = (probs * targets).sum((0, 2, 3))
+    total = probs.sum((0, 2, 3)) + targets.sum((0, 2, 3))
+    dice = (2 * inter + 1.0) / (total + 1.0)
+    return BCE_SHARE * bce + (1 - BCE_SHARE) * (1 - dice).mean()
+
+
+def flip_logits(model: nn.Module, x: torch.Tensor, setup: DeviceSetup, tta: str) -> torch.Tensor:
+    """Float logits of `x`, averaged over the flips of `tta` (each flipped back first)."""
+    flips: list[tuple[int, ...]] = [()]
+    if tta in ("h", "hv"):
+        flips.append((-1,))
+    if tta == "hv":
+        flips += [(-2,), (-2, -1)]
+    total = None
+    for dims in flips:
+        with setup.autocast():
+            out = model(x.flip(dims) if dims else x)
+        out = out.float()
+        out = out.flip(dims) if dims else out
+        total = out if total is None else total + out
+    return total if len(flips) == 1 else total / len(flips)
+
+
+def average_states(states: "Sequence[dict[str, torch.Tensor]]") -> dict[str, torch.Tensor]:
+    """The element-wise mean of several state dicts (integer buffers from the first)."""
+    averaged = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            averaged[key] = torch.stack([state[key] for state in states]).mean(0)
+        else:
+            averaged[key] = first.clone()
+    return averaged
+
+
 # %% [markdown]
 # ## Training and validation
 # The running loss stays on the device (no `.item()` per batch, so the GPU is
@@ -293,10 +418,12 @@ def train_epoch(
     setup: DeviceSetup,
     flip_generator: torch.Generator,
     max_batches: int | None = None,
+    loss_name: str = "bce",
+    pos_weight: "Sequence[float] | None" = None,
+    crop_width: int = 0,
 ) -> float:
     """One pass over `loader` with accumulation; returns the mean training loss per image."""
     model.train()
-    criterion = nn.BCEWithLogitsLoss()
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=setup.device)
     seen = 0
@@ -305,11 +432,13 @@ def train_epoch(
         images = images.to(setup.device, non_blocking=True)
         masks = masks.to(setup.device, non_blocking=True)
         images, masks = random_flip(images, masks, flip_generator)
+        if crop_width:
+            images, masks = random_crop(images, masks, crop_width, flip_generator)
         x = prepare_images(images, setup)
         y = masks.float()
         with setup.autocast():
             logits = model(x)
-        loss = criterion(logits.float(), y)
+        loss = segmentation_loss(logits.float(), y, loss_name, pos_weight)
         scaler.scale(loss / setup.accum_steps).backward()
         if (index + 1) % setup.accum_steps == 0 or index + 1 == batches:
             scaler.step(optimizer)
@@ -507,7 +636,7 @@ def tune_postprocess(
 
 
 def full_size_probs(
-    model: nn.Module, loader: DataLoader, setup: DeviceSetup
+    model: nn.Module, loader: DataLoader, setup: DeviceSetup, tta: str = "none"
 ) -> np.ndarray:
     """Sigmoid maps at 256x1600 for every image of `loader` (items may carry masks),
     as uint8 holding round(255 p): a validation split of real size fits in memory."""
@@ -516,9 +645,7 @@ def full_size_probs(
     with torch.no_grad():
         for batch in loader:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
-            with setup.autocast():
-                logits = model(prepare_images(images, setup))
-            logits = logits.float()
+            logits = flip_logits(model, prepare_images(images, setup), setup, tta)
             if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
                 logits = F.interpolate(
                     logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
@@ -535,10 +662,12 @@ def predict(
     setup: DeviceSetup,
     threshold: "float | Sequence[float]",
     min_size: "int | Sequence[int]",
+    tta: str = "none",
 ) -> list[list[str]]:
     """Per image (loader order), the RLE of each class after threshold and size filter.
 
-    `threshold` and `min_size` are one value for all classes or one per class.
+    `threshold` and `min_size` are one value for all classes or one per class;
+    `tta` averages the logits over flips (see `flip_logits`).
     """
     if np.ndim(threshold):
         threshold = torch.tensor(list(threshold), dtype=torch.float32).view(1, -1, 1, 1)
@@ -547,9 +676,7 @@ def predict(
     encoded: list[list[str]] = []
     with torch.no_grad():
         for images in loader:
-            with setup.autocast():
-                logits = model(prepare_images(images, setup))
-            logits = logits.float()
+            logits = flip_logits(model, prepare_images(images, setup), setup, tta)
             if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
                 logits = F.interpolate(
                     logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
@@ -639,7 +766,9 @@ def run(params: Params, layout: Layout) -> None:
     setup = DeviceSetup.create(params, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_unet(params.pretrained).to(device, memory_format=setup.memory_format)
+    model = build_unet(params.pretrained, params.encoder, params.decoder).to(
+        device, memory_format=setup.memory_format
+    )
     working = layout.working
     draw_network(model, setup, working / "Unet_visualization.svg")
 
@@ -670,15 +799,21 @@ def run(params: Params, layout: Layout) -> None:
     flip_generator = setup.flip_generator(params.seed)
     checkpoint = working / "model.pth"
     best_loss, best_state = math.inf, cpu_state(model)
+    top: list[tuple[float, int, dict]] = []  # (val loss, epoch, weights) of the best epochs
+    pos_weight = class_pos_weight(params)
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_epoch(
-            model, train_loader, optimizer, scaler, setup, flip_generator
+            model, train_loader, optimizer, scaler, setup, flip_generator,
+            loss_name=params.loss, pos_weight=pos_weight, crop_width=params.crop_width,
         )
         metrics = validate(model, val_loader, setup, params.pixel_threshold)
         scheduler.step(metrics["loss"])
+        if params.average_best > 1:
+            top.append((metrics["loss"], epoch, cpu_state(model)))
+            top = sorted(top, key=lambda item: item[:2])[: params.average_best]
         improved = metrics["loss"] < best_loss
         if improved:
             best_loss, best_state = metrics["loss"], cpu_state(model)
@@ -709,6 +844,14 @@ def run(params: Params, layout: Layout) -> None:
 
     del train_loader, val_loader  # stop their worker processes
     model.load_state_dict(best_state)
+    if len(top) > 1:
+        model.load_state_dict(average_states([state for _, _, state in top]))
+        save_checkpoint(
+            working / "model_averaged.pth",
+            {"epochs": sorted(e for _, e, _ in top),
+             "state_dict": cpu_state(model), "params": asdict(params)},
+        )
+        print(f"predicting with the average of epochs {sorted(e for _, e, _ in top)}")
     test_loader = make_loader(
         SteelSegDataset(test_dir, test_names, *size),
         params.batch_size, params.workers, device, shuffle_seed=None,
@@ -719,7 +862,7 @@ def run(params: Params, layout: Layout) -> None:
             SteelSegDataset(train_dir, val_ids, *size),
             params.batch_size, params.workers, device, shuffle_seed=None,
         )
-        probs = full_size_probs(model, val_loader, setup)
+        probs = full_size_probs(model, val_loader, setup, params.tta)
         del val_loader
         truth = np.stack(
             [decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in val_ids]
@@ -737,7 +880,7 @@ def run(params: Params, layout: Layout) -> None:
                 for c in CLASS_IDS
             )
         )
-    encoded = predict(model, test_loader, setup, thresholds, min_sizes)
+    encoded = predict(model, test_loader, setup, thresholds, min_sizes, params.tta)
     lookup = {
         (name, class_id): rle
         for name, rles in zip(test_names, encoded, strict=True)

@@ -325,6 +325,23 @@ def test_tuned_postprocessing_is_written_and_applied(small_data: SynthDataset, t
         assert (np.bincount(labels.ravel())[1:] > chosen[str(class_id)]["min_size"]).all()
 
 
+@pytest.mark.slow
+def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Path) -> None:
+    """bce_dice with pos_weight, crops, FPN, averaging of the best 2 epochs and h/v TTA."""
+    working = tmp_path / "working"
+    params = replace(
+        smoke_params(), epochs=2, loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=96,
+        decoder="fpn", average_best=2, tta="hv",
+    )
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run(params, Layout(small_data.root, working))
+    assert "predicting with the average of epochs [1, 2]" in log.getvalue()
+    averaged = torch.load(working / "model_averaged.pth", map_location="cpu", weights_only=False)
+    assert averaged["epochs"] == [1, 2]
+    assert len(read_submission(working / "submission.csv").frame) == 3 * 4
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: one InputError naming the file, nothing written
 
