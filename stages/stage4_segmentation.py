@@ -572,6 +572,7 @@ def tune_class(
     truth: np.ndarray,
     thresholds: Sequence[float] = TUNE_THRESHOLDS,
     min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+    prefer: tuple[float, int] = (0.5, 3500),
 ) -> tuple[float, int, float, np.ndarray]:
     """Best (pixel threshold, min region size) for one class on validation maps.
 
@@ -581,7 +582,10 @@ def tune_class(
     bincounts, and every minimum size is then scored at once: per (size,
     image) predicted area and overlap are summed with one bincount. Returns
     the best threshold, size, its mean Dice (1 for empty-empty pairs) and the
-    whole (threshold, size) score grid. Ties go to the earlier grid entry.
+    whole (threshold, size) score grid. When every entry scores the same (e.g.
+    no pixel predicted on the split) the entry nearest `prefer` (the untuned
+    rule) is kept; among other ties, the threshold nearest `prefer`'s and the
+    middle of the tied sizes, away from the edges of the plateau.
     """
     n = probs.shape[0]
     sizes_grid = np.asarray(min_sizes, dtype=np.int64)
@@ -610,8 +614,15 @@ def tune_class(
         total = pred_area + truth_area[None, :]
         dice = np.where(total > 0, 2.0 * inter / np.maximum(total, 1.0), 1.0)
         grid[row] = dice.mean(axis=1)
-    best = int(np.argmax(grid))
-    row, col = divmod(best, sizes_grid.size)
+    tied = grid >= grid.max() - 1e-12
+    if tied.all():  # nothing to learn from: keep the configured rule (nearest grid entry)
+        row = int(np.argmin(np.abs(np.asarray(thresholds) - prefer[0])))
+        col = int(np.argmin(np.abs(sizes_grid - prefer[1])))
+    else:  # threshold nearest the configured one, then the middle of the tied sizes
+        rows = np.flatnonzero(tied.any(axis=1))
+        row = int(rows[np.argmin(np.abs(np.asarray(thresholds)[rows] - prefer[0]))])
+        cols = np.flatnonzero(tied[row])
+        col = int(cols[(cols.size - 1) // 2])
     return float(thresholds[row]), int(sizes_grid[col]), float(grid[row, col]), grid
 
 
@@ -620,6 +631,7 @@ def tune_postprocess(
     truth: np.ndarray,
     thresholds: Sequence[float] = TUNE_THRESHOLDS,
     min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+    prefer: tuple[float, int] = (0.5, 3500),
 ) -> dict[str, dict]:
     """Per class, the threshold and min region size that score best; (N, C, H, W) in.
 
@@ -629,7 +641,7 @@ def tune_postprocess(
     chosen: dict[str, dict] = {}
     for index, class_id in enumerate(CLASS_IDS[: probs.shape[1]]):
         threshold, size, score, _ = tune_class(
-            probs[:, index], truth[:, index], thresholds, min_sizes
+            probs[:, index], truth[:, index], thresholds, min_sizes, prefer
         )
         chosen[str(class_id)] = {"pixel_threshold": threshold, "min_size": size, "dice": score}
     return chosen
@@ -867,7 +879,7 @@ def run(params: Params, layout: Layout) -> None:
         truth = np.stack(
             [decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in val_ids]
         )
-        chosen = tune_postprocess(probs, truth)
+        chosen = tune_postprocess(probs, truth, prefer=(params.pixel_threshold, params.min_size))
         del probs, truth
         (working / "postprocess.json").write_text(json.dumps(chosen, indent=2) + "\n")
         thresholds = tuple(chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS)

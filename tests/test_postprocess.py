@@ -139,3 +139,12 @@ def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
     for name, value, rule in bad:
         with pytest.raises(ValueError, match=f"^{re.escape(name)} {re.escape(rule)}"):
             params(**{name: value})
+
+
+def test_ties_go_to_the_untuned_values() -> None:
+    """A class the validation split cannot tell apart keeps the configured rule."""
+    probs = np.full((3, 1, 16, 16), 0.1, dtype=np.float32)  # nothing predicted anywhere
+    truth = np.zeros(probs.shape, dtype=bool)
+    threshold, size, dice, grid = tune_class(probs[:, 0], truth[:, 0])
+    assert (threshold, size, dice) == (0.5, 3500, 1.0) and (grid == 1.0).all()
+    assert tune_class(probs[:, 0], truth[:, 0], prefer=(0.6, 600))[:2] == (0.6, 600)
