@@ -51,7 +51,7 @@ from stages.stage4_segmentation import (
     run,
 )
 from stages.synth import SynthDataset, generate
-from tests.stage_params import params_alone, smoke_profile, source_of
+from tests.stage_params import params_alone, smoke_profile, source_of, stage_profile
 
 # Params as the kernel builds it (module imported) and as rendering does (module not run).
 PARAMS_CLASSES = [
@@ -478,10 +478,20 @@ def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
     assert asdict(params(**smoke_profile(4))) == asdict(smoke_params())
 
 
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_best_profile_is_accepted_and_turns_on_the_levers(params: type) -> None:
+    best = stage_profile(4, "best")
+    assert set(best) <= {f.name for f in fields(Params)}
+    built = params(**best)
+    assert built.tune_postprocess is True
+    assert asdict(built)["train_width"] == Params().train_width  # sizes stay the 2019 ones
+
+
 def test_renderer_checks_values_with_this_params() -> None:
     source = source_of("stages.stage4_segmentation")
     check_values(source, {}, 4)
     check_values(source, smoke_profile(4), 4)
+    check_values(source, stage_profile(4, "best"), 4)
     message = "stage 4: train_width must be a positive multiple of 32"
     with pytest.raises(ParameterError, match=re.escape(message)):
         check_values(source, {"train_width": 400}, 4)
