@@ -626,7 +626,7 @@ def tune_class(
     return float(thresholds[row]), int(sizes_grid[col]), float(grid[row, col]), grid
 
 
-def tune_postprocess(
+def search_postprocess(
     probs: np.ndarray,
     truth: np.ndarray,
     thresholds: Sequence[float] = TUNE_THRESHOLDS,
@@ -879,7 +879,7 @@ def run(params: Params, layout: Layout) -> None:
         truth = np.stack(
             [decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in val_ids]
         )
-        chosen = tune_postprocess(probs, truth, prefer=(params.pixel_threshold, params.min_size))
+        chosen = search_postprocess(probs, truth, prefer=(params.pixel_threshold, params.min_size))
         del probs, truth
         (working / "postprocess.json").write_text(json.dumps(chosen, indent=2) + "\n")
         thresholds = tuple(chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS)

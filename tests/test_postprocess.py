@@ -19,8 +19,8 @@ from stages.stage4_segmentation import (
     class_min_sizes,
     class_thresholds,
     remove_small,
+    search_postprocess,
     tune_class,
-    tune_postprocess,
 )
 from tests.stage_params import params_alone
 
@@ -69,7 +69,7 @@ def score(probs: np.ndarray, truth: np.ndarray, thresholds, min_sizes) -> float:
 
 def test_tuned_postprocessing_recovers_planted_small_defects() -> None:
     val_probs, val_truth = planted_maps(60, seed=1)
-    chosen = tune_postprocess(val_probs, val_truth)
+    chosen = search_postprocess(val_probs, val_truth)
     assert set(chosen) == {"1", "2", "3", "4"}
     sizes = [chosen[c]["min_size"] for c in "1234"]
     thresholds = [chosen[c]["pixel_threshold"] for c in "1234"]
@@ -101,7 +101,7 @@ def test_vectorised_search_matches_a_plain_loop() -> None:
 def test_uint8_maps_tune_like_float_maps() -> None:
     probs, truth = planted_maps(12, seed=3)
     as_uint8 = np.round(probs * 255).astype(np.uint8)
-    assert tune_postprocess(as_uint8, truth).keys() == tune_postprocess(probs, truth).keys()
+    assert search_postprocess(as_uint8, truth).keys() == search_postprocess(probs, truth).keys()
     for c in range(4):
         t8, m8, _, _ = tune_class(as_uint8[:, c], truth[:, c])
         tf, mf, _, _ = tune_class(probs[:, c], truth[:, c])

@@ -487,6 +487,18 @@ def test_best_profile_is_accepted_and_turns_on_the_levers(params: type) -> None:
     assert asdict(built)["train_width"] == Params().train_width  # sizes stay the 2019 ones
 
 
+@pytest.mark.parametrize("profile", ["full", "smoke", "best"])
+def test_stage4_renders_with_every_builtin_profile(profile: str) -> None:
+    """Parameter names may not clash with the module's top-level names, in any profile."""
+    from kernelgen.config import Config
+    from kernelgen.pipeline import load_pipeline
+    from kernelgen.project import Project
+
+    project = Project(pipeline=load_pipeline(), config=Config())
+    (kernel,) = project.render([4], username="someone", profile=profile)
+    assert "stage4.ipynb" in kernel.files
+
+
 def test_renderer_checks_values_with_this_params() -> None:
     source = source_of("stages.stage4_segmentation")
     check_values(source, {}, 4)
