@@ -28,7 +28,7 @@ from kernelgen.errors import ConfigError
 from kernelgen.tomlfile import read_toml
 
 CONFIG_FILE = "kernelgen.toml"
-BUILTIN_PROFILES = ("full", "smoke")
+BUILTIN_PROFILES = ("best", "full", "smoke")
 _TOP_KEYS = {"username", "competition", "profile", "data", "pipeline", "profiles", "stages"}
 _STAGE_KEY = re.compile(r"^stage(\d+)$")
 

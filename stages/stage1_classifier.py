@@ -32,6 +32,7 @@ from stages.lib.classifier import (
     check_classifier_images,
     classifier_image_dataset,
     load_classifier,
+    predict_scores,
 )
 from stages.lib.severstal import COMPETITION
 from stages.lib.submission import read_submission
@@ -44,6 +45,8 @@ MIN_LR = 5e-7
 EAGER_MAX_STEPS = 24
 # DenseNet121 halves its input five times; smaller images leave nothing to pool.
 MIN_IMAGE_SIZE = 32
+# Test-time flips averaged into each score: none, left-right, left-right and up-down.
+TTAS = ("none", "h", "hv")
 # `keras.utils.set_random_seed` takes seeds from 0 to 2**32 - 1.
 MAX_SEED = 4_294_967_295
 
@@ -57,7 +60,8 @@ class Params:
     label, strictly between 0 and 1. `lr_patience`: epochs without a lower
     validation loss before the learning rate is cut to a quarter. `pretrained`:
     start from ImageNet weights (needs internet). `seed`: fixes the split, the
-    augmentation and the initial weights. Values are checked when `Params` is
+    augmentation and the initial weights. `tta`: average each test score over
+    flips ("h" left-right, "hv" also up-down). Values are checked when `Params` is
     built, so a bad one stops the render, before any kernel starts.
     """
 
@@ -68,8 +72,11 @@ class Params:
     lr_patience: int = 5
     pretrained: bool = True
     seed: int = 2019
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        if self.tta not in TTAS:
+            raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ValueError(
                 f"image_size must be at least {MIN_IMAGE_SIZE} (DenseNet121 halves it "
@@ -312,7 +319,7 @@ def run(params: Params, layout: Layout) -> None:
 
     best = load_classifier(best_path)
     test_data = classifier_image_dataset(test_paths, params.image_size, params.batch_size)
-    scores = np.asarray(best.predict(test_data, verbose=0), dtype=np.float64).reshape(-1)
+    scores = predict_scores(best, test_data, params.tta)
     result = pd.DataFrame({"ImageId": [p.name for p in test_paths], "allMissing": scores})
     target = out / "test_missing_count.csv"
     partial = target.with_name(target.name + ".partial")

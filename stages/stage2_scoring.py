@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import InputError, Layout
@@ -20,16 +19,20 @@ from stages.lib.classifier import (
     classifier_image_dataset,
     classifier_input_size,
     load_classifier,
+    predict_scores,
 )
 from stages.lib.severstal import COMPETITION
 
 # Stage 1 trains at 32 or more (DenseNet121 halves its input five times).
 MIN_IMAGE_SIZE = 32
+# Test-time flips averaged into each score: none, left-right, left-right and up-down.
+TTAS = ("none", "h", "hv")
 
 
 @dataclass(frozen=True)
 class Params:
-    """`image_size` must be the size stage 1 trained at; `batch_size` only sets speed.
+    """`image_size` must be the size stage 1 trained at; `batch_size` only sets speed;
+    `tta` averages each score over flips ("h" left-right, "hv" also up-down).
 
     Values are checked when `Params` is built; that the model was trained at
     `image_size` is checked once the model is loaded.
@@ -37,8 +40,11 @@ class Params:
 
     image_size: int = 256
     batch_size: int = 32
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        if self.tta not in TTAS:
+            raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
         if self.image_size < MIN_IMAGE_SIZE:
             raise ValueError(
                 f"image_size must be at least {MIN_IMAGE_SIZE} (stage 1 cannot train "
@@ -76,7 +82,7 @@ def run(params: Params, layout: Layout) -> None:
             f"but image_size={params.image_size}; set image_size={trained_size}"
         )
     data = classifier_image_dataset(paths, params.image_size, params.batch_size)
-    scores = np.asarray(model.predict(data, verbose=0), dtype=np.float64).reshape(-1)
+    scores = predict_scores(model, data, params.tta)
     if scores.shape[0] != len(paths):
         raise RuntimeError(f"model returned {scores.shape[0]} scores for {len(paths)} images")
     out = layout.working / "train_missing_count.csv"

@@ -14,9 +14,11 @@
 
 # %%
 import itertools
+import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from stages.lib.rle import rle_encode
 from stages.lib.segdata import (
     SteelSegDataset,
     check_images,
+    decode_masks,
     defects_by_image,
     list_images,
     stratified_split,
@@ -58,6 +61,22 @@ VAL_FRACTION = 0.2
 SIZE_MULTIPLE = 32
 # `torch.manual_seed` takes seeds up to 2**64 - 1, numpy's generators none below 0.
 MAX_SEED = 18_446_744_073_709_551_615
+# Post-processing search grid (per class): pixel thresholds and minimum component sizes.
+TUNE_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+TUNE_MIN_SIZES = (
+    0, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 3500,
+    4000, 5000, 6000, 8000, 10000,
+)
+N_CLASSES = 4
+LOSSES = ("bce", "bce_dice")
+# Encoders and decoders of segmentation_models_pytorch offered here (smp ships more).
+ENCODERS = (
+    "resnet18", "resnet34", "resnet50", "se_resnext50_32x4d", "mobilenet_v2",
+    "efficientnet-b0", "efficientnet-b3", "efficientnet-b4", "efficientnet-b5",
+)
+DECODERS = ("unet", "fpn")
+TTAS = ("none", "h", "hv")
+BCE_SHARE = 0.75  # bce_dice: 0.75 BCE + 0.25 soft Dice, as the 2019 winners did
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,19 @@ class Params:
     better validation loss before the learning rate drops tenfold;
     `pixel_threshold`: probability above which a pixel is defect; `min_size`:
     a predicted region must have more pixels than this to be kept;
+    `pixel_thresholds`/`min_sizes`: four comma-separated per-class values
+    ("0.55,0.7,0.53,0.5") that replace the single ones when not empty;
+    `tune_postprocess`: search, per class, the pixel threshold and minimum
+    region size that maximise the competition metric on the validation split,
+    write them to `postprocess.json` and use them on the test images;
+    `loss`: "bce" or "bce_dice" (0.75 BCE + 0.25 soft Dice); `pos_weight`:
+    empty, or four comma-separated BCE weights of the defect pixels per class
+    ("2,2,1,1.5"); `crop_width`: 0, or train on random crops this wide of the
+    `train_width` images (validation and prediction stay full width);
+    `encoder`/`decoder`: network (one of ENCODERS / DECODERS); `average_best`:
+    predict with the average of the weights of the best k epochs (by
+    validation loss; 1 = the best epoch alone); `tta`: average the segmenter
+    over horizontal ("h") or horizontal and vertical ("hv") flips;
     `pretrained`: ImageNet encoder weights (need internet); `amp`: mixed
     precision, used on CUDA only; `workers`: data-loader processes (0 loads
     in the main process). Values are checked when `Params` is built, so a bad
@@ -89,8 +121,69 @@ class Params:
     amp: bool = True
     workers: int = 2
     seed: int = 69
+    pixel_thresholds: str = ""
+    min_sizes: str = ""
+    tune_postprocess: bool = False
+    loss: str = "bce"
+    pos_weight: str = ""
+    crop_width: int = 0
+    encoder: str = "resnet18"
+    decoder: str = "unet"
+    average_best: int = 1
+    tta: str = "none"
 
     def __post_init__(self) -> None:
+        for name, allowed in (
+            ("loss", LOSSES), ("encoder", ENCODERS), ("decoder", DECODERS), ("tta", TTAS)
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.pos_weight.strip():
+            parts = [part.strip() for part in self.pos_weight.split(",")]
+            try:
+                weights = [float(part) for part in parts]
+            except ValueError:
+                weights = []
+            if len(parts) != N_CLASSES or len(weights) != N_CLASSES or not all(
+                0.0 < w < float("inf") for w in weights
+            ):
+                raise ValueError(
+                    f"pos_weight must be empty or {N_CLASSES} comma-separated positive numbers, "
+                    f"got {self.pos_weight!r}"
+                )
+        if self.crop_width and (
+            self.crop_width % SIZE_MULTIPLE or not SIZE_MULTIPLE <= self.crop_width <= self.train_width
+        ):
+            raise ValueError(
+                f"crop_width must be 0 or a multiple of {SIZE_MULTIPLE} up to train_width, "
+                f"got {self.crop_width}"
+            )
+        if self.average_best < 1:
+            raise ValueError(f"average_best must be at least 1, got {self.average_best}")
+        for name in ("pixel_thresholds", "min_sizes"):
+            text = getattr(self, name).strip()
+            if not text:
+                continue
+            parts = [part.strip() for part in text.split(",")]
+            if len(parts) != N_CLASSES:
+                raise ValueError(
+                    f"{name} must be empty or {N_CLASSES} comma-separated values, got {text!r}"
+                )
+            for part in parts:
+                try:
+                    value = float(part) if name == "pixel_thresholds" else int(part)
+                except ValueError:
+                    value = None
+                if name == "pixel_thresholds" and (value is None or not 0.0 < value < 1.0):
+                    raise ValueError(
+                        f"{name} values must be numbers between 0 and 1 (exclusive), got {text!r}"
+                    )
+                if name == "min_sizes" and (value is None or value < 0):
+                    raise ValueError(
+                        f"{name} values must be integers of at least 0, got {text!r}"
+                    )
         for name in ("train_height", "train_width"):
             size = getattr(self, name)
             if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
@@ -115,23 +208,36 @@ class Params:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
 
+def class_thresholds(params: Params) -> tuple[float, ...]:
+    """The pixel threshold of each class: `pixel_thresholds` if given, else `pixel_threshold`."""
+    if params.pixel_thresholds.strip():
+        return tuple(float(part) for part in params.pixel_thresholds.split(","))
+    return (params.pixel_threshold,) * N_CLASSES
+
+
+def class_min_sizes(params: Params) -> tuple[int, ...]:
+    """The minimum region size of each class: `min_sizes` if given, else `min_size`."""
+    if params.min_sizes.strip():
+        return tuple(int(part) for part in params.min_sizes.split(","))
+    return (params.min_size,) * N_CLASSES
+
+
 # %% [markdown]
 # ## Model and device set-up
 
 # %%
-def build_unet(pretrained: bool) -> nn.Module:
-    """UNet-ResNet18 with one logit channel per class; a clear error when weights are missing."""
+def build_unet(pretrained: bool, encoder: str = "resnet18", decoder: str = "unet") -> nn.Module:
+    """UNet (or FPN) with one logit channel per class; a clear error when weights are missing."""
     weights = "imagenet" if pretrained else None
+    network = smp.FPN if decoder == "fpn" else smp.Unet
     try:
-        return smp.Unet(
-            "resnet18", encoder_weights=weights, classes=len(CLASS_IDS), activation=None
-        )
+        return network(encoder, encoder_weights=weights, classes=len(CLASS_IDS), activation=None)
     except Exception as exc:
         if not pretrained:
             raise
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise InputError(
-            f"ImageNet weights for the resnet18 encoder could not be fetched "
+            f"ImageNet weights for the {encoder} encoder could not be fetched "
             f"({type(exc).__name__}: {detail[:120]}); set pretrained=false to train from scratch"
         ) from None
 
@@ -224,6 +330,79 @@ def random_flip(
     return torch.where(flips, images.flip(-1), images), torch.where(flips, masks.flip(-1), masks)
 
 
+def random_crop(
+    images: torch.Tensor, masks: torch.Tensor, width: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random `width`-wide window of each sample (full height), image and masks together."""
+    full = images.shape[-1]
+    if width >= full:
+        return images, masks
+    starts = torch.randint(0, full - width + 1, (images.shape[0],), generator=generator,
+                           device=generator.device).tolist()
+    return (
+        torch.stack([img[..., s : s + width] for img, s in zip(images, starts, strict=True)]),
+        torch.stack([m[..., s : s + width] for m, s in zip(masks, starts, strict=True)]),
+    )
+
+
+def class_pos_weight(params: Params) -> tuple[float, ...] | None:
+    """The per-class BCE weight of defect pixels, or None (weight 1)."""
+    if not params.pos_weight.strip():
+        return None
+    return tuple(float(part) for part in params.pos_weight.split(","))
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss: str = "bce",
+    pos_weight: "Sequence[float] | None" = None,
+) -> torch.Tensor:
+    """BCE with logits (defect pixels of class c weighted pos_weight[c]) or, with
+    "bce_dice", 0.75 of it plus 0.25 soft Dice loss (1 - Dice of the probabilities,
+    per class over the batch, smoothed by 1, averaged over classes)."""
+    weight = None
+    if pos_weight is not None:
+        weight = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+        weight = weight.view(1, -1, 1, 1)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+    if loss == "bce":
+        return bce
+    probs = torch.sigmoid(logits)
+    inter = (probs * targets).sum((0, 2, 3))
+    total = probs.sum((0, 2, 3)) + targets.sum((0, 2, 3))
+    dice = (2 * inter + 1.0) / (total + 1.0)
+    return BCE_SHARE * bce + (1 - BCE_SHARE) * (1 - dice).mean()
+
+
+def flip_logits(model: nn.Module, x: torch.Tensor, setup: DeviceSetup, tta: str) -> torch.Tensor:
+    """Float logits of `x`, averaged over the flips of `tta` (each flipped back first)."""
+    flips: list[tuple[int, ...]] = [()]
+    if tta in ("h", "hv"):
+        flips.append((-1,))
+    if tta == "hv":
+        flips += [(-2,), (-2, -1)]
+    total = None
+    for dims in flips:
+        with setup.autocast():
+            out = model(x.flip(dims) if dims else x)
+        out = out.float()
+        out = out.flip(dims) if dims else out
+        total = out if total is None else total + out
+    return total if len(flips) == 1 else total / len(flips)
+
+
+def average_states(states: "Sequence[dict[str, torch.Tensor]]") -> dict[str, torch.Tensor]:
+    """The element-wise mean of several state dicts (integer buffers from the first)."""
+    averaged = {}
+    for key, first in states[0].items():
+        if first.is_floating_point():
+            averaged[key] = torch.stack([state[key] for state in states]).mean(0)
+        else:
+            averaged[key] = first.clone()
+    return averaged
+
+
 # %% [markdown]
 # ## Training and validation
 # The running loss stays on the device (no `.item()` per batch, so the GPU is
@@ -239,10 +418,12 @@ def train_epoch(
     setup: DeviceSetup,
     flip_generator: torch.Generator,
     max_batches: int | None = None,
+    loss_name: str = "bce",
+    pos_weight: "Sequence[float] | None" = None,
+    crop_width: int = 0,
 ) -> float:
     """One pass over `loader` with accumulation; returns the mean training loss per image."""
     model.train()
-    criterion = nn.BCEWithLogitsLoss()
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=setup.device)
     seen = 0
@@ -251,11 +432,13 @@ def train_epoch(
         images = images.to(setup.device, non_blocking=True)
         masks = masks.to(setup.device, non_blocking=True)
         images, masks = random_flip(images, masks, flip_generator)
+        if crop_width:
+            images, masks = random_crop(images, masks, crop_width, flip_generator)
         x = prepare_images(images, setup)
         y = masks.float()
         with setup.autocast():
             logits = model(x)
-        loss = criterion(logits.float(), y)
+        loss = segmentation_loss(logits.float(), y, loss_name, pos_weight)
         scaler.scale(loss / setup.accum_steps).backward()
         if (index + 1) % setup.accum_steps == 0 or index + 1 == batches:
             scaler.step(optimizer)
@@ -343,38 +526,169 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 # 8-connectivity inside each (image, class) plane and none across planes.
 
 # %%
-def remove_small(masks: np.ndarray, min_size: int) -> np.ndarray:
+def label_planes(planes: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected regions of a (P, H, W) boolean stack: 8-connected in a plane, none across."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = True
+    return ndimage.label(planes, structure=structure)
+
+
+def remove_small(masks: np.ndarray, min_size: "int | Sequence[int]") -> np.ndarray:
     """Keep only connected regions with more than `min_size` pixels in each 2-D plane.
 
+    `min_size` is one size for every plane, or one per class: a sequence as
+    long as axis -3 of `masks` (the class axis of (N, C, H, W) masks).
     Only planes with a predicted pixel are labelled, and region sizes are
     counted over predicted pixels only: most of a batch is background.
     """
     planes = masks.reshape(-1, *masks.shape[-2:]).astype(bool, copy=False)
     kept = np.zeros(planes.shape, dtype=bool)
     active = np.flatnonzero(planes.any(axis=(1, 2)))
+    if np.ndim(min_size):
+        per_class = np.asarray(min_size, dtype=np.int64)
+        if masks.ndim < 3 or per_class.size != masks.shape[-3]:
+            raise ValueError(
+                f"remove_small: {per_class.size} per-class sizes for masks of shape {masks.shape}"
+            )
+        plane_min = np.tile(per_class, planes.shape[0] // per_class.size)
+    else:
+        plane_min = np.full(planes.shape[0], int(min_size), dtype=np.int64)
     if active.size:
         chosen = planes[active]
-        structure = np.zeros((3, 3, 3), dtype=bool)
-        structure[1] = True  # 8-connected inside a plane, never across planes
-        labels, count = ndimage.label(chosen, structure=structure)
-        sizes = np.bincount(labels[chosen], minlength=count + 1)
-        keep = sizes > min_size
+        labels, count = label_planes(chosen)
+        picked = labels[chosen]
+        sizes = np.bincount(picked, minlength=count + 1)
+        label_min = np.zeros(count + 1, dtype=np.int64)
+        plane_of_pixel = np.nonzero(chosen)[0]
+        label_min[picked] = plane_min[active][plane_of_pixel]
+        keep = sizes > label_min
         keep[0] = False
         kept[active] = keep[labels]
     return kept.reshape(masks.shape)
 
 
+def tune_class(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+    prefer: tuple[float, int] = (0.5, 3500),
+) -> tuple[float, int, float, np.ndarray]:
+    """Best (pixel threshold, min region size) for one class on validation maps.
+
+    `probs` (N, H, W): probabilities in [0, 1], or uint8 holding round(255 p);
+    `truth` (N, H, W) binary. Per threshold, regions are labelled once for all
+    images; each region's size and overlap with the truth come from two
+    bincounts, and every minimum size is then scored at once: per (size,
+    image) predicted area and overlap are summed with one bincount. Returns
+    the best threshold, size, its mean Dice (1 for empty-empty pairs) and the
+    whole (threshold, size) score grid. When every entry scores the same (e.g.
+    no pixel predicted on the split) the entry nearest `prefer` (the untuned
+    rule) is kept; among other ties, the threshold nearest `prefer`'s and the
+    middle of the tied sizes, away from the edges of the plateau.
+    """
+    n = probs.shape[0]
+    sizes_grid = np.asarray(min_sizes, dtype=np.int64)
+    truth = truth.astype(bool, copy=False)
+    truth_area = truth.reshape(n, -1).sum(axis=1).astype(np.float64)
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    grid = np.zeros((len(thresholds), sizes_grid.size), dtype=np.float64)
+    for row, threshold in enumerate(thresholds):
+        pred = probs > threshold * scale
+        labels, count = label_planes(pred)
+        picked = labels[pred]
+        area = np.bincount(picked, minlength=count + 1)[1:]
+        overlap = np.bincount(picked, weights=truth[pred], minlength=count + 1)[1:]
+        image = np.zeros(count + 1, dtype=np.int64)
+        image[picked] = np.nonzero(pred)[0]
+        image = image[1:]
+        keep = area[None, :] > sizes_grid[:, None]  # (sizes, regions)
+        slot = (np.arange(sizes_grid.size)[:, None] * n + image[None, :])[keep]
+        pred_area = np.bincount(
+            slot, weights=np.broadcast_to(area, keep.shape)[keep], minlength=sizes_grid.size * n
+        ).reshape(sizes_grid.size, n)
+        inter = np.bincount(
+            slot, weights=np.broadcast_to(overlap, keep.shape)[keep],
+            minlength=sizes_grid.size * n,
+        ).reshape(sizes_grid.size, n)
+        total = pred_area + truth_area[None, :]
+        dice = np.where(total > 0, 2.0 * inter / np.maximum(total, 1.0), 1.0)
+        grid[row] = dice.mean(axis=1)
+    tied = grid >= grid.max() - 1e-12
+    if tied.all():  # nothing to learn from: keep the configured rule (nearest grid entry)
+        row = int(np.argmin(np.abs(np.asarray(thresholds) - prefer[0])))
+        col = int(np.argmin(np.abs(sizes_grid - prefer[1])))
+    else:  # threshold nearest the configured one, then the middle of the tied sizes
+        rows = np.flatnonzero(tied.any(axis=1))
+        row = int(rows[np.argmin(np.abs(np.asarray(thresholds)[rows] - prefer[0]))])
+        cols = np.flatnonzero(tied[row])
+        col = int(cols[(cols.size - 1) // 2])
+    return float(thresholds[row]), int(sizes_grid[col]), float(grid[row, col]), grid
+
+
+def search_postprocess(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+    prefer: tuple[float, int] = (0.5, 3500),
+) -> dict[str, dict]:
+    """Per class, the threshold and min region size that score best; (N, C, H, W) in.
+
+    Returns `{"1": {"pixel_threshold": t, "min_size": m, "dice": d}, ...}`,
+    the content of `postprocess.json`.
+    """
+    chosen: dict[str, dict] = {}
+    for index, class_id in enumerate(CLASS_IDS[: probs.shape[1]]):
+        threshold, size, score, _ = tune_class(
+            probs[:, index], truth[:, index], thresholds, min_sizes, prefer
+        )
+        chosen[str(class_id)] = {"pixel_threshold": threshold, "min_size": size, "dice": score}
+    return chosen
+
+
+def full_size_probs(
+    model: nn.Module, loader: DataLoader, setup: DeviceSetup, tta: str = "none"
+) -> np.ndarray:
+    """Sigmoid maps at 256x1600 for every image of `loader` (items may carry masks),
+    as uint8 holding round(255 p): a validation split of real size fits in memory."""
+    model.eval()
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in loader:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            logits = flip_logits(model, prepare_images(images, setup), setup, tta)
+            if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
+                logits = F.interpolate(
+                    logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
+                )
+            out.append(
+                torch.round(torch.sigmoid(logits) * 255).to(torch.uint8).cpu().numpy()
+            )
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES, *IMAGE_SHAPE), np.uint8)
+
+
 def predict(
-    model: nn.Module, loader: DataLoader, setup: DeviceSetup, threshold: float, min_size: int
+    model: nn.Module,
+    loader: DataLoader,
+    setup: DeviceSetup,
+    threshold: "float | Sequence[float]",
+    min_size: "int | Sequence[int]",
+    tta: str = "none",
 ) -> list[list[str]]:
-    """Per image (loader order), the RLE of each class after threshold and size filter."""
+    """Per image (loader order), the RLE of each class after threshold and size filter.
+
+    `threshold` and `min_size` are one value for all classes or one per class;
+    `tta` averages the logits over flips (see `flip_logits`).
+    """
+    if np.ndim(threshold):
+        threshold = torch.tensor(list(threshold), dtype=torch.float32).view(1, -1, 1, 1)
+        threshold = threshold.to(setup.device)
     model.eval()
     encoded: list[list[str]] = []
     with torch.no_grad():
         for images in loader:
-            with setup.autocast():
-                logits = model(prepare_images(images, setup))
-            logits = logits.float()
+            logits = flip_logits(model, prepare_images(images, setup), setup, tta)
             if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
                 logits = F.interpolate(
                     logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
@@ -464,7 +778,9 @@ def run(params: Params, layout: Layout) -> None:
     setup = DeviceSetup.create(params, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = build_unet(params.pretrained).to(device, memory_format=setup.memory_format)
+    model = build_unet(params.pretrained, params.encoder, params.decoder).to(
+        device, memory_format=setup.memory_format
+    )
     working = layout.working
     draw_network(model, setup, working / "Unet_visualization.svg")
 
@@ -495,15 +811,21 @@ def run(params: Params, layout: Layout) -> None:
     flip_generator = setup.flip_generator(params.seed)
     checkpoint = working / "model.pth"
     best_loss, best_state = math.inf, cpu_state(model)
+    top: list[tuple[float, int, dict]] = []  # (val loss, epoch, weights) of the best epochs
+    pos_weight = class_pos_weight(params)
     rows: list[dict] = []
     for epoch in range(1, params.epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss = train_epoch(
-            model, train_loader, optimizer, scaler, setup, flip_generator
+            model, train_loader, optimizer, scaler, setup, flip_generator,
+            loss_name=params.loss, pos_weight=pos_weight, crop_width=params.crop_width,
         )
         metrics = validate(model, val_loader, setup, params.pixel_threshold)
         scheduler.step(metrics["loss"])
+        if params.average_best > 1:
+            top.append((metrics["loss"], epoch, cpu_state(model)))
+            top = sorted(top, key=lambda item: item[:2])[: params.average_best]
         improved = metrics["loss"] < best_loss
         if improved:
             best_loss, best_state = metrics["loss"], cpu_state(model)
@@ -534,11 +856,43 @@ def run(params: Params, layout: Layout) -> None:
 
     del train_loader, val_loader  # stop their worker processes
     model.load_state_dict(best_state)
+    if len(top) > 1:
+        model.load_state_dict(average_states([state for _, _, state in top]))
+        save_checkpoint(
+            working / "model_averaged.pth",
+            {"epochs": sorted(e for _, e, _ in top),
+             "state_dict": cpu_state(model), "params": asdict(params)},
+        )
+        print(f"predicting with the average of epochs {sorted(e for _, e, _ in top)}")
     test_loader = make_loader(
         SteelSegDataset(test_dir, test_names, *size),
         params.batch_size, params.workers, device, shuffle_seed=None,
     )
-    encoded = predict(model, test_loader, setup, params.pixel_threshold, params.min_size)
+    thresholds, min_sizes = class_thresholds(params), class_min_sizes(params)
+    if params.tune_postprocess:
+        val_loader = make_loader(
+            SteelSegDataset(train_dir, val_ids, *size),
+            params.batch_size, params.workers, device, shuffle_seed=None,
+        )
+        probs = full_size_probs(model, val_loader, setup, params.tta)
+        del val_loader
+        truth = np.stack(
+            [decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in val_ids]
+        )
+        chosen = search_postprocess(probs, truth, prefer=(params.pixel_threshold, params.min_size))
+        del probs, truth
+        (working / "postprocess.json").write_text(json.dumps(chosen, indent=2) + "\n")
+        thresholds = tuple(chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS)
+        min_sizes = tuple(chosen[str(c)]["min_size"] for c in CLASS_IDS)
+        print(
+            "postprocess.json (tuned on the validation split): "
+            + "; ".join(
+                f"class {c}: threshold {chosen[str(c)]['pixel_threshold']}, "
+                f"min size {chosen[str(c)]['min_size']}, dice {chosen[str(c)]['dice']:.4f}"
+                for c in CLASS_IDS
+            )
+        )
+    encoded = predict(model, test_loader, setup, thresholds, min_sizes, params.tta)
     lookup = {
         (name, class_id): rle
         for name, rles in zip(test_names, encoded, strict=True)

@@ -28,6 +28,9 @@ from stages.lib.rle import rle_encode
 from stages.lib.severstal import CLASS_IDS, COMPETITION, IMAGE_HEIGHT, IMAGE_WIDTH
 
 FORMATS = ("new", "old")
+# "normal": every region well above stage 4's 3,500-pixel filter; "small": class 1 and 2
+# defects of a few hundred to a few thousand pixels at 256x1600, as in the real data.
+DEFECT_SIZES = ("normal", "small")
 
 # Images per class in the real train set; the draw of defect classes follows these shares.
 _REAL_CLASS_COUNTS = np.array([897.0, 247.0, 5150.0, 801.0])
@@ -36,6 +39,7 @@ _DEFECT_SHARE = 0.5  # about half of the real images have no defect
 _TWO_CLASS_SHARE = 0.12  # share of defective images that carry a second class
 # Stage 4 drops components under 3,500 pixels at 256x1600; keep every region well above.
 _MIN_REGION_PIXELS = 5000
+_MIN_SMALL_REGION_PIXELS = 150  # classes 1 and 2 with defects="small"
 _JPEG_QUALITY = 90
 _ID_SALT = 0x5EE1  # separates the id stream from the per-image streams
 _TRAIN_STREAM, _TEST_STREAM = 1, 2
@@ -67,6 +71,7 @@ class _Scale:
 
     height: int
     width: int
+    small: bool = False
 
     @property
     def sy(self) -> float:
@@ -80,6 +85,12 @@ class _Scale:
     def min_pixels(self) -> int:
         return max(16, round(_MIN_REGION_PIXELS * self.sy * self.sx))
 
+    def min_pixels_of(self, class_id: int) -> int:
+        """The smallest region a defect of this class may have."""
+        if self.small and class_id in (1, 2):
+            return max(8, round(_MIN_SMALL_REGION_PIXELS * self.sy * self.sx))
+        return self.min_pixels
+
 
 def generate(
     out: Path,
@@ -91,14 +102,19 @@ def generate(
     height: int = IMAGE_HEIGHT,
     width: int = IMAGE_WIDTH,
     progress: Callable[[int, int], None] | None = None,
+    defects: str = "normal",
 ) -> SynthDataset:
     """Write a synthetic competition folder under ``out`` and return where things are.
 
     ``out`` must not exist or be empty. The data is built in a temporary sibling folder
     and renamed into place at the end, so a failure leaves nothing half-written.
-    ``progress(done, total)`` is called after each image.
+    ``progress(done, total)`` is called after each image. ``defects="small"`` draws
+    class 1 and 2 defects of a few hundred to a few thousand pixels (at 256x1600; other
+    sizes scale them), as in the real data, so a fixed 3,500-pixel filter loses them.
     """
     _validate(n_train=n_train, n_test=n_test, seed=seed, fmt=fmt, height=height, width=width)
+    if defects not in DEFECT_SIZES:
+        raise ValueError(f"defects must be one of {', '.join(DEFECT_SIZES)}, got {defects!r}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: exists and is not an empty folder; refusing to write into it")
@@ -107,7 +123,7 @@ def generate(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write_dataset(tmp, n_train, n_test, seed, fmt, _Scale(height, width), progress)
+        _write_dataset(tmp, n_train, n_test, seed, fmt, _Scale(height, width, defects == "small"), progress)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -307,6 +323,8 @@ def _solid_parts(box: np.ndarray, min_pixels: int) -> np.ndarray:
 def _shape(rng: np.random.Generator, class_id: int, scale: _Scale) -> np.ndarray:
     """The region a defect of this class covers, in its own bounding box."""
     sy, sx = scale.sy, scale.sx
+    if scale.small and class_id in (1, 2):
+        return _small_shape(rng, class_id, sy, sx)
     if class_id == 1:  # a cluster of pits: a few overlapping small patches
         h = int(rng.uniform(70, 140) * sy)
         w = int(rng.uniform(100, 240) * sx)
@@ -327,6 +345,22 @@ def _shape(rng: np.random.Generator, class_id: int, scale: _Scale) -> np.ndarray
     h = int(rng.uniform(120, 250) * sy)  # class 4: a large dark blotch
     w = int(rng.uniform(150, 400) * sx)
     return _blob(rng, h, w, 0.4, (4, 5))
+
+
+def _small_shape(rng: np.random.Generator, class_id: int, sy: float, sx: float) -> np.ndarray:
+    """A class 1 pit cluster or class 2 scratch of about 300-3,000 pixels at 256x1600."""
+    if class_id == 1:
+        h = max(6, int(rng.uniform(22, 50) * sy))
+        w = max(6, int(rng.uniform(30, 80) * sx))
+        box = np.zeros((h, w), dtype=bool)
+        for _ in range(int(rng.integers(2, 4))):
+            bh, bw = max(3, int(h * rng.uniform(0.5, 0.85))), max(3, int(w * rng.uniform(0.4, 0.75)))
+            y, x = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
+            box[y : y + bh, x : x + bw] |= _blob(rng, bh, bw, 0.25, (3, 3))
+        return box
+    h = max(8, int(rng.uniform(40, 120) * sy))
+    w = max(4, int(rng.uniform(12, 24) * sx))
+    return _blob(rng, h, w, 0.1, (4, 2), y_power=8)
 
 
 def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, class_id: int) -> None:
@@ -388,9 +422,10 @@ def _place(
     """A full-size mask for one defect on steel, clear of earlier defects, or None."""
     margin = max(2, int(8 * scale.sx))
     for _ in range(40):
-        box = _solid_parts(_shape(rng, class_id, scale), scale.min_pixels)
+        least = scale.min_pixels_of(class_id)
+        box = _solid_parts(_shape(rng, class_id, scale), least)
         h, w = box.shape
-        if w > hi - lo or h > scale.height or box.sum() < scale.min_pixels:
+        if w > hi - lo or h > scale.height or box.sum() < least:
             continue
         y = int(rng.integers(0, scale.height - h + 1))
         x = int(rng.integers(lo, hi - w + 1))

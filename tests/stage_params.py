@@ -37,8 +37,13 @@ def params_alone(module: str) -> type:
 
 def smoke_profile(stage: int) -> dict[str, Any]:
     """The `[profiles.smoke]` values of kernel-metadata/stage<stage>.toml."""
+    return stage_profile(stage, "smoke")
+
+
+def stage_profile(stage: int, name: str) -> dict[str, Any]:
+    """The `[profiles.<name>]` values of kernel-metadata/stage<stage>.toml."""
     with (REPO / "kernel-metadata" / f"stage{stage}.toml").open("rb") as handle:
-        return tomllib.load(handle)["profiles"]["smoke"]
+        return tomllib.load(handle)["profiles"][name]
 
 
 def assert_refused(params: type, name: str, value: object, rule: str) -> None:

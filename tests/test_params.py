@@ -296,7 +296,7 @@ def test_profile_layers_skip_empty_and_refuse_unknown(tmp_path: Path) -> None:
     )
     assert profile_layers(spec, Config(), "full") == []
     assert profile_layers(spec, Config(), "smoke") == []
-    with pytest.raises(ConfigError, match="unknown profile 'fast'; known: full, smoke"):
+    with pytest.raises(ConfigError, match="unknown profile 'fast'; known: best, full, smoke"):
         profile_layers(spec, Config(), "fast")
     config = Config(profiles={"fast": {4: {"a": 2}}})
     assert profile_layers(spec, config, "fast") == [("profile fast in config", {"a": 2})]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import shutil
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
@@ -52,6 +54,8 @@ from tests.stage_params import (
     assert_renderer_checks,
     params_alone,
     smoke_profile,
+    source_of,
+    stage_profile,
 )
 
 # Params as the kernel builds it (module imported) and as rendering does (module not run).
@@ -308,6 +312,41 @@ def test_smoke_profile_run_with_old_format(tmp_path: Path) -> None:
     assert (working / "model.pth").is_file()
 
 
+@pytest.mark.slow
+def test_tuned_postprocessing_is_written_and_applied(small_data: SynthDataset, tmp_path: Path) -> None:
+    """tune_postprocess: postprocess.json holds one entry per class and the test masks obey it."""
+    working = tmp_path / "working"
+    params = replace(smoke_params(), epochs=1, tune_postprocess=True)
+    run(params, Layout(small_data.root, working))
+    chosen = json.loads((working / "postprocess.json").read_text())
+    assert set(chosen) == {"1", "2", "3", "4"}
+    for entry in chosen.values():
+        assert 0 < entry["pixel_threshold"] < 1 and entry["min_size"] >= 0
+        assert 0 <= entry["dice"] <= 1
+    sub = read_submission(working / "submission.csv").frame
+    structure = np.ones((3, 3), dtype=bool)
+    for class_id, rle in zip(sub["ClassId"], sub["EncodedPixels"], strict=True):
+        labels, _ = ndimage.label(rle_decode(rle), structure=structure)
+        assert (np.bincount(labels.ravel())[1:] > chosen[str(class_id)]["min_size"]).all()
+
+
+@pytest.mark.slow
+def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Path) -> None:
+    """bce_dice with pos_weight, crops, FPN, averaging of the best 2 epochs and h/v TTA."""
+    working = tmp_path / "working"
+    params = replace(
+        smoke_params(), epochs=2, loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=96,
+        decoder="fpn", average_best=2, tta="hv",
+    )
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        run(params, Layout(small_data.root, working))
+    assert "predicting with the average of epochs [1, 2]" in log.getvalue()
+    averaged = torch.load(working / "model_averaged.pth", map_location="cpu", weights_only=False)
+    assert averaged["epochs"] == [1, 2]
+    assert len(read_submission(working / "submission.csv").frame) == 3 * 4
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input: one InputError naming the file, nothing written
 
@@ -442,5 +481,27 @@ def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
     assert asdict(params(**smoke_profile(4))) == asdict(smoke_params())
 
 
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_best_profile_is_accepted_and_turns_on_the_levers(params: type) -> None:
+    best = stage_profile(4, "best")
+    assert set(best) <= {f.name for f in fields(Params)}
+    built = params(**best)
+    assert built.tune_postprocess is True
+    assert asdict(built)["train_width"] == Params().train_width  # sizes stay the 2019 ones
+
+
+@pytest.mark.parametrize("profile", ["full", "smoke", "best"])
+def test_stage4_renders_with_every_builtin_profile(profile: str) -> None:
+    """Parameter names may not clash with the module's top-level names, in any profile."""
+    from kernelgen.config import Config
+    from kernelgen.pipeline import load_pipeline
+    from kernelgen.project import Project
+
+    project = Project(pipeline=load_pipeline(), config=Config())
+    (kernel,) = project.render([4], username="someone", profile=profile)
+    assert "stage4.ipynb" in kernel.files
+
+
 def test_renderer_checks_values_with_this_params() -> None:
     assert_renderer_checks("stages.stage4_segmentation", 4, {"train_width": 400}, "train_width must be a positive multiple of 32")
+    check_values(source_of("stages.stage4_segmentation"), stage_profile(4, "best"), 4)

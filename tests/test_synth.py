@@ -45,7 +45,7 @@ def _masks_by_image(rows: list[dict[str, str]]) -> dict[str, dict[int, np.ndarra
     return masks
 
 
-def _check_rles(rows: list[dict[str, str]]) -> None:
+def _check_rles(rows: list[dict[str, str]], least: int = 3500) -> None:
     """Each RLE is well formed, round-trips exactly, and classes never share a pixel."""
     for row in rows:
         text = row["EncodedPixels"]
@@ -58,7 +58,7 @@ def _check_rles(rows: list[dict[str, str]]) -> None:
         mask = rle_decode(text, IMAGE_SHAPE)
         assert rle_encode(mask) == text
         # the pipeline drops components under 3,500 pixels; generated ones must survive
-        assert mask.sum() > 3500
+        assert mask.sum() > least
     for image_id, by_class in _masks_by_image(rows).items():
         stacked = np.stack(list(by_class.values())).astype(np.int64)
         assert stacked.sum(axis=0).max() <= 1, f"classes overlap in {image_id}"
@@ -246,6 +246,26 @@ def test_other_sizes_scale_the_defects(tmp_path: Path) -> None:
         assert rle_encode(mask) == row["EncodedPixels"]
 
 
+def test_small_defects_for_classes_1_and_2(tmp_path: Path) -> None:
+    """defects="small": class 1/2 regions of a few hundred to a few thousand pixels (below
+    stage 4's 3,500 filter), classes 3/4 as before, and the same image ids and plans."""
+    ds = generate(tmp_path / "small", n_train=40, n_test=1, seed=1, defects="small")
+    normal = generate(tmp_path / "normal", n_train=40, n_test=1, seed=1)
+    rows = _rows(ds.competition_dir / "train.csv")
+    _check_rles(rows, least=0)
+    areas: dict[int, list[int]] = {}
+    for row in rows:
+        area = int(rle_decode(row["EncodedPixels"], IMAGE_SHAPE).sum())
+        areas.setdefault(int(row["ClassId"]), []).append(area)
+    assert set(areas) == {1, 2, 3, 4}
+    for class_id in (1, 2):
+        assert all(150 <= a < 3500 for a in areas[class_id]), areas[class_id]
+    for class_id in (3, 4):
+        assert min(areas[class_id]) >= 5000
+    keys = [(r["ImageId"], r["ClassId"]) for r in _rows(normal.competition_dir / "train.csv")]
+    assert [(r["ImageId"], r["ClassId"]) for r in rows] == keys
+
+
 def test_refuses_non_empty_output_and_leaves_it_alone(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()
@@ -277,6 +297,7 @@ def test_accepts_an_existing_empty_folder(tmp_path: Path) -> None:
         ({"n_train": 2.5}, "n_train"),
         ({"height": 8}, "height"),
         ({"width": 100}, "width"),
+        ({"defects": "tiny"}, "defects"),
     ],
 )
 def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:

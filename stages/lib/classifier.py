@@ -103,6 +103,30 @@ def classifier_image_dataset(
     return data.prefetch(tf.data.AUTOTUNE)
 
 
+CLASSIFIER_TTAS = ("none", "h", "hv")
+
+
+def predict_scores(model: keras.Model, data: tf.data.Dataset, tta: str = "none") -> np.ndarray:
+    """One score per image of `data` (batches of images), as float64.
+
+    `tta` "h" averages the scores of each image and its left-right mirror, "hv"
+    also of its upside-down and its both-ways mirrors; "none" is one plain pass.
+    """
+    if tta not in CLASSIFIER_TTAS:
+        raise ValueError(f"tta must be one of {', '.join(CLASSIFIER_TTAS)}, got {tta!r}")
+    flips: list[list[int]] = [[]]
+    if tta in ("h", "hv"):
+        flips.append([2])
+    if tta == "hv":
+        flips += [[1], [1, 2]]
+    total = None
+    for axes in flips:
+        view = data if not axes else data.map(lambda x, axes=axes: tf.reverse(x, axis=axes))
+        scores = np.asarray(model.predict(view, verbose=0), dtype=np.float64).reshape(-1)
+        total = scores if total is None else total + scores
+    return total / len(flips)
+
+
 def build_classifier_augmenter(seed: int) -> keras.Sequential:
     """The seed's training augmentation, as Keras 3 preprocessing layers.
 

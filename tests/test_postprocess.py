@@ -1,0 +1,150 @@
+"""Stage 4 post-processing tuned on validation: per-class threshold and minimum region size.
+
+These tests use synthetic probability maps with planted defects instead of a trained
+model: fast and deterministic. The maps are small (64x400) but the defects have the
+sizes of real class 1/2 defects (a few hundred pixels) and of classes 3/4 (thousands).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import numpy as np
+import pytest
+
+from stages.lib.metrics import batch_dice
+from stages.stage4_segmentation import (
+    Params,
+    class_min_sizes,
+    class_thresholds,
+    remove_small,
+    search_postprocess,
+    tune_class,
+)
+from tests.stage_params import params_alone
+
+SHAPE = (64, 400)
+# Defect area range per class (pixels) and the chance an (image, class) pair has one.
+DEFECT_AREA = {0: (250, 900), 1: (250, 900), 2: (4000, 9000), 3: (4000, 9000)}
+DEFECT_RATE = 0.25
+
+
+def _rect(rng: np.random.Generator, area: int) -> tuple[slice, slice]:
+    height = int(rng.integers(8, min(SHAPE[0], max(9, area // 10)) + 1))
+    width = max(1, min(SHAPE[1], area // height))
+    top = int(rng.integers(0, SHAPE[0] - height + 1))
+    left = int(rng.integers(0, SHAPE[1] - width + 1))
+    return slice(top, top + height), slice(left, left + width)
+
+
+def planted_maps(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, truth), both (n, 4, 64, 400).
+
+    True defects get probabilities around 0.8; spurious blobs of 20-80 pixels around
+    0.65 appear on a third of the pairs (the false positives a size filter removes);
+    the background is noise around 0.1.
+    """
+    rng = np.random.default_rng(seed)
+    probs = np.clip(rng.normal(0.1, 0.08, (n, 4, *SHAPE)), 0, 1).astype(np.float32)
+    truth = np.zeros((n, 4, *SHAPE), dtype=bool)
+    for i, c in itertools.product(range(n), range(4)):
+        if rng.random() < 1 / 3:
+            rows, cols = _rect(rng, int(rng.integers(20, 81)))
+            probs[i, c, rows, cols] = rng.uniform(0.55, 0.75)
+        if rng.random() < DEFECT_RATE:
+            rows, cols = _rect(rng, int(rng.integers(*DEFECT_AREA[c])))
+            truth[i, c, rows, cols] = True
+            probs[i, c, rows, cols] = np.clip(
+                rng.normal(0.8, 0.08, truth[i, c, rows, cols].sum()), 0, 1
+            ).reshape(probs[i, c, rows, cols].shape)
+    return probs, truth
+
+
+def score(probs: np.ndarray, truth: np.ndarray, thresholds, min_sizes) -> float:
+    """Competition metric (mean Dice over image-class pairs) after the post-processing."""
+    cut = np.asarray(thresholds, dtype=np.float32).reshape(1, -1, 1, 1)
+    return float(batch_dice(remove_small(probs > cut, min_sizes), truth).mean())
+
+
+def test_tuned_postprocessing_recovers_planted_small_defects() -> None:
+    val_probs, val_truth = planted_maps(60, seed=1)
+    chosen = search_postprocess(val_probs, val_truth)
+    assert set(chosen) == {"1", "2", "3", "4"}
+    sizes = [chosen[c]["min_size"] for c in "1234"]
+    thresholds = [chosen[c]["pixel_threshold"] for c in "1234"]
+    # Classes 1 and 2: below the smallest planted defect, above the spurious blobs.
+    assert all(80 <= size < 250 for size in sizes[:2]), chosen
+    assert all(size < 3500 for size in sizes[:2])
+    # Classes 3 and 4: any size between the blobs and the smallest defect is best.
+    assert all(80 <= size < 4000 for size in sizes[2:]), chosen
+
+    test_probs, test_truth = planted_maps(60, seed=2)
+    fixed = score(test_probs, test_truth, [0.5] * 4, 3500)
+    tuned = score(test_probs, test_truth, thresholds, sizes)
+    print(f"unseen maps: fixed 0.5/3500 {fixed:.4f}, tuned {tuned:.4f} ({chosen})")
+    assert tuned >= fixed
+    assert tuned > fixed + 0.05  # the fixed rule drops every class 1/2 defect
+
+
+def test_vectorised_search_matches_a_plain_loop() -> None:
+    probs, truth = planted_maps(12, seed=7)
+    thresholds, sizes = (0.4, 0.6, 0.7), (0, 50, 100, 300, 5000)
+    for c in range(4):
+        *_, grid = tune_class(probs[:, c], truth[:, c], thresholds, sizes)
+        for (row, t), (col, m) in itertools.product(enumerate(thresholds), enumerate(sizes)):
+            kept = remove_small(probs[:, c] > t, m)
+            expected = batch_dice(kept[:, None], truth[:, c, None]).mean()
+            assert grid[row, col] == pytest.approx(expected, abs=1e-12)
+
+
+def test_uint8_maps_tune_like_float_maps() -> None:
+    probs, truth = planted_maps(12, seed=3)
+    as_uint8 = np.round(probs * 255).astype(np.uint8)
+    assert search_postprocess(as_uint8, truth).keys() == search_postprocess(probs, truth).keys()
+    for c in range(4):
+        t8, m8, _, _ = tune_class(as_uint8[:, c], truth[:, c])
+        tf, mf, _, _ = tune_class(probs[:, c], truth[:, c])
+        assert m8 == mf and abs(t8 - tf) <= 0.05
+
+
+def test_remove_small_takes_one_size_per_class() -> None:
+    masks = np.zeros((2, 4, 20, 20), dtype=bool)
+    masks[:, :, 0:3, 0:3] = True  # 9 pixels in every plane
+    masks[:, :, 10:15, 10:15] = True  # 25 pixels in every plane
+    kept = remove_small(masks, [0, 9, 24, 25])
+    assert kept[:, 0].sum() == 2 * 34
+    assert kept[:, 1].sum() == 2 * 25 and kept[:, 2].sum() == 2 * 25
+    assert kept[:, 3].sum() == 0
+    assert (remove_small(masks, 9) == remove_small(masks, [9] * 4)).all()
+    with pytest.raises(ValueError, match="per-class sizes"):
+        remove_small(masks, [1, 2, 3])
+
+
+@pytest.mark.parametrize("params", [Params, params_alone("stages.stage4_segmentation")])
+def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
+    assert class_thresholds(Params()) == (0.5,) * 4
+    assert class_min_sizes(Params()) == (3500,) * 4
+    given = Params(pixel_thresholds="0.55, 0.7,0.53,0.5", min_sizes="600,600,1000,2000")
+    assert class_thresholds(given) == (0.55, 0.7, 0.53, 0.5)
+    assert class_min_sizes(given) == (600, 600, 1000, 2000)
+    params(pixel_thresholds="0.55,0.7,0.53,0.5", min_sizes="0,0,0,0", tune_postprocess=True)
+    bad = [
+        ("pixel_thresholds", "0.5,0.5,0.5", "must be empty or 4 comma-separated values"),
+        ("pixel_thresholds", "0.5,0.5,1.0,0.5", "values must be numbers between 0 and 1"),
+        ("pixel_thresholds", "0.5,x,0.5,0.5", "values must be numbers between 0 and 1"),
+        ("min_sizes", "600,600,-1,2000", "values must be integers of at least 0"),
+        ("min_sizes", "600,600,1.5,2000", "values must be integers of at least 0"),
+    ]
+    for name, value, rule in bad:
+        with pytest.raises(ValueError, match=f"^{re.escape(name)} {re.escape(rule)}"):
+            params(**{name: value})
+
+
+def test_ties_go_to_the_untuned_values() -> None:
+    """A class the validation split cannot tell apart keeps the configured rule."""
+    probs = np.full((3, 1, 16, 16), 0.1, dtype=np.float32)  # nothing predicted anywhere
+    truth = np.zeros(probs.shape, dtype=bool)
+    threshold, size, dice, grid = tune_class(probs[:, 0], truth[:, 0])
+    assert (threshold, size, dice) == (0.5, 3500, 1.0) and (grid == 1.0).all()
+    assert tune_class(probs[:, 0], truth[:, 0], prefer=(0.6, 600))[:2] == (0.6, 600)
