@@ -51,7 +51,7 @@ from stages.lib.segdata import (
     stratified_split,
 )
 from stages.lib.severstal import CLASS_IDS, COMPETITION, IMAGE_SHAPE
-from stages.lib.submission import Submission, read_submission, write_submission
+from stages.lib.submission import fill_submission, read_submission, write_submission
 from stages.lib.traincsv import defect_count_per_image, read_train_csv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -893,15 +893,9 @@ def run(params: Params, layout: Layout) -> None:
             )
         )
     encoded = predict(model, test_loader, setup, thresholds, min_sizes, params.tta)
-    lookup = {
-        (name, class_id): rle
-        for name, rles in zip(test_names, encoded, strict=True)
-        for class_id, rle in zip(CLASS_IDS, rles, strict=True)
-    }
-    frame = sample.frame.copy()
-    keys = zip(frame["ImageId"].astype(str), frame["ClassId"].astype(int), strict=True)
-    frame["EncodedPixels"] = [lookup[key] for key in keys]
-    write_submission(Submission(frame=frame, fmt=sample.fmt), working / "submission.csv")
+    submission = fill_submission(sample, test_names, encoded)
+    write_submission(submission, working / "submission.csv")
+    frame = submission.frame
     filled = int((frame["EncodedPixels"] != "").sum())
     print(
         f"best validation loss {best_loss:.4f}; submission.csv: {len(test_names)} test images, "

@@ -26,8 +26,8 @@ from stages.lib.classifier import (
     load_classifier,
 )
 from stages.lib.segdata import SteelSegDataset, check_images, list_images
-from stages.lib.severstal import CLASS_IDS, COMPETITION
-from stages.lib.submission import Submission, read_submission, write_submission
+from stages.lib.severstal import COMPETITION
+from stages.lib.submission import fill_submission, read_submission, write_submission
 from stages.stage4_segmentation import (
     DeviceSetup,
     build_unet,
@@ -109,19 +109,6 @@ def classify(model_path: Path, test_dir: Path, names: list[str], batch_size: int
     if scores.shape[0] != len(names):
         raise RuntimeError(f"classifier returned {scores.shape[0]} scores for {len(names)} images")
     return pd.Series(scores, index=pd.Index(names, name="ImageId"), name="allMissing")
-
-
-def fill_submission(sample: Submission, names: list[str], encoded: list[list[str]]) -> Submission:
-    """The sample submission with each (image, class) row's mask from `encoded`."""
-    lookup = {
-        (name, class_id): rle
-        for name, rles in zip(names, encoded, strict=True)
-        for class_id, rle in zip(CLASS_IDS, rles, strict=True)
-    }
-    frame = sample.frame.copy()
-    keys = zip(frame["ImageId"].astype(str), frame["ClassId"].astype(int), strict=True)
-    frame["EncodedPixels"] = [lookup[key] for key in keys]
-    return Submission(frame=frame, fmt=sample.fmt)
 
 
 # %% [markdown]

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from kernelgen.runtime import InputError
-from stages.lib.submission import Submission
+from stages.lib.submission import Submission, fill_submission
 from stages.stage4_segmentation import Params as SegParams
 from stages.stage4_segmentation import build_unet, save_checkpoint
-from stages.stage6_inference import Params, fill_submission, load_segmenter
+from stages.stage6_inference import Params, load_segmenter
 
 
 def test_the_checkpoint_gives_stage_4s_weights_and_parameters(tmp_path: Path) -> None:

@@ -193,3 +193,19 @@ def write_submission(sub: Submission, path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     out.to_csv(partial, index=False, lineterminator="\n")
     os.replace(partial, path)
+
+
+def fill_submission(sample: Submission, names: list[str], encoded: list[list[str]]) -> Submission:
+    """The sample submission with each (image, class) row's mask from `encoded`.
+
+    `encoded[i]` holds the RLEs of image `names[i]`, one per class in CLASS_IDS order.
+    """
+    lookup = {
+        (name, class_id): rle
+        for name, rles in zip(names, encoded, strict=True)
+        for class_id, rle in zip(CLASS_IDS, rles, strict=True)
+    }
+    frame = sample.frame.copy()
+    keys = zip(frame["ImageId"].astype(str), frame["ClassId"].astype(int), strict=True)
+    frame["EncodedPixels"] = [lookup[key] for key in keys]
+    return Submission(frame=frame, fmt=sample.fmt)
