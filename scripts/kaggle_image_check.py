@@ -390,9 +390,10 @@ def run_unit_tests(env: Path, deadline: float) -> StageResult:
     left = deadline - time.monotonic()
     if left <= 0:
         return StageResult("unit tests", "not run", None, "--timeout reached")
+    # One process: the pinned environment has no pytest-xdist, so the repo's -n/--dist go.
     command = [
-        str(env_python(env)), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-        *FRAMEWORK_FREE_TESTS,
+        str(env_python(env)), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=-ra",
+        "-m", "not slow", *FRAMEWORK_FREE_TESTS,
     ]
     start = time.monotonic()
     try:
