@@ -72,7 +72,8 @@ def _summary(folder: WorkFolder, submission: Path | None) -> tuple[Stats, list[N
             items.append(("GPU hours", _hours(gpu)))
             notes.append(
                 Note(
-                    f"GPU hours add up the durations of stages that use a GPU. This run used the "
+                    f"GPU hours add up the run times of stages that use a GPU (RUNNING to COMPLETE where "
+                    f"a poll saw both, else push to end). This run used the "
                     f"{folder.backend or 'unknown'} backend, so no Kaggle quota was spent."
                 )
             )
