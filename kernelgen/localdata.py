@@ -17,7 +17,7 @@ from typing import Any
 from kernelgen.errors import ConfigError, KernelgenError
 from kernelgen.params import SCALAR_TYPES, coerce_value, parse_text
 from kernelgen.pipeline import PIPELINE_FILE, Pipeline
-from kernelgen.runner import import_project_module
+from kernelgen.runner import load_project_function
 from kernelgen.runtime import InputError
 
 LOCAL_DATA_DIR = "synthetic-data"
@@ -34,9 +34,8 @@ def _generator(pipeline: Pipeline) -> tuple[str, Callable[..., Any]]:
             f"the pipeline in {pipeline.root} has no local data: set data = \"<folder>\" in kernelgen.toml, "
             f"or [local] generator = \"package.module:function\" in {pipeline.source / PIPELINE_FILE}"
         )
-    module, _, function = name.partition(":")
     try:
-        found = getattr(import_project_module(pipeline, module), function)
+        found = load_project_function(pipeline, name)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"local.generator {name!r} cannot be loaded: {exc}", source=pipeline.source / PIPELINE_FILE) from None
     return name, found

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from kernelgen.errors import StageRunError
 from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
@@ -49,6 +50,15 @@ def import_project_module(pipeline: Pipeline, module: str) -> ModuleType:
         sys.path.insert(0, root)
     importlib.invalidate_caches()
     return importlib.import_module(module)
+
+
+def load_project_function(pipeline: Pipeline, reference: str) -> Callable[..., Any]:
+    """The function a `package.module:function` reference in pipeline.toml names.
+
+    Raises ImportError or AttributeError when it cannot be loaded; callers say what it was for.
+    """
+    module, _, function = reference.partition(":")
+    return getattr(import_project_module(pipeline, module), function)
 
 
 def run_module(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], root: Path) -> Path:

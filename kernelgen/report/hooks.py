@@ -18,7 +18,7 @@ from kernelgen.localdata import LOCAL_DATA_DIR, competitions
 from kernelgen.pipeline import PIPELINE_FILE, Pipeline
 from kernelgen.report.panel import Panel
 from kernelgen.report.workfolder import StageFacts, WorkFolder
-from kernelgen.runner import import_project_module
+from kernelgen.runner import load_project_function
 
 
 @dataclass(frozen=True)
@@ -61,10 +61,9 @@ def pipeline_panels(context: ReportContext) -> tuple[list[Panel], list[str]]:
     name = context.pipeline.report.panels
     if name is None:
         return [], []
-    module, _, function = name.partition(":")
     where = context.pipeline.source / PIPELINE_FILE
     try:
-        hook = getattr(import_project_module(context.pipeline, module), function)
+        hook = load_project_function(context.pipeline, name)
     except (ImportError, AttributeError) as exc:
         return [], [f"report.panels {name!r} ({where}) cannot be loaded: {exc}"]
     try:
