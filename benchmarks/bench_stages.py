@@ -170,16 +170,21 @@ def ours_sweep(scores: pd.Series, defects: pd.DataFrame) -> pd.DataFrame:
     return threshold_sweep(scores.to_numpy(), positive)
 
 
-def write_scores(path: Path, scores: pd.Series) -> None:
+def write_scores(path: Path, scores: pd.Series, *, held_out: bool = False) -> None:
+    """A score file; `held_out` marks every image as held out of stage 1's training
+    (stage 3 sweeps only those), as stage 2 writes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    scores.rename("allMissing").to_csv(path, lineterminator="\n")
+    frame = scores.rename("allMissing").to_frame()
+    if held_out:
+        frame["validation"] = 1
+    frame.to_csv(path, lineterminator="\n")
 
 
 def end_to_end_stage3(rng: np.random.Generator, scores: pd.Series, defects: pd.DataFrame) -> float:
     """Seconds for the whole stage: read and check inputs, sweep, write table, JSON, plots."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        write_scores(root / "input/stage2/train_missing_count.csv", scores)
+        write_scores(root / "input/stage2/train_missing_count.csv", scores, held_out=True)
         train = defects.assign(EncodedPixels=[synth_rle(rng) for _ in range(len(defects))])
         train_path = root / "input" / COMPETITION / "train.csv"
         train_path.parent.mkdir(parents=True)

@@ -309,10 +309,11 @@ def _light_inputs(work: Path) -> dict[int, Path]:
     (stage3 / "input" / COMPETITION).symlink_to(comp, target_is_directory=True)
     with (stage3 / "input" / "stage2" / "train_missing_count.csv").open("w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["ImageId", "allMissing"])
+        writer.writerow(["ImageId", "allMissing", "validation"])
         for image in sorted(p.name for p in (comp / "train_images").iterdir()):
             centre = 0.25 if image in defective else 0.75
-            writer.writerow([image, f"{min(max(rng.gauss(centre, 0.2), 0.0), 1.0):.6f}"])
+            held_out = int(rng.random() < 0.3)
+            writer.writerow([image, f"{min(max(rng.gauss(centre, 0.2), 0.0), 1.0):.6f}", held_out])
 
     stage5 = work / "stage5"
     (stage5 / "input" / "stage4").mkdir(parents=True)

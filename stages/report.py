@@ -39,6 +39,7 @@ RULES = {
     "(the smallest |acc-rec| + |rec-prec| + |prec-f1|)",
     "f1": "where F1 is highest",
     "accuracy": "where accuracy is highest",
+    "recall": "the lowest threshold that still finds the chosen share of defective images",
 }
 
 
@@ -91,7 +92,7 @@ def threshold_panel(context: ReportContext) -> Panel:
             ax.plot([threshold], [row[metric]], "o", color=ax.lines[-1].get_color())
         ax.axvline(threshold, color="black", linestyle="--", label=f"chosen {threshold:.3f}")
         ax.set_xlabel("allMissing threshold (an image is predicted defective below it)")
-        ax.set_ylabel("over train images")
+        ax.set_ylabel("over held-out train images")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
@@ -105,13 +106,39 @@ def threshold_panel(context: ReportContext) -> Panel:
         )
     if used is not None and abs(float(used) - threshold) > 1e-9:
         blocks.append(Note(f"Stage 5 last ran with threshold {used}, not this choice.", "missing"))
+    if chosen.get("image_gate") is False:
+        swept = float(chosen.get("swept_threshold", threshold))
+        blocks.append(
+            Note(f"The image gate is off (image_gate = false): stage 5 blanks no whole image; the sweep chose {swept:.3f}.")
+        )
+    classes = chosen.get("classes")
+    if isinstance(classes, dict) and classes:
+        class_rule = str(chosen.get("class_rule", ""))
+        rows = [
+            (f"class {c}", *(f"{float(classes[str(c)][m]):.3f}" for m in ("threshold", *METRICS)))
+            for c in CLASS_IDS
+            if str(c) in classes
+        ]
+        blocks.append(
+            Table.of(
+                ("class", "gate", *METRICS),
+                rows,
+                caption=f"Per-class gates, each chosen by rule {class_rule or 'unknown'}: "
+                "a class is blanked where its missing score is above its gate.",
+            )
+        )
+        used_gates = context.params(SUBMISSION).get("class_thresholds")
+        if used_gates is not None and str(used_gates) != str(chosen.get("class_thresholds", "")):
+            blocks.append(Note(f"Stage 5 last ran with class_thresholds {used_gates!r}, not these gates.", "missing"))
     why = RULES.get(rule, f"by rule {rule!r}")
+    images = chosen.get("images")
+    held_out = f"the {images} train images stage 1 held out of training" if images else "held-out train images"
     return Panel(
         "threshold",
         "Threshold sweep",
         tuple(blocks),
-        f"Stage 3 tried every threshold from 0.001 to 0.999 on the train images' classifier "
-        f"scores and chose {threshold:.3f}, {why}.",
+        f"Stage 3 tried every threshold from 0.001 to 0.999 on the classifier scores of "
+        f"{held_out} and chose {threshold:.3f}, {why}.",
     )
 
 
@@ -181,11 +208,17 @@ def submission_panel(context: ReportContext) -> Panel:
         for c in CLASS_IDS
     ]
     blocks.append(Table.of(("class", "masks before the gate", "masks in the final submission", "images"), rows))
+    gates = str(context.params(SUBMISSION).get("class_thresholds") or "")
+    per_class = (
+        f" With per-class gates {gates} (classes 1 to 4) it also blanks each class whose own score is above its gate."
+        if gates.strip()
+        else ""
+    )
     return Panel(
         "submission",
         "Submission and the classifier gate",
         tuple(blocks),
-        f"Stage 5 blanks every class of each test image whose classifier score is above {threshold:.3f}.",
+        f"Stage 5 blanks every class of each test image whose classifier score is above {threshold:.3f}.{per_class}",
     )
 
 

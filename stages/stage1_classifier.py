@@ -3,12 +3,18 @@
 # Trains DenseNet121 to tell images without any defect (`allMissing` = 1) from
 # images with at least one, keeps the model with the best validation accuracy,
 # and scores every test image with it. Later stages use the scores to blank the
-# segmentation of images the classifier is confident are clean.
+# segmentation of images the classifier is confident are clean. With
+# `head = "class"` the network has one output per defect class instead (the
+# belief that the image has none of that class), so later stages can blank
+# single classes; that model is kept at its lowest validation loss.
 #
-# Outputs: `model.h5` (best by validation accuracy), `dense121_model.h5` (after
+# Outputs: `model.h5` (best by validation accuracy, or loss for the per-class
+# head), `dense121_model.h5` (after
 # the last epoch), `history.csv` (one row per epoch: every metric and the
 # learning rate), `test_missing_count.csv` (`ImageId,allMissing` for each test
-# image) and learning-curve plots.
+# image, and `missing1`..`missing4` from the per-class head), `split.csv`
+# (`ImageId,validation`: 1 for the images held out of training, on which stage 3
+# chooses its thresholds) and learning-curve plots.
 
 # %%
 import csv
@@ -31,10 +37,12 @@ from stages.lib.classifier import (
     build_classifier_augmenter,
     check_classifier_images,
     classifier_image_dataset,
+    head_outputs,
     load_classifier,
     predict_scores,
 )
-from stages.lib.severstal import COMPETITION
+from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table, write_table
+from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv_images
 
@@ -47,6 +55,8 @@ EAGER_MAX_STEPS = 24
 MIN_IMAGE_SIZE = 32
 # Test-time flips averaged into each score: none, left-right, left-right and up-down.
 TTAS = ("none", "h", "hv")
+# What the network predicts: one allMissing score per image, or one score per class.
+HEADS = ("image", "class")
 # `keras.utils.set_random_seed` takes seeds from 0 to 2**32 - 1.
 MAX_SEED = 4_294_967_295
 
@@ -61,8 +71,10 @@ class Params:
     validation loss before the learning rate is cut to a quarter. `pretrained`:
     start from ImageNet weights (needs internet). `seed`: fixes the split, the
     augmentation and the initial weights. `tta`: average each test score over
-    flips ("h" left-right, "hv" also up-down). Values are checked when `Params` is
-    built, so a bad one stops the render, before any kernel starts.
+    flips ("h" left-right, "hv" also up-down). `head`: "image" predicts one
+    allMissing score (the seed's), "class" one score per defect class (trained on
+    per-class labels; later stages can gate each class). Values are checked when
+    `Params` is built, so a bad one stops the render, before any kernel starts.
     """
 
     image_size: int = 256
@@ -73,8 +85,11 @@ class Params:
     pretrained: bool = True
     seed: int = 2019
     tta: str = "none"
+    head: str = "image"
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.tta not in TTAS:
             raise ValueError(f"tta must be one of {', '.join(TTAS)}, got {self.tta!r}")
         if self.image_size < MIN_IMAGE_SIZE:
@@ -114,7 +129,8 @@ def _list_images(folder: Path) -> list[Path]:
 
 
 def train_labels(competition: Path) -> pd.DataFrame:
-    """`ImageId`, `path` and `allMissing` (1.0 = no defect) for every train image.
+    """`ImageId`, `path`, `allMissing` (1.0 = no defect) and, per class, `missing1` ..
+    `missing4` (1.0 = no defect of that class) for every train image.
 
     The train images are the files in `train_images/`; an old-format train.csv
     lists every image (four rows each), and then only the images it lists count.
@@ -137,8 +153,17 @@ def train_labels(competition: Path) -> pd.DataFrame:
     if not paths:
         raise InputError(f"{train_dir}: no .jpg images found")
     defective = set(defects["ImageId"].astype(str))
-    labels = [0.0 if p.name in defective else 1.0 for p in paths]
-    return pd.DataFrame({"ImageId": [p.name for p in paths], "path": paths, "allMissing": labels})
+    table = pd.DataFrame(
+        {
+            "ImageId": [p.name for p in paths],
+            "path": paths,
+            "allMissing": [0.0 if p.name in defective else 1.0 for p in paths],
+        }
+    )
+    for class_id, column in zip(CLASS_IDS, CLASS_SCORE_COLUMNS, strict=True):
+        present = set(defects.loc[defects["ClassId"] == class_id, "ImageId"].astype(str))
+        table[column] = [0.0 if name in present else 1.0 for name in table["ImageId"]]
+    return table
 
 
 def submission_images(competition: Path) -> list[Path]:
@@ -270,20 +295,26 @@ def run(params: Params, layout: Layout) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     print(f"training on {len(gpus)} GPU(s)" if gpus else "no GPU visible: training on the CPU")
     keras.utils.set_random_seed(params.seed)
-    model = build_classifier(params.image_size, params.pretrained)
+    outputs = head_outputs(params.head)
+    model = build_classifier(params.image_size, params.pretrained, outputs)
+    targets = table[["allMissing"] if outputs == 1 else list(CLASS_SCORE_COLUMNS)].to_numpy(
+        dtype=np.float32
+    )
     train_paths = list(table["path"][~is_val])
     val_paths = list(table["path"][is_val])
     train_data = classifier_image_dataset(
         train_paths,
         params.image_size,
         params.batch_size,
-        labels[~is_val],
+        targets[~is_val],
         shuffle_seed=params.seed,
         augmenter=build_classifier_augmenter(params.seed),
     )
     val_data = classifier_image_dataset(
-        val_paths, params.image_size, params.batch_size, labels[is_val]
+        val_paths, params.image_size, params.batch_size, targets[is_val]
     )
+    split = pd.DataFrame({"ImageId": table["ImageId"], "validation": is_val.astype(int)})
+    write_table(split, layout.working / "split.csv")
 
     steps = -(-len(train_paths) // params.batch_size) * params.epochs
     if steps <= EAGER_MAX_STEPS:
@@ -292,10 +323,13 @@ def run(params: Params, layout: Layout) -> None:
 
     out = layout.working
     best_path, final_path = out / "model.h5", out / "dense121_model.h5"
+    # Per class, most (image, class) pairs are empty, so a network that calls every class
+    # absent already has a high accuracy; its best epoch is the one of lowest loss.
+    monitor, mode = ("val_accuracy", "max") if params.head == "image" else ("val_loss", "min")
     log = EpochLog(out / "history.csv")
     callbacks = [
         keras.callbacks.ModelCheckpoint(
-            str(best_path), monitor="val_accuracy", mode="max", save_best_only=True, verbose=1
+            str(best_path), monitor=monitor, mode=mode, save_best_only=True, verbose=1
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss",
@@ -319,13 +353,11 @@ def run(params: Params, layout: Layout) -> None:
 
     best = load_classifier(best_path)
     test_data = classifier_image_dataset(test_paths, params.image_size, params.batch_size)
-    scores = predict_scores(best, test_data, params.tta)
-    result = pd.DataFrame({"ImageId": [p.name for p in test_paths], "allMissing": scores})
+    result = score_table([p.name for p in test_paths], predict_scores(best, test_data, params.tta))
     target = out / "test_missing_count.csv"
-    partial = target.with_name(target.name + ".partial")
-    result.to_csv(partial, index=False, lineterminator="\n")
-    os.replace(partial, target)
+    write_table(result, target)
+    pick = min if mode == "min" else max
     print(
-        f"best validation accuracy {max(r['val_accuracy'] for r in log.rows):.4f}; "
+        f"best {monitor} {pick(r[monitor] for r in log.rows):.4f}; "
         f"scored {len(result)} test images into {target}"
     )

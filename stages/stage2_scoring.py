@@ -1,17 +1,18 @@
 # %% [markdown]
 # # Stage 2: score the train images
 # Loads stage 1's best classifier (`model.h5` from the Stage1 dataset) and
-# writes its `allMissing` score (belief that the image has no defect) for every
-# train image to `train_missing_count.csv`. Stage 3 compares these scores with
-# `train.csv` to pick the threshold. Images are read exactly as stage 1 read
-# them for training, without augmentation, and keep their original `.jpg` names.
+# writes its `allMissing` score (belief that the image has no defect; with the
+# per-class head also `missing1`..`missing4`) for every train image to
+# `train_missing_count.csv`, with a `validation` column from stage 1's
+# `split.csv`: 1 for the images stage 1 held out of training. Stage 3 compares
+# the held-out images' scores with `train.csv` to pick its thresholds; scores of
+# images the classifier trained on say little about unseen ones. Images are read
+# exactly as stage 1 read them for training, without augmentation, and keep their
+# original `.jpg` names. It is the checkpoint stage 1 scored the test images with.
 
 # %%
-import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import (
@@ -21,6 +22,8 @@ from stages.lib.classifier import (
     load_classifier,
     predict_scores,
 )
+from stages.lib.csvtext import read_text_csv
+from stages.lib.scores import score_table, write_table
 from stages.lib.severstal import COMPETITION
 
 # Stage 1 trains at 32 or more (DenseNet121 halves its input five times).
@@ -70,9 +73,37 @@ def train_images(competition: Path) -> list[Path]:
     return paths
 
 
+def held_out(split_path: Path, image_ids: list[str]) -> list[int]:
+    """Per image of `image_ids`, 1 when stage 1's `split.csv` held it out of training.
+
+    Every train image must be in the split: an image stage 1 never listed means its
+    model was trained on other data than this stage scores.
+    """
+    raw = read_text_csv(split_path, "split file")
+    if list(raw.columns[:2]) != ["ImageId", "validation"]:
+        raise InputError(
+            f"{split_path}: expected columns ImageId,validation, found {','.join(map(str, raw.columns))}"
+        )
+    bad = ~raw["validation"].isin(["0", "1"])
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise InputError(f"{split_path}: line {row + 2}: validation must be 0 or 1, got {raw['validation'].iloc[row]!r}")
+    split = dict(zip(raw["ImageId"], raw["validation"].astype(int), strict=True))
+    unknown = [name for name in image_ids if name not in split]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise InputError(
+            f"{split_path}: train image {unknown[0]} is not in stage 1's split{more}; "
+            "stage 1 trained on other images"
+        )
+    return [split[name] for name in image_ids]
+
+
 def run(params: Params, layout: Layout) -> None:
     model_path = layout.input_file("stage1", "model.h5")
+    split_path = layout.input_file("stage1", "split.csv")
     paths = train_images(layout.input(COMPETITION))
+    validation = held_out(split_path, [p.name for p in paths])
     check_classifier_images(paths)
     model = load_classifier(model_path)
     trained_size = classifier_input_size(model, model_path)
@@ -82,12 +113,11 @@ def run(params: Params, layout: Layout) -> None:
             f"but image_size={params.image_size}; set image_size={trained_size}"
         )
     data = classifier_image_dataset(paths, params.image_size, params.batch_size)
-    scores = predict_scores(model, data, params.tta)
-    if scores.shape[0] != len(paths):
-        raise RuntimeError(f"model returned {scores.shape[0]} scores for {len(paths)} images")
+    frame = score_table([p.name for p in paths], predict_scores(model, data, params.tta))
+    frame["validation"] = validation
     out = layout.working / "train_missing_count.csv"
-    partial = out.with_name(out.name + ".partial")
-    frame = pd.DataFrame({"ImageId": [p.name for p in paths], "allMissing": scores})
-    frame.to_csv(partial, index=False, lineterminator="\n")
-    os.replace(partial, out)
-    print(f"scored {len(frame)} train images; mean allMissing {scores.mean():.4f}; wrote {out}")
+    write_table(frame, out)
+    print(
+        f"scored {len(frame)} train images ({sum(validation)} held out of stage 1's training); "
+        f"mean allMissing {frame['allMissing'].mean():.4f}; wrote {out}"
+    )

@@ -7,7 +7,11 @@
 # classes an image has, and the checkpoint with the lowest validation loss
 # kept as `model.pth`. On test images each class keeps only connected regions
 # larger than `min_size` pixels: small blobs are mostly false positives, and
-# a false positive on an empty (image, class) pair scores 0.
+# a false positive on an empty (image, class) pair scores 0. Once the test
+# images are predicted, `model.pth` also records the post-processing used
+# (`postprocess`: per-class pixel thresholds and minimum sizes) and, with
+# `average_best`, holds the averaged weights, so an inference kernel that loads
+# it predicts exactly what this stage did.
 #
 # On a GPU the loop runs in mixed precision with channels-last tensors; the
 # loader ships uint8 images that are normalised and flipped on the device.
@@ -208,7 +212,7 @@ class Params:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
 
-def class_thresholds(params: Params) -> tuple[float, ...]:
+def class_pixel_thresholds(params: Params) -> tuple[float, ...]:
     """The pixel threshold of each class: `pixel_thresholds` if given, else `pixel_threshold`."""
     if params.pixel_thresholds.strip():
         return tuple(float(part) for part in params.pixel_thresholds.split(","))
@@ -856,19 +860,15 @@ def run(params: Params, layout: Layout) -> None:
 
     del train_loader, val_loader  # stop their worker processes
     model.load_state_dict(best_state)
-    if len(top) > 1:
+    averaged_epochs = sorted(e for _, e, _ in top) if len(top) > 1 else []
+    if averaged_epochs:
         model.load_state_dict(average_states([state for _, _, state in top]))
-        save_checkpoint(
-            working / "model_averaged.pth",
-            {"epochs": sorted(e for _, e, _ in top),
-             "state_dict": cpu_state(model), "params": asdict(params)},
-        )
-        print(f"predicting with the average of epochs {sorted(e for _, e, _ in top)}")
+        print(f"predicting with the average of epochs {averaged_epochs}")
     test_loader = make_loader(
         SteelSegDataset(test_dir, test_names, *size),
         params.batch_size, params.workers, device, shuffle_seed=None,
     )
-    thresholds, min_sizes = class_thresholds(params), class_min_sizes(params)
+    thresholds, min_sizes = class_pixel_thresholds(params), class_min_sizes(params)
     if params.tune_postprocess:
         val_loader = make_loader(
             SteelSegDataset(train_dir, val_ids, *size),
@@ -893,6 +893,14 @@ def run(params: Params, layout: Layout) -> None:
             )
         )
     encoded = predict(model, test_loader, setup, thresholds, min_sizes, params.tta)
+    # model.pth ends as the segmenter these masks came from: the averaged weights when
+    # averaging, and the post-processing applied, so an inference kernel predicts the same.
+    final = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if averaged_epochs:
+        final.pop("optimizer", None)
+        final.update(state_dict=cpu_state(model), averaged_epochs=averaged_epochs)
+    final["postprocess"] = {"pixel_thresholds": list(thresholds), "min_sizes": list(min_sizes)}
+    save_checkpoint(checkpoint, final)
     submission = fill_submission(sample, test_names, encoded)
     write_submission(submission, working / "submission.csv")
     frame = submission.frame

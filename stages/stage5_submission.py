@@ -4,29 +4,57 @@
 # have no defect, and every stray pixel on an empty (image, class) pair scores
 # 0. The classifier (stage 1) is better at saying "no defect at all", so every
 # test image whose allMissing score is above the threshold gets all four
-# classes blanked. Everything else in the submission stays as it was.
+# classes blanked. With a per-class classifier, `class_thresholds` also blanks
+# single classes: class c of an image whose `missing<c>` score is above the c-th
+# threshold. Everything else in the submission stays as it was.
 
 # %%
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import Layout
-from stages.lib.scores import read_scores
+from stages.lib.scores import read_class_scores, read_scores
+from stages.lib.severstal import CLASS_IDS
 from stages.lib.submission import Submission, read_submission, write_submission
+
+# Per-class gates: one threshold for each of the four defect classes.
+CLASS_COUNT = 4
 
 
 @dataclass(frozen=True)
 class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
     (stage 3 chooses it in a chain run). It must lie in [0, 1], as the scores do;
-    1 blanks no image."""
+    1 blanks no image. `class_thresholds`: empty (no per-class gate), or four
+    comma-separated values in [0, 1], one per class: blank class c of an image
+    when its `missing<c>` score is strictly above the c-th (stage 3 chooses them
+    when stage 1 has the per-class head)."""
 
     threshold: float = 0.947
+    class_thresholds: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        self.class_gates()
+
+    def class_gates(self) -> tuple[float, ...]:
+        """The per-class thresholds, or () when there is no per-class gate."""
+        if not self.class_thresholds.strip():
+            return ()
+        parts = self.class_thresholds.split(",")
+        try:
+            values = tuple(float(part) for part in parts)
+        except ValueError:
+            values = ()
+        if len(parts) != CLASS_COUNT or len(values) != CLASS_COUNT or not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(
+                f"class_thresholds must be empty or {CLASS_COUNT} comma-separated values "
+                f"between 0 and 1, got {self.class_thresholds!r}"
+            )
+        return values
 
 
 # %% [markdown]
@@ -52,6 +80,29 @@ def blank_confident_images(
     return Submission(frame=frame, fmt=sub.fmt), blanked_images
 
 
+def blank_confident_classes(
+    sub: Submission, class_scores: pd.DataFrame, thresholds: tuple[float, ...]
+) -> tuple[Submission, int]:
+    """A copy of `sub` with class c of each image made empty where `missing<c>` is above
+    the c-th threshold. Returns it and how many non-empty masks were cleared.
+
+    `class_scores` has the columns `missing1`..`missing4`, indexed by ImageId, and
+    covers every image of `sub`.
+    """
+    if len(thresholds) != len(CLASS_IDS):
+        raise ValueError(f"{len(thresholds)} class thresholds for {len(CLASS_IDS)} classes")
+    frame = sub.frame.copy()
+    position = frame["ClassId"].astype(int).map({c: i for i, c in enumerate(CLASS_IDS)}).to_numpy()
+    rows = class_scores.index.get_indexer(frame["ImageId"])
+    if (rows < 0).any():
+        raise ValueError(f"no class scores for image {frame['ImageId'].iloc[int((rows < 0).argmax())]}")
+    row_scores = class_scores.to_numpy(dtype=float)[rows, position]
+    blank = row_scores > np.asarray(thresholds, dtype=float)[position]
+    cleared = int((blank & (frame["EncodedPixels"] != "").to_numpy()).sum())
+    frame.loc[blank, "EncodedPixels"] = ""
+    return Submission(frame=frame, fmt=sub.fmt), cleared
+
+
 # %% [markdown]
 # ## Run
 
@@ -63,6 +114,12 @@ def run(params: Params, layout: Layout) -> None:
     sub = read_submission(sub_path)
     scores = read_scores(score_path, expected_ids=sub.frame["ImageId"], expected_from=str(sub_path))
     result, blanked_images = blank_confident_images(sub, scores, params.threshold)
+    gates = params.class_gates()
+    if gates:
+        class_scores = read_class_scores(
+            score_path, expected_ids=sub.frame["ImageId"], expected_from=str(sub_path)
+        )
+        result, by_class = blank_confident_classes(result, class_scores, gates)
     write_submission(result, layout.working / "submission.csv")
 
     images = sub.frame["ImageId"].nunique()
@@ -73,3 +130,5 @@ def run(params: Params, layout: Layout) -> None:
         f"blanked {blanked_images} of {images} test images (allMissing > {params.threshold}); "
         f"{cleared} non-empty masks removed; {sub.fmt}-format submission.csv written"
     )
+    if gates:
+        print(f"per-class gates {params.class_thresholds}: {by_class} more masks removed")

@@ -2,18 +2,19 @@
 # # Stage 6: the code-competition inference kernel
 # In a code competition Kaggle reruns the submission kernel with the hidden test
 # set swapped into the competition input, internet off. So this kernel predicts
-# every image of `test_images/` itself: stage 4's segmenter (`model.pth`) with
-# stage 4's own `predict` and `remove_small` post-processing, then stage 5's
+# every image of `test_images/` itself: stage 4's segmenter (`model.pth`, the
+# weights stage 4 predicted with) with stage 4's own `predict` and the
+# post-processing the checkpoint records (tuned or fixed), then stage 5's
 # `blank_confident_images` gate with stage 1's classifier (`model.h5`) and
-# stage 3's threshold. On the same models, threshold and images its submission
-# is stage 5's, row for row.
+# stage 3's threshold, and with a per-class classifier stage 5's
+# `blank_confident_classes` gates. On the same models, thresholds and images its
+# submission is stage 5's, row for row.
 
 # %%
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import segmentation_models_pytorch  # noqa: F401  (torchvision must load before TensorFlow: the other order crashes)
 import torch
@@ -24,41 +25,74 @@ from stages.lib.classifier import (
     classifier_image_dataset,
     classifier_input_size,
     load_classifier,
+    predict_scores,
 )
+from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
 from stages.lib.segdata import SteelSegDataset, check_images, list_images
 from stages.lib.severstal import COMPETITION
 from stages.lib.submission import fill_submission, read_submission, write_submission
 from stages.stage4_segmentation import (
     DeviceSetup,
     build_unet,
+    class_min_sizes,
+    class_pixel_thresholds,
     make_loader,
     pick_device,
     predict,
 )
 from stages.stage4_segmentation import Params as SegParams
-from stages.stage5_submission import blank_confident_images
+from stages.stage5_submission import blank_confident_classes, blank_confident_images
+
+# Per-class gates: one threshold for each of the four defect classes.
+CLASS_COUNT = 4
+# Test-time flips averaged into each classifier score: none, left-right, both.
+TTAS = ("none", "h", "hv")
 
 
 @dataclass(frozen=True)
 class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
-    (stage 3 chooses it in a chain run); `classifier_batch_size`: images per
+    (stage 3 chooses it in a chain run); `class_thresholds`: empty, or four
+    comma-separated per-class gates as stage 5 takes them; `classifier_tta`: the
+    flips averaged into each classifier score, as stage 1's `tta` (the thresholds
+    were chosen on scores made that way); `classifier_batch_size`: images per
     classifier batch; `workers`: data-loader processes for the segmenter (0 loads
-    in the main process). The segmenter's input size, pixel threshold, minimum
-    region size and batch size are the ones stage 4 trained and predicted with,
-    read from the checkpoint, so the post-processing is stage 4's."""
+    in the main process). The segmenter's input size, pixel thresholds, minimum
+    region sizes, flips and batch size are the ones stage 4 trained and predicted
+    with, read from the checkpoint, so the post-processing is stage 4's."""
 
     threshold: float = 0.947
+    class_thresholds: str = ""
+    classifier_tta: str = "none"
     classifier_batch_size: int = 32
     workers: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
+        if self.classifier_tta not in TTAS:
+            raise ValueError(f"classifier_tta must be one of {', '.join(TTAS)}, got {self.classifier_tta!r}")
+        self.class_gates()
         if self.classifier_batch_size < 1:
             raise ValueError(f"classifier_batch_size must be at least 1, got {self.classifier_batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be at least 0, got {self.workers}")
+
+    def class_gates(self) -> tuple[float, ...]:
+        """The per-class thresholds, or () when there is no per-class gate."""
+        if not self.class_thresholds.strip():
+            return ()
+        parts = self.class_thresholds.split(",")
+        try:
+            values = tuple(float(part) for part in parts)
+        except ValueError:
+            values = ()
+        if len(parts) != CLASS_COUNT or len(values) != CLASS_COUNT or not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(
+                f"class_thresholds must be empty or {CLASS_COUNT} comma-separated values "
+                f"between 0 and 1, got {self.class_thresholds!r}"
+            )
+        return values
 
 
 # %% [markdown]
@@ -68,47 +102,66 @@ class Params:
 
 
 # %%
-def load_segmenter(path: Path, device: torch.device) -> tuple[torch.nn.Module, SegParams]:
-    """Stage 4's best weights in a fresh UNet, and the parameters stage 4 ran with."""
+@dataclass(frozen=True)
+class Segmenter:
+    """Stage 4's network as it predicted, with the parameters and post-processing it used."""
+
+    model: torch.nn.Module
+    params: SegParams
+    pixel_thresholds: tuple[float, ...]
+    min_sizes: tuple[int, ...]
+
+
+def load_segmenter(path: Path, device: torch.device) -> Segmenter:
+    """The weights stage 4 predicted with in a fresh network, and how it post-processed.
+
+    A checkpoint without a `postprocess` record (stage 4 stopped before predicting)
+    falls back to the post-processing its parameters name.
+    """
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         seg_params = SegParams(**checkpoint["params"])
-        model = build_unet(pretrained=False)
+        model = build_unet(False, seg_params.encoder, seg_params.decoder)
         model.load_state_dict(checkpoint["state_dict"])
+        post = checkpoint.get("postprocess") or {
+            "pixel_thresholds": class_pixel_thresholds(seg_params),
+            "min_sizes": class_min_sizes(seg_params),
+        }
+        thresholds = tuple(float(v) for v in post["pixel_thresholds"])
+        min_sizes = tuple(int(v) for v in post["min_sizes"])
     except InputError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise InputError(f"{path}: not a stage 4 checkpoint ({type(exc).__name__}: {first})") from None
-    return model.to(device).eval(), seg_params
+    return Segmenter(model.to(device).eval(), seg_params, thresholds, min_sizes)
 
 
 def segment(
-    model: torch.nn.Module, seg_params: SegParams, test_dir: Path, names: list[str], workers: int, device: torch.device
+    segmenter: Segmenter, test_dir: Path, names: list[str], workers: int, device: torch.device
 ) -> list[list[str]]:
     """Per image of `names`, the RLE of each class, exactly as stage 4 predicts."""
+    seg_params = segmenter.params
     setup = DeviceSetup.create(seg_params, device)
-    model = model.to(memory_format=setup.memory_format)
+    model = segmenter.model.to(memory_format=setup.memory_format)
     loader = make_loader(
         SteelSegDataset(test_dir, names, seg_params.train_height, seg_params.train_width),
         seg_params.batch_size, workers, device, shuffle_seed=None,
     )
-    return predict(model, loader, setup, seg_params.pixel_threshold, seg_params.min_size)
+    return predict(model, loader, setup, segmenter.pixel_thresholds, segmenter.min_sizes, seg_params.tta)
 
 
-def classify(model_path: Path, test_dir: Path, names: list[str], batch_size: int) -> pd.Series:
-    """Stage 1's allMissing score for each image, indexed by ImageId."""
+def classify(model_path: Path, test_dir: Path, names: list[str], batch_size: int, tta: str) -> pd.DataFrame:
+    """Stage 1's scores for each image (`allMissing`, and `missing1`..`missing4` from
+    the per-class head), indexed by ImageId, as stage 1 scores its test images."""
     paths = [test_dir / name for name in names]
     check_classifier_images(paths)
     model = load_classifier(model_path)
     size = classifier_input_size(model, model_path)
     data = classifier_image_dataset(paths, size, batch_size)
-    scores = np.asarray(model.predict(data, verbose=0), dtype=np.float64).reshape(-1)
-    if scores.shape[0] != len(names):
-        raise RuntimeError(f"classifier returned {scores.shape[0]} scores for {len(names)} images")
-    return pd.Series(scores, index=pd.Index(names, name="ImageId"), name="allMissing")
+    return score_table(names, predict_scores(model, data, tta)).set_index("ImageId")
 
 
 # %% [markdown]
@@ -133,12 +186,22 @@ def run(params: Params, layout: Layout) -> None:
 
     device = pick_device()
     start = time.perf_counter()
-    model, seg_params = load_segmenter(segmenter_path, device)
-    encoded = segment(model, seg_params, test_dir, names, params.workers, device)
+    segmenter = load_segmenter(segmenter_path, device)
+    encoded = segment(segmenter, test_dir, names, params.workers, device)
     seg_seconds = time.perf_counter() - start
-    scores = classify(classifier_path, test_dir, names, params.classifier_batch_size)
+    scores = classify(classifier_path, test_dir, names, params.classifier_batch_size, params.classifier_tta)
     total = time.perf_counter() - start
-    result, blanked = blank_confident_images(fill_submission(sample, names, encoded), scores, params.threshold)
+    result, blanked = blank_confident_images(
+        fill_submission(sample, names, encoded), scores["allMissing"], params.threshold
+    )
+    gates = params.class_gates()
+    if gates:
+        if CLASS_SCORE_COLUMNS[0] not in scores:
+            raise InputError(
+                f"{classifier_path}: class_thresholds is set but this classifier has one output; "
+                'per-class scores come from stage 1 with head = "class"'
+            )
+        result, _ = blank_confident_classes(result, scores[list(CLASS_SCORE_COLUMNS)], gates)
     write_submission(result, layout.working / "submission.csv")
     filled = int((result.frame["EncodedPixels"] != "").sum())
     print(

@@ -61,11 +61,16 @@ def default_outputs(stage: int, params: dict) -> dict[str, bytes]:
     """Small but well-formed outputs for each Severstal stage."""
     ids = ["a.jpg", "b.jpg"]
     if stage == 1:
-        return {"model.h5": b"fake model", "test_missing_count.csv": b"ImageId,allMissing\na.jpg,0.99\nb.jpg,0.1\n"}
+        return {
+            "model.h5": b"fake model",
+            "split.csv": b"ImageId,validation\nt1.jpg,1\nt2.jpg,0\n",
+            "test_missing_count.csv": b"ImageId,allMissing\na.jpg,0.99\nb.jpg,0.1\n",
+        }
     if stage == 2:
-        return {"train_missing_count.csv": b"ImageId,allMissing\nt1.jpg,0.9\nt2.jpg,0.2\n"}
+        return {"train_missing_count.csv": b"ImageId,allMissing,validation\nt1.jpg,0.9,1\nt2.jpg,0.2,0\n"}
     if stage == 3:
-        return {"threshold.json": json.dumps({"threshold": 0.5, "rule": "consistency"}).encode()}
+        chosen = {"threshold": 0.5, "rule": "consistency", "class_thresholds": ""}
+        return {"threshold.json": json.dumps(chosen).encode()}
     if stage == 4:
         length = params.get("epochs", 3)  # a different model leaves a different submission
         rows = "".join(f"{i},1 {length},{c}\n" for i in ids for c in (1, 2, 3, 4))

@@ -50,7 +50,7 @@ def test_full_chain_runs_in_dependency_order_and_feeds_the_threshold(tmp_path: P
     assert first_push[5] >= max(first_push[3] + SEED_DURATIONS[3], SEED_DURATIONS[4])
     published = {ref: files for _, ref, files in backend.published}
     assert set(published["alice/stage2"]) == {"train_missing_count.csv", "test_missing_count.csv"}
-    assert set(published["alice/stage1"]) == {"model.h5"}
+    assert set(published["alice/stage1"]) == {"model.h5", "split.csv"}
     stage5 = backend.runs["alice/severstal-stage5-submission"][-1]
     assert stage5.params["threshold"] == 0.5
     assert "threshold = 0.5  # from stage 3, version 1" in stage5.notebook.replace("\\n", "\n")
@@ -160,7 +160,10 @@ def test_each_run_records_its_push_and_the_poll_that_saw_it_end(tmp_path: Path) 
         record = stages[str(number)]
         started, ended = (datetime.fromisoformat(record[k]).timestamp() for k in ("started", "ended"))
         assert duration <= ended - started <= duration + 60  # at most one polling interval late
-    assert stages["5"]["sources"] == {"threshold": "from stage 3, version 1"}
+    assert stages["5"]["sources"] == {
+        "threshold": "from stage 3, version 1",
+        "class_thresholds": "from stage 3, version 1",
+    }
 
 
 def test_a_chain_run_keeps_the_state_it_started_from(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from stages.stage2_scoring import Params as Stage2Params
 from tests.stage_params import params_alone
 
 
-def _model() -> keras.Model:
+def _model(outputs: int = 1) -> keras.Model:
     """A tiny classifier that is not flip-invariant (a dense layer over a flattened map)."""
     keras.utils.set_random_seed(0)
     return keras.Sequential(
@@ -23,19 +23,20 @@ def _model() -> keras.Model:
             keras.Input((8, 8, 3)),
             keras.layers.Conv2D(2, 3, padding="same"),
             keras.layers.Flatten(),
-            keras.layers.Dense(1, activation="sigmoid"),
+            keras.layers.Dense(outputs, activation="sigmoid"),
         ]
     )
 
 
+@pytest.mark.parametrize("outputs", [1, 4])
 @pytest.mark.parametrize("tta", ["h", "hv"])
-def test_classifier_tta_is_flip_consistent(tta: str) -> None:
-    model = _model()
+def test_classifier_tta_is_flip_consistent(tta: str, outputs: int) -> None:
+    model = _model(outputs)
     images = np.random.default_rng(0).random((3, 8, 8, 3)).astype(np.float32)
     data = tf.data.Dataset.from_tensor_slices(images).batch(2)
     base = predict_scores(model, data, tta)
     plain = predict_scores(model, data, "none")
-    assert base.shape == (3,) and base.dtype == np.float64
+    assert base.shape == (3, outputs) and base.dtype == np.float64
     assert not np.allclose(base, plain, atol=1e-6)  # the flips change the score
     mirrored = tf.data.Dataset.from_tensor_slices(images[:, :, ::-1].copy()).batch(2)
     np.testing.assert_allclose(predict_scores(model, mirrored, tta), base, atol=1e-6)
@@ -43,7 +44,7 @@ def test_classifier_tta_is_flip_consistent(tta: str) -> None:
         upside = tf.data.Dataset.from_tensor_slices(images[:, ::-1].copy()).batch(2)
         np.testing.assert_allclose(predict_scores(model, upside, tta), base, atol=1e-6)
     manual = np.mean(
-        [model.predict(images[:, :, ::-1], verbose=0).ravel(), plain], axis=0
+        [model.predict(images[:, :, ::-1], verbose=0), plain], axis=0
     ) if tta == "h" else None
     if manual is not None:
         np.testing.assert_allclose(base, manual, atol=1e-6)

@@ -72,7 +72,7 @@ def test_push_wait_downloads_and_a_failed_run_exits_non_zero(kaggle: KaggleStand
     assert "kernelgen: error: stage 5: ended in error" in failed.stderr
     assert "ValueError: broken input" in failed.stderr
     params = json.loads((tmp_path / "work/state.json").read_text())["stages"]["5"]["params"]
-    assert params == {"threshold": 0.9}
+    assert params == {"threshold": 0.9, "class_thresholds": ""}
 
 
 def test_push_uses_the_threshold_stage_3_left(kaggle: KaggleStandIn, tmp_path: Path) -> None:
@@ -90,6 +90,7 @@ def test_publish_versions_an_existing_dataset(kaggle: KaggleStandIn, tmp_path: P
     outputs = tmp_path / "work/outputs/stage1"
     outputs.mkdir(parents=True)
     (outputs / "model.h5").write_bytes(b"weights v1")
+    (outputs / "split.csv").write_text("ImageId,validation\na.jpg,1\n")
     first = invoke("publish", "stage1", "--workdir", "work")
     assert first.exit_code == 0, first.output
     assert f"new version of {USER}/stage1" in first.output

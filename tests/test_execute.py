@@ -252,8 +252,8 @@ TRAIN_CSV = (
     "t1.jpg,1,1 10\nt1.jpg,3,50 20\nt2.jpg,3,7 3\nt4.jpg,4,1000 50\nt6.jpg,2,5 5\n"
 )
 TRAIN_SCORES = (
-    "ImageId,allMissing\n"
-    "t1.jpg,0.05\nt2.jpg,0.40\nt3.jpg,0.95\nt4.jpg,0.30\nt5.jpg,0.70\nt6.jpg,0.85\nt7.jpg,0.99\n"
+    "ImageId,allMissing,validation\n"
+    "t1.jpg,0.05,1\nt2.jpg,0.40,1\nt3.jpg,0.95,1\nt4.jpg,0.30,0\nt5.jpg,0.70,1\nt6.jpg,0.85,1\nt7.jpg,0.99,0\n"
 )
 
 
@@ -375,4 +375,4 @@ def test_stage3_module_and_notebook_agree(tmp_path: Path, monkeypatch: pytest.Mo
         .decode()
         .startswith("threshold,tp,fp,tn,fn,accuracy,recall,precision,f1\n")
     )
-    assert b"7 train images scored, 4 with defects" in files["<log>"]
+    assert b"5 held-out train images, 3 with defects" in files["<log>"]

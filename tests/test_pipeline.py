@@ -83,7 +83,7 @@ def test_bundled_dependents(bundled: Pipeline) -> None:
 
 def test_bundled_datasets(bundled: Pipeline) -> None:
     assert set(bundled.datasets) == {"stage1", "stage2", "stage4"}
-    assert bundled.datasets["stage1"].files == (DatasetFile(1, "model.h5"),)
+    assert bundled.datasets["stage1"].files == (DatasetFile(1, "model.h5"), DatasetFile(1, "split.csv"))
     assert set(bundled.datasets["stage2"].files) == {
         DatasetFile(2, "train_missing_count.csv"),
         DatasetFile(1, "test_missing_count.csv"),

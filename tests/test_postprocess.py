@@ -17,7 +17,7 @@ from stages.lib.metrics import batch_dice
 from stages.stage4_segmentation import (
     Params,
     class_min_sizes,
-    class_thresholds,
+    class_pixel_thresholds,
     remove_small,
     search_postprocess,
     tune_class,
@@ -123,10 +123,10 @@ def test_remove_small_takes_one_size_per_class() -> None:
 
 @pytest.mark.parametrize("params", [Params, params_alone("stages.stage4_segmentation")])
 def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
-    assert class_thresholds(Params()) == (0.5,) * 4
+    assert class_pixel_thresholds(Params()) == (0.5,) * 4
     assert class_min_sizes(Params()) == (3500,) * 4
     given = Params(pixel_thresholds="0.55, 0.7,0.53,0.5", min_sizes="600,600,1000,2000")
-    assert class_thresholds(given) == (0.55, 0.7, 0.53, 0.5)
+    assert class_pixel_thresholds(given) == (0.55, 0.7, 0.53, 0.5)
     assert class_min_sizes(given) == (600, 600, 1000, 2000)
     params(pixel_thresholds="0.55,0.7,0.53,0.5", min_sizes="0,0,0,0", tune_postprocess=True)
     bad = [

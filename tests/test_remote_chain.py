@@ -248,7 +248,7 @@ def test_a_dataset_read_through_its_kernel_is_not_uploaded(tmp_path: Path, kaggl
     assert (meta["dataset_sources"], meta["kernel_sources"]) == ([], [stage1])
     saved = next(c.body for c in kaggle.calls("SaveKernel") if c.body["slug"].endswith("stage2-scoring"))
     assert saved["kernelDataSources"] == [stage1]
-    assert seen["severstal-stage2-scoring"] == {stage1: ["model.h5", "test_missing_count.csv"]}
+    assert seen["severstal-stage2-scoring"] == {stage1: ["model.h5", "split.csv", "test_missing_count.csv"]}
     state = json.loads((work / "state.json").read_text())["datasets"]["stage1"]
     assert (state["dataset"], state["status"]) == (stage1, "ready")
 

@@ -77,6 +77,12 @@ def test_render_is_deterministic(stage: int) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", first.digest)
 
 
+@pytest.mark.parametrize("profile", ["full", "smoke", "best"])
+def test_every_stage_renders_in_every_built_in_profile(profile: str) -> None:
+    kernels = project().render([1, 2, 3, 4, 5, 6], username=USER, profile=profile)
+    assert [k.stage for k in kernels] == [1, 2, 3, 4, 5, 6]
+
+
 def test_different_parameters_give_a_different_digest() -> None:
     default = render_one(5)
     changed = render_one(5, sets=["threshold=0.5"])
@@ -144,10 +150,19 @@ def test_parameters_cell(stage: int) -> None:
 def test_parameters_cell_stage5_values_and_labels() -> None:
     config = Config(path=Path("kernelgen.toml"), stages={5: {"threshold": 0.5}})
     kernel = render_one(5, config=config)
-    assert parameter_lines(notebook_of(kernel)) == {"threshold": (0.5, "kernelgen.toml")}
+    assert parameter_lines(notebook_of(kernel)) == {
+        "threshold": (0.5, "kernelgen.toml"),
+        "class_thresholds": ("", "default"),
+    }
     kernel = render_one(5, config=config, sets=["stage5.threshold=0.25"])
-    assert parameter_lines(notebook_of(kernel)) == {"threshold": (0.25, "--set")}
-    assert parameter_lines(notebook_of(render_one(5))) == {"threshold": (0.947, "default")}
+    assert parameter_lines(notebook_of(kernel)) == {
+        "threshold": (0.25, "--set"),
+        "class_thresholds": ("", "default"),
+    }
+    assert parameter_lines(notebook_of(render_one(5))) == {
+        "threshold": (0.947, "default"),
+        "class_thresholds": ("", "default"),
+    }
 
 
 @pytest.mark.parametrize("stage", [3, 5])

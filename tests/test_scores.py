@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kernelgen.runtime import InputError
-from stages.lib.scores import read_scores
+from stages.lib.scores import (
+    CLASS_SCORE_COLUMNS,
+    has_class_scores,
+    read_class_scores,
+    read_scores,
+    score_table,
+    write_table,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -59,3 +67,38 @@ def test_missing_images_are_counted_and_some_named(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"none\.csv: score file not found"):
         read_scores(tmp_path / "none.csv")
+
+
+def test_score_table_of_one_output_is_allmissing() -> None:
+    table = score_table(["a.jpg", "b.jpg"], np.array([[0.25], [0.75]]))
+    assert list(table.columns) == ["ImageId", "allMissing"]
+    assert table["allMissing"].tolist() == [0.25, 0.75]
+
+
+def test_score_table_of_four_outputs_has_each_class_and_their_product(tmp_path: Path) -> None:
+    scores = np.array([[0.5, 1.0, 0.8, 0.25], [1.0, 1.0, 1.0, 1.0]])
+    table = score_table(["a.jpg", "b.jpg"], scores)
+    assert list(table.columns) == ["ImageId", "allMissing", *CLASS_SCORE_COLUMNS]
+    assert table["allMissing"].tolist() == [0.1, 1.0]
+    path = tmp_path / "scores.csv"
+    write_table(table, path)
+    assert has_class_scores(path)
+    classes = read_class_scores(path, expected_ids=["b.jpg"])
+    assert classes.loc["a.jpg"].tolist() == [0.5, 1.0, 0.8, 0.25]
+    assert read_scores(path).tolist() == [0.1, 1.0]
+
+
+def test_score_table_refuses_other_output_counts() -> None:
+    with pytest.raises(RuntimeError, match=r"classifier has 2 outputs; expected 1 \(allMissing\) or 4"):
+        score_table(["a.jpg"], np.array([[0.5, 0.5]]))
+    with pytest.raises(RuntimeError, match="classifier returned 1 scores for 2 images"):
+        score_table(["a.jpg", "b.jpg"], np.array([[0.5]]))
+
+
+def test_class_scores_missing_say_where_they_come_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "ImageId,allMissing\na.jpg,0.5\n")
+    assert not has_class_scores(path)
+    with pytest.raises(InputError) as err:
+        read_class_scores(path)
+    assert str(err.value).startswith(f"{path}: missing column(s) missing1, missing2, missing3, missing4")
+    assert 'stage 1 with head = "class"' in str(err.value)

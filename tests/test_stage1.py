@@ -46,6 +46,7 @@ OUTPUTS = (
     "dense121_model.h5",
     "history.csv",
     "test_missing_count.csv",
+    "split.csv",
     "learning_curve_loss.png",
     "learning_curve_accuracy.png",
     "learning_curve_f1_precision_recall.png",
@@ -85,6 +86,18 @@ def test_labels_mark_images_without_defect_rows(tiny: SynthDataset) -> None:
     expected = [0.0 if name in set(defects["ImageId"]) else 1.0 for name in files]
     assert list(table["allMissing"]) == expected
     assert 0 < sum(expected) < len(expected)
+
+
+def test_labels_mark_each_class_the_image_lacks(tiny: SynthDataset) -> None:
+    table = train_labels(tiny.competition_dir)
+    defects = pd.read_csv(tiny.competition_dir / "train.csv", dtype=str)
+    for class_id in (1, 2, 3, 4):
+        present = set(defects.loc[defects["ClassId"] == str(class_id), "ImageId"])
+        expected = [0.0 if name in present else 1.0 for name in table["ImageId"]]
+        assert list(table[f"missing{class_id}"]) == expected
+    # No defect at all exactly when every class is missing.
+    every = table[[f"missing{c}" for c in (1, 2, 3, 4)]].min(axis=1)
+    assert list(every) == list(table["allMissing"])
 
 
 def test_labels_read_the_old_train_csv_format_the_same(tmp_path: Path) -> None:
@@ -160,6 +173,13 @@ def test_defaults_and_smoke_profile_are_accepted(params: type) -> None:
     assert smoke.image_size == 64 and smoke.pretrained is False
 
 
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_head_is_image_or_class(params: type) -> None:
+    assert params().head == "image" and params(head="class").head == "class"
+    with pytest.raises(ValueError, match=r"^head must be one of image, class, got 'classes'$"):
+        params(head="classes")
+
+
 def test_renderer_checks_values_with_this_params() -> None:
     assert_renderer_checks("stages.stage1_classifier", 1, {"epochs": 0}, "epochs must be at least 1, got 0")
 
@@ -197,6 +217,19 @@ def test_smoke_run_writes_every_output(smoke_run: tuple[SynthDataset, Params]) -
             with Image.open(working / name) as image:
                 assert image.format == "PNG"
     assert not list(working.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_split_lists_every_train_image_and_the_held_out_ones(
+    smoke_run: tuple[SynthDataset, Params],
+) -> None:
+    data, params = smoke_run
+    split = pd.read_csv(data.root / "working" / "split.csv", dtype={"ImageId": str})
+    assert list(split.columns) == ["ImageId", "validation"]
+    labels = train_labels(data.competition_dir)
+    assert list(split["ImageId"]) == list(labels["ImageId"])
+    expected = split_validation(labels["allMissing"].to_numpy(), params.validation_split, params.seed)
+    assert list(split["validation"]) == [int(v) for v in expected]
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from PIL import Image
 
 from kernelgen.runtime import InputError, Layout
 from stages.lib.classifier import RoundedBatchMetric, build_classifier
-from stages.lib.scores import read_scores
+from stages.lib.scores import CLASS_SCORE_COLUMNS, read_scores
 from stages.stage2_scoring import Params, run
 from stages.synth import SynthDataset, generate
 from tests.stage_params import (
@@ -55,11 +55,24 @@ def brightness_model(size: int) -> keras.Model:
 
 
 def mount_model(data: SynthDataset, model: keras.Model) -> Path:
-    """Place `model` where the Stage1 dataset is mounted, as `model.h5`."""
+    """Place `model` where the Stage1 dataset is mounted, as `model.h5`, with a
+    `split.csv` that holds out every third train image."""
     folder = data.root / "input" / "stage1"
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.h5")
+    write_split(data, {name: int(n % 3 == 0) for n, name in enumerate(train_names(data))})
     return folder / "model.h5"
+
+
+def train_names(data: SynthDataset) -> list[str]:
+    return [p.name for p in sorted((data.competition_dir / "train_images").glob("*.jpg"))]
+
+
+def write_split(data: SynthDataset, split: dict[str, int | str]) -> Path:
+    path = data.root / "input" / "stage1" / "split.csv"
+    rows = "".join(f"{name},{flag}\n" for name, flag in split.items())
+    path.write_text("ImageId,validation\n" + rows)
+    return path
 
 
 def output(data: SynthDataset) -> Path:
@@ -75,9 +88,11 @@ def test_scores_every_train_image_under_its_jpg_name(data: SynthDataset) -> None
     mount_model(data, brightness_model(SIZE))
     run(Params(image_size=SIZE, batch_size=5), Layout(data.root))
     frame = pd.read_csv(output(data), dtype={"ImageId": str})
-    assert list(frame.columns) == ["ImageId", "allMissing"]
+    assert list(frame.columns) == ["ImageId", "allMissing", "validation"]
     files = sorted((data.competition_dir / "train_images").glob("*.jpg"))
     assert list(frame["ImageId"]) == [p.name for p in files]
+    # The held-out flags are stage 1's split, image by image.
+    assert list(frame["validation"]) == [int(n % 3 == 0) for n in range(len(files))]
     read_scores(output(data), expected_ids=[p.name for p in files])
     # Resizing keeps the mean brightness, so each score is its own image's mean in [0, 1].
     expected = [np.asarray(Image.open(p), dtype=np.float64).mean() / 255.0 for p in files]
@@ -92,6 +107,25 @@ def test_scores_with_a_densenet_classifier_as_stage1_saves_it(data: SynthDataset
     scores = read_scores(output(data))
     assert len(scores) == 12
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_a_per_class_classifier_gives_per_class_scores_and_their_product(data: SynthDataset) -> None:
+    """Four outputs: missing1..missing4 written as the model gives them, allMissing their product."""
+    inputs = keras.Input((SIZE, SIZE, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    # Output k is (k + 1) / 5 times the mean brightness: four different, known scores.
+    scale = np.array([[(k + 1) / 15 for k in range(4)]] * 3, dtype=np.float32)
+    outputs = keras.layers.Dense(4, use_bias=False, kernel_initializer=keras.initializers.Constant(scale))(pooled)
+    mount_model(data, keras.Model(inputs, outputs))
+    run(Params(image_size=SIZE, batch_size=5), Layout(data.root))
+    frame = pd.read_csv(output(data), dtype={"ImageId": str})
+    assert list(frame.columns) == ["ImageId", "allMissing", *CLASS_SCORE_COLUMNS, "validation"]
+    brightness = frame["missing1"] * 5
+    for k, column in enumerate(CLASS_SCORE_COLUMNS):
+        assert np.allclose(frame[column], brightness * (k + 1) / 5, atol=1e-6)
+    product = np.prod(frame[list(CLASS_SCORE_COLUMNS)].to_numpy(), axis=1)
+    assert np.allclose(frame["allMissing"], product, atol=1e-9)
+    assert brightness.std() > 0.03
 
 
 def test_smoke_profile_names_only_stage2_parameters() -> None:
@@ -157,8 +191,30 @@ def test_model_file_that_is_not_a_keras_model_is_named(data: SynthDataset) -> No
     folder = data.root / "input" / "stage1"
     folder.mkdir(parents=True)
     (folder / "model.h5").write_bytes(b"\x00 this is not HDF5 " * 20)
+    write_split(data, dict.fromkeys(train_names(data), 1))
     message = expect_error(data)
     assert str(folder / "model.h5") in message and "not a Keras model" in message
+
+
+def test_missing_split_file_is_named(data: SynthDataset) -> None:
+    mount_model(data, brightness_model(SIZE))
+    (data.root / "input" / "stage1" / "split.csv").unlink()
+    assert str(data.root / "input" / "stage1" / "split.csv") in expect_error(data)
+
+
+def test_split_without_a_train_image_is_refused(data: SynthDataset) -> None:
+    mount_model(data, brightness_model(SIZE))
+    names = train_names(data)
+    path = write_split(data, {name: 0 for name in names[1:]})
+    message = expect_error(data)
+    assert message.startswith(str(path)) and f"train image {names[0]} is not in stage 1's split" in message
+
+
+def test_split_flag_other_than_0_or_1_is_refused(data: SynthDataset) -> None:
+    mount_model(data, brightness_model(SIZE))
+    names = train_names(data)
+    path = write_split(data, {name: "yes" if n == 2 else 1 for n, name in enumerate(names)})
+    assert expect_error(data) == f"{path}: line 4: validation must be 0 or 1, got 'yes'"
 
 
 def test_image_size_other_than_the_models_is_refused(data: SynthDataset) -> None:

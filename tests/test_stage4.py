@@ -34,7 +34,7 @@ from stages.lib.segdata import (
     resize_nearest,
     stratified_split,
 )
-from stages.lib.severstal import COMPETITION
+from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv
 from stages.stage4_segmentation import (
@@ -48,6 +48,7 @@ from stages.stage4_segmentation import (
     remove_small,
     run,
 )
+from stages.stage6_inference import load_segmenter, segment
 from stages.synth import SynthDataset, generate
 from tests.stage_params import (
     assert_refused,
@@ -332,19 +333,35 @@ def test_tuned_postprocessing_is_written_and_applied(small_data: SynthDataset, t
 
 @pytest.mark.slow
 def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Path) -> None:
-    """bce_dice with pos_weight, crops, FPN, averaging of the best 2 epochs and h/v TTA."""
+    """bce_dice with pos_weight, crops, FPN, averaging of the best 2 epochs, h/v TTA and
+    tuned post-processing; stage 6, loading model.pth, predicts stage 4's masks exactly."""
     working = tmp_path / "working"
     params = replace(
         smoke_params(), epochs=2, loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=96,
-        decoder="fpn", average_best=2, tta="hv",
+        decoder="fpn", average_best=2, tta="hv", tune_postprocess=True,
     )
     log = io.StringIO()
     with contextlib.redirect_stdout(log):
         run(params, Layout(small_data.root, working))
     assert "predicting with the average of epochs [1, 2]" in log.getvalue()
-    averaged = torch.load(working / "model_averaged.pth", map_location="cpu", weights_only=False)
-    assert averaged["epochs"] == [1, 2]
-    assert len(read_submission(working / "submission.csv").frame) == 3 * 4
+    saved = torch.load(working / "model.pth", map_location="cpu", weights_only=True)
+    assert saved["averaged_epochs"] == [1, 2] and "optimizer" not in saved
+    chosen = json.loads((working / "postprocess.json").read_text())
+    assert saved["postprocess"] == {
+        "pixel_thresholds": [chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS],
+        "min_sizes": [chosen[str(c)]["min_size"] for c in CLASS_IDS],
+    }
+    sub = read_submission(working / "submission.csv").frame
+    assert len(sub) == 3 * 4
+
+    test_dir = small_data.competition_dir / "test_images"
+    names = list(dict.fromkeys(sub["ImageId"]))
+    segmenter = load_segmenter(working / "model.pth", torch.device("cpu"))
+    encoded = segment(segmenter, test_dir, names, 0, torch.device("cpu"))
+    again = [rle for row in encoded for rle in row]
+    assert again == [
+        sub[(sub["ImageId"] == n) & (sub["ClassId"] == c)]["EncodedPixels"].item() for n in names for c in CLASS_IDS
+    ]
 
 
 # ---------------------------------------------------------------------------------------

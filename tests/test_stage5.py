@@ -101,6 +101,47 @@ def test_dataset_mounted_under_datasets_owner(tmp_path: Path) -> None:
     assert output(root).read_text() == new_format(blanked(ROWS, {"t1.jpg", "t4.jpg"}))
 
 
+# Per-class scores. t1 goes by its image score (0.95 > 0.947); t2's class 1 mask goes
+# (0.8 > 0.7) and its class 4 mask stays (0.3); t3's class 1 mask stays (0.7 is not
+# above 0.7) and its class 4 mask goes (0.9 > 0.85).
+CLASS_SCORES = (
+    "ImageId,allMissing,missing1,missing2,missing3,missing4\n"
+    "t1.jpg,0.95,0.99,0.99,0.99,0.99\n"
+    "t2.jpg,0.5,0.8,0.9,0.9,0.3\n"
+    "t3.jpg,0.2,0.7,0.9,0.9,0.9\n"
+    "t4.jpg,0.999,0.99,0.99,0.99,0.99\n"
+)
+GATES = "0.7,0.5,0.5,0.85"
+
+
+def test_per_class_gates_blank_single_classes(tmp_path: Path, capsys) -> None:
+    root = make_root(tmp_path, new_format(ROWS), CLASS_SCORES)
+    run(Params(class_thresholds=GATES), Layout(root))
+    expected = [
+        ("" if i in ("t1.jpg", "t4.jpg") or (i, c) in {("t2.jpg", 1), ("t3.jpg", 4)} else r, i, c)
+        for i, r, c in ROWS
+    ]
+    assert output(root).read_text() == new_format([(i, r, c) for r, i, c in expected])
+    assert f"per-class gates {GATES}: 2 more masks removed" in capsys.readouterr().out
+
+
+def test_without_class_thresholds_per_class_scores_change_nothing(tmp_path: Path) -> None:
+    root = make_root(tmp_path, new_format(ROWS), CLASS_SCORES)
+    run(Params(), Layout(root))
+    assert output(root).read_text() == new_format(blanked(ROWS, {"t1.jpg", "t4.jpg"}))
+
+
+def test_class_thresholds_without_per_class_scores_are_refused(tmp_path: Path) -> None:
+    root = make_root(tmp_path, new_format(ROWS))
+    with pytest.raises(InputError) as err:
+        run(Params(class_thresholds=GATES), Layout(root))
+    message = str(err.value)
+    assert message.startswith(str(root / "input" / "stage2" / "test_missing_count.csv"))
+    assert "missing column(s) missing1, missing2, missing3, missing4" in message
+    assert 'head = "class"' in message
+    assert not output(root).exists()
+
+
 def test_missing_stage4_folder_names_places_tried(tmp_path: Path) -> None:
     root = make_root(tmp_path, new_format(ROWS))
     (root / "input" / "stage4" / "submission.csv").unlink()
@@ -188,6 +229,20 @@ def test_threshold_outside_zero_and_one_is_refused(params: type, threshold: floa
 @pytest.mark.parametrize("threshold", [0.0, 0.001, 0.5, 0.999, 1.0])
 def test_threshold_inside_zero_and_one_is_accepted(params: type, threshold: float) -> None:
     assert params(threshold=threshold).threshold == threshold
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+@pytest.mark.parametrize("gates", ["0.5,0.5,0.5", "0.5,0.5,0.5,0.5,0.5", "a,b,c,d", "0.5,0.5,0.5,1.5", "0.5,,0.5,0.5"])
+def test_bad_class_thresholds_are_refused(params: type, gates: str) -> None:
+    message = f"class_thresholds must be empty or 4 comma-separated values between 0 and 1, got {gates!r}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        params(class_thresholds=gates)
+
+
+@pytest.mark.parametrize("params", PARAMS_CLASSES)
+def test_class_thresholds_are_read_per_class(params: type) -> None:
+    assert params(class_thresholds=" 0, 1,0.5 ,0.25").class_gates() == (0.0, 1.0, 0.5, 0.25)
+    assert params().class_gates() == ()
 
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)

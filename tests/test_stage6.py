@@ -22,11 +22,13 @@ def test_the_checkpoint_gives_stage_4s_weights_and_parameters(tmp_path: Path) ->
     params = SegParams(train_height=64, train_width=128, min_size=7, pixel_threshold=0.3, pretrained=False)
     path = tmp_path / "model.pth"
     save_checkpoint(path, {"epoch": 1, "best_loss": 0.5, "state_dict": model.state_dict(), "params": asdict(params)})
-    loaded, seg_params = load_segmenter(path, torch.device("cpu"))
-    assert seg_params == params
-    assert not loaded.training
+    loaded = load_segmenter(path, torch.device("cpu"))
+    assert loaded.params == params
+    assert not loaded.model.training
     for name, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], tensor)
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    # Without a postprocess record, the parameters' own post-processing.
+    assert (loaded.pixel_thresholds, loaded.min_sizes) == ((0.3,) * 4, (7,) * 4)
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_line(tmp_path: Path) -> None:
@@ -54,3 +56,41 @@ def test_params_are_checked() -> None:
         Params(threshold=1.5)
     with pytest.raises(ValueError, match="classifier_batch_size must be at least 1"):
         Params(classifier_batch_size=0)
+    with pytest.raises(ValueError, match="classifier_tta must be one of none, h, hv, got 'v'"):
+        Params(classifier_tta="v")
+    with pytest.raises(ValueError, match="class_thresholds must be empty or 4 comma-separated values"):
+        Params(class_thresholds="0.5,0.5")
+    assert Params(class_thresholds="0.5,0.6,0.7,0.8").class_gates() == (0.5, 0.6, 0.7, 0.8)
+    assert Params().class_gates() == ()
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_classify_scores_each_class_as_stage_1_does(tmp_path: Path) -> None:
+    """A four-output classifier gives missing1..missing4 and their product, with stage 1's
+    flips: the scores stage 3's thresholds were chosen on."""
+    import keras
+    import numpy as np
+
+    from stages.lib.classifier import classifier_image_dataset, predict_scores
+    from stages.stage6_inference import classify
+    from stages.synth import generate
+
+    data = generate(tmp_path / "data", n_train=2, n_test=5, seed=3)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="sigmoid"),
+        ]
+    )
+    model.save(tmp_path / "model.h5")
+    test_dir = data.competition_dir / "test_images"
+    names = sorted(p.name for p in test_dir.iterdir())
+    scores = classify(tmp_path / "model.h5", test_dir, names, 2, "h")
+    assert list(scores.index) == names
+    assert list(scores.columns) == ["allMissing", "missing1", "missing2", "missing3", "missing4"]
+    expected = predict_scores(model, classifier_image_dataset([test_dir / n for n in names], 32, 2), "h")
+    np.testing.assert_allclose(scores.iloc[:, 1:].to_numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(scores["allMissing"], expected.prod(axis=1), atol=1e-9)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 from kernelgen.runtime import InputError
-from stages.lib.severstal import IMAGE_HEIGHT, IMAGE_WIDTH
+from stages.lib.severstal import CLASS_IDS, IMAGE_HEIGHT, IMAGE_WIDTH
 
 # The name the metrics are registered under, so a saved model finds them on reload.
 METRIC_PACKAGE = "kernelgen"
@@ -66,12 +66,14 @@ def classifier_image_dataset(
     paths: Sequence[Path],
     image_size: int,
     batch_size: int,
-    labels: Sequence[float] | None = None,
+    labels: Sequence[float] | np.ndarray | None = None,
     *,
     shuffle_seed: int | None = None,
     augmenter: keras.Model | None = None,
 ) -> tf.data.Dataset:
     """Batches of images (and labels when given) read straight from the JPEG files.
+
+    `labels` holds one value per image, or one row of values per image (one per output).
 
     Shuffling (training only) happens on the file names, before decoding, so the
     buffer holds strings rather than images. Augmentation runs on whole batches after
@@ -81,7 +83,8 @@ def classifier_image_dataset(
     if labels is None:
         data = tf.data.Dataset.from_tensor_slices(names)
     else:
-        targets = np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+        targets = np.asarray(labels, dtype=np.float32)
+        targets = targets.reshape(len(paths), -1)  # (images, outputs), one output as a column
         data = tf.data.Dataset.from_tensor_slices((names, targets))
     if shuffle_seed is not None:
         data = data.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
@@ -104,10 +107,20 @@ def classifier_image_dataset(
 
 
 CLASSIFIER_TTAS = ("none", "h", "hv")
+# What the classifier predicts: "image" one score per image (allMissing, the seed's),
+# "class" one per defect class (the belief that the image has none of that class).
+HEADS = ("image", "class")
+
+
+def head_outputs(head: str) -> int:
+    """The number of sigmoid outputs of a classifier with this head."""
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    return 1 if head == "image" else len(CLASS_IDS)
 
 
 def predict_scores(model: keras.Model, data: tf.data.Dataset, tta: str = "none") -> np.ndarray:
-    """One score per image of `data` (batches of images), as float64.
+    """The scores of every image of `data` (batches of images): (images, outputs), float64.
 
     `tta` "h" averages the scores of each image and its left-right mirror, "hv"
     also of its upside-down and its both-ways mirrors; "none" is one plain pass.
@@ -122,7 +135,8 @@ def predict_scores(model: keras.Model, data: tf.data.Dataset, tta: str = "none")
     total = None
     for axes in flips:
         view = data if not axes else data.map(lambda x, axes=axes: tf.reverse(x, axis=axes))
-        scores = np.asarray(model.predict(view, verbose=0), dtype=np.float64).reshape(-1)
+        scores = np.asarray(model.predict(view, verbose=0), dtype=np.float64)
+        scores = scores.reshape(scores.shape[0], -1)
         total = scores if total is None else total + scores
     return total / len(flips)
 
@@ -185,8 +199,11 @@ class RoundedBatchMetric(keras.metrics.MeanMetricWrapper):
         return cls(**config)
 
 
-def build_classifier(image_size: int, pretrained: bool) -> keras.Model:
+def build_classifier(image_size: int, pretrained: bool, outputs: int = 1) -> keras.Model:
     """DenseNet121 without its top, then the seed's head, compiled as the seed compiled it.
+
+    `outputs` sigmoid units end the head: 1 (allMissing, the seed's) or one per class
+    (`head_outputs("class")`), each trained with binary cross-entropy.
 
     DenseNet121 pools five times, so `image_size` must be at least 32; stage 1's
     `Params` refuses smaller sizes before anything runs.
@@ -227,12 +244,18 @@ def build_classifier(image_size: int, pretrained: bool) -> keras.Model:
     x = keras.layers.Dense(512, activation="relu")(x)
     x = keras.layers.BatchNormalization(momentum=momentum)(x)
     x = keras.layers.Dropout(0.5)(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="all_missing")(x)
-    model = keras.Model(inputs, outputs, name="dense121_classifier")
+    name = "all_missing" if outputs == 1 else "class_missing"
+    scores = keras.layers.Dense(outputs, activation="sigmoid", name=name)(x)
+    model = keras.Model(inputs, scores, name="dense121_classifier")
     model.compile(
         optimizer=keras.optimizers.Nadam(),
         loss="binary_crossentropy",
-        metrics=["accuracy", *(RoundedBatchMetric(kind) for kind in RoundedBatchMetric.KINDS)],
+        # Named explicitly: with several outputs Keras would read "accuracy" as categorical
+        # accuracy (argmax), which means nothing for four independent classes.
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            *(RoundedBatchMetric(kind) for kind in RoundedBatchMetric.KINDS),
+        ],
     )
     return model
 

@@ -1,12 +1,15 @@
 # %% [markdown]
 # ## Classifier scores
 # Stages 1 and 2 write one `allMissing` score per image (`ImageId,allMissing`),
-# the classifier's belief that the image has no defect. Later stages look
-# scores up by image, so a missing, duplicated or non-numeric score must stop
-# the run with the file named rather than turn into a silent NaN.
+# the classifier's belief that the image has no defect. A per-class classifier
+# (stage 1's `head = "class"`) also writes `missing1` to `missing4`, its belief
+# that the image has no defect of that class; its `allMissing` is their product.
+# Later stages look scores up by image, so a missing, duplicated or non-numeric
+# score must stop the run with the file named rather than turn into a silent NaN.
 
 # %%
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -14,41 +17,82 @@ import pandas as pd
 
 from kernelgen.runtime import InputError
 from stages.lib.csvtext import read_text_csv
+from stages.lib.severstal import CLASS_IDS
 
 SCORE_COLUMNS = ("ImageId", "allMissing")
+CLASS_SCORE_COLUMNS: tuple[str, ...] = tuple(f"missing{c}" for c in CLASS_IDS)
 
 
-def read_scores(
+def score_table(image_ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:
+    """The score file's rows for `image_ids`, from a classifier's (N, outputs) scores.
+
+    One output is `allMissing`; one output per class gives `missing1`..`missing4` and
+    an `allMissing` that is their product (the classes taken as independent).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 1:
+        scores = scores[:, None]
+    if scores.shape[0] != len(image_ids):
+        raise RuntimeError(f"classifier returned {scores.shape[0]} scores for {len(image_ids)} images")
+    frame = pd.DataFrame({"ImageId": list(image_ids)})
+    if scores.shape[1] == 1:
+        frame["allMissing"] = scores[:, 0]
+    elif scores.shape[1] == len(CLASS_SCORE_COLUMNS):
+        frame["allMissing"] = scores.prod(axis=1)
+        for index, column in enumerate(CLASS_SCORE_COLUMNS):
+            frame[column] = scores[:, index]
+    else:
+        raise RuntimeError(
+            f"classifier has {scores.shape[1]} outputs; expected 1 (allMissing) "
+            f"or {len(CLASS_SCORE_COLUMNS)} (one per class)"
+        )
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write a score table whole or not at all (through a partial file)."""
+    partial = path.with_name(path.name + ".partial")
+    frame.to_csv(partial, index=False, lineterminator="\n")
+    os.replace(partial, path)
+
+
+def read_score_table(
     path: Path,
+    columns: Sequence[str] = ("allMissing",),
     expected_ids: Iterable[str] | None = None,
     *,
     expected_from: str | None = None,
-) -> pd.Series:
-    """The `allMissing` scores of `path` as a float Series indexed by ImageId.
+    missing_hint: str = "",
+) -> pd.DataFrame:
+    """The numeric `columns` of score file `path`, as floats indexed by ImageId.
 
-    With `expected_ids`, every one of those images must have a score; extra
-    images in the file are kept, since a score file may cover more images than
-    the consumer needs. `expected_from` names where the expected ids came from,
-    for the error message.
+    With `expected_ids`, every one of those images must have a row; extra images
+    in the file are kept, since a score file may cover more images than the
+    consumer needs. `expected_from` names where the expected ids came from, and
+    `missing_hint` what to do about absent columns, for the error messages.
     """
     path = Path(path)
     raw = read_text_csv(path, "score file")
-    missing_columns = [c for c in SCORE_COLUMNS if c not in raw.columns]
+    missing_columns = [c for c in ("ImageId", *columns) if c not in raw.columns]
     if missing_columns:
+        hint = f"; {missing_hint}" if missing_hint else ""
         raise InputError(
             f"{path}: missing column(s) {', '.join(missing_columns)}; "
-            f"expected {','.join(SCORE_COLUMNS)}, found {','.join(map(str, raw.columns))}"
+            f"expected {','.join(('ImageId', *columns))}, found {','.join(map(str, raw.columns))}{hint}"
         )
     ids = raw["ImageId"].astype(str)
-    text = raw["allMissing"].astype(str)
-    values = pd.to_numeric(text.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        pos = int(np.flatnonzero(bad)[0])
-        raise InputError(
-            f"{path}: line {pos + 2}: allMissing {text.iloc[pos]!r} for image "
-            f"{ids.iloc[pos]} is not a number ({int(bad.sum())} such row(s))"
-        )
+    values = {}
+    for column in columns:
+        text = raw[column].astype(str)
+        numbers = pd.to_numeric(text.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            pos = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                f"{path}: line {pos + 2}: {column} {text.iloc[pos]!r} for image "
+                f"{ids.iloc[pos]} is not a number ({int(bad.sum())} such row(s))"
+            )
+        values[column] = numbers
     duplicated = ids.duplicated().to_numpy(dtype=bool)
     if duplicated.any():
         pos = int(np.flatnonzero(duplicated)[0])
@@ -56,10 +100,10 @@ def read_scores(
             f"{path}: line {pos + 2}: image {ids.iloc[pos]} has more than one score "
             f"({int(duplicated.sum())} duplicate row(s))"
         )
-    scores = pd.Series(values, index=pd.Index(ids, name="ImageId"), name="allMissing")
+    table = pd.DataFrame(values, index=pd.Index(ids, name="ImageId"), columns=list(columns))
     if expected_ids is not None:
         wanted = pd.Index(pd.unique(pd.Series(list(expected_ids), dtype=str)))
-        absent = wanted[~wanted.isin(scores.index)]
+        absent = wanted[~wanted.isin(table.index)]
         if len(absent):
             shown = ", ".join(map(str, absent[:5]))
             more = ", ..." if len(absent) > 5 else ""
@@ -68,4 +112,37 @@ def read_scores(
                 f"{path}: no score for {len(absent)} of {len(wanted)} image(s){source} "
                 f"({shown}{more})"
             )
-    return scores
+    return table
+
+
+def read_scores(
+    path: Path,
+    expected_ids: Iterable[str] | None = None,
+    *,
+    expected_from: str | None = None,
+) -> pd.Series:
+    """The `allMissing` scores of `path` as a float Series indexed by ImageId."""
+    table = read_score_table(path, ("allMissing",), expected_ids, expected_from=expected_from)
+    return table["allMissing"]
+
+
+def read_class_scores(
+    path: Path,
+    expected_ids: Iterable[str] | None = None,
+    *,
+    expected_from: str | None = None,
+) -> pd.DataFrame:
+    """The per-class scores `missing1`..`missing4` of `path`, indexed by ImageId."""
+    return read_score_table(
+        path,
+        CLASS_SCORE_COLUMNS,
+        expected_ids,
+        expected_from=expected_from,
+        missing_hint='per-class scores come from stage 1 with head = "class"',
+    )
+
+
+def has_class_scores(path: Path) -> bool:
+    """Whether score file `path` carries the per-class columns `missing1`..`missing4`."""
+    header = read_text_csv(path, "score file").columns
+    return all(column in header for column in CLASS_SCORE_COLUMNS)
