@@ -18,7 +18,7 @@ from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
 from kernelgen.quota import QuotaError
 from kernelgen.steps import Steps
-from tests.fakes import FakeBackend, FakeClock
+from tests.fakes import FakeBackend, FakeClock, default_outputs
 
 HOURS = 3600.0
 SEED_DURATIONS = {1: 6 * HOURS, 2: 0.5 * HOURS, 3: 60.0, 4: 8 * HOURS, 5: 120.0}
@@ -164,6 +164,29 @@ def test_each_run_records_its_push_and_the_poll_that_saw_it_end(tmp_path: Path) 
         "threshold": "from stage 3, version 1",
         "class_thresholds": "from stage 3, version 1",
     }
+
+
+def test_stage_3s_per_class_gates_reach_stages_5_and_6(tmp_path: Path) -> None:
+    gates = "0.800,0.850,0.900,0.700"
+
+    def outputs(stage: int, params: dict) -> dict[str, bytes]:
+        if stage == 3:
+            chosen = {"threshold": 1.0, "rule": "consistency", "class_thresholds": gates}
+            return {"threshold.json": json.dumps(chosen).encode()}
+        return default_outputs(stage, params)
+
+    clock = FakeClock()
+    backend = FakeBackend(clock, durations=SEED_DURATIONS, outputs=outputs)
+    chain = make_chain(backend, clock, tmp_path)
+    chain.run([1, 2, 3, 4, 5])
+    params = json.loads((tmp_path / "state.json").read_text())["stages"]["5"]["params"]
+    assert (params["threshold"], params["class_thresholds"]) == (1.0, gates)
+    # Stage 6 (not run here: the fake backend builds no wheel house) takes the same values.
+    chained = {p.name: p.value for p in chain.steps.chained_params(6, required=True)}
+    assert chained == {"threshold": 1.0, "class_thresholds": gates}
+    notebook = json.loads((tmp_path / "kernels" / "stage5" / "stage5.ipynb").read_text())
+    text = "".join("".join(cell["source"]) for cell in notebook["cells"])
+    assert f"class_thresholds = '{gates}'  # from stage 3, version 1" in text
 
 
 def test_a_chain_run_keeps_the_state_it_started_from(tmp_path: Path) -> None:
