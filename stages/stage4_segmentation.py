@@ -65,8 +65,10 @@ VAL_FRACTION = 0.2
 SIZE_MULTIPLE = 32
 # `torch.manual_seed` takes seeds up to 2**64 - 1, numpy's generators none below 0.
 MAX_SEED = 18_446_744_073_709_551_615
-# Post-processing search grid (per class): pixel thresholds and minimum component sizes.
+# Post-processing search grid (per class): pixel thresholds, minimum component sizes and
+# minimum total areas (what is left of a class's mask on an image after the size filter).
 TUNE_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+TUNE_MIN_AREAS = (0, 300, 600, 900, 1200, 1500, 2000, 2500, 3000, 4000)
 TUNE_MIN_SIZES = (
     0, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 3500,
     4000, 5000, 6000, 8000, 10000,
@@ -92,12 +94,14 @@ class Params:
     batch reached by gradient accumulation; `lr_patience`: epochs without a
     better validation loss before the learning rate drops tenfold;
     `pixel_threshold`: probability above which a pixel is defect; `min_size`:
-    a predicted region must have more pixels than this to be kept;
-    `pixel_thresholds`/`min_sizes`: four comma-separated per-class values
-    ("0.55,0.7,0.53,0.5") that replace the single ones when not empty;
-    `tune_postprocess`: search, per class, the pixel threshold and minimum
-    region size that maximise the competition metric on the validation split,
-    write them to `postprocess.json` and use them on the test images;
+    a predicted region must have more pixels than this to be kept; `min_area`:
+    after that, an image's mask of a class is dropped whole when it covers fewer
+    pixels than this (0: never); `pixel_thresholds`/`min_sizes`/`min_areas`:
+    four comma-separated per-class values ("0.55,0.7,0.53,0.5") that replace the
+    single ones when not empty; `tune_postprocess`: search, per class, the pixel
+    threshold, minimum region size and minimum total area that maximise the
+    competition metric on the validation split, write them to
+    `postprocess.json` and use them on the test images;
     `loss`: "bce" or "bce_dice" (0.75 BCE + 0.25 soft Dice); `pos_weight`:
     empty, or four comma-separated BCE weights of the defect pixels per class
     ("2,2,1,1.5"); `crop_width`: 0, or train on random crops this wide of the
@@ -135,6 +139,8 @@ class Params:
     decoder: str = "unet"
     average_best: int = 1
     tta: str = "none"
+    min_area: int = 0
+    min_areas: str = ""
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -166,7 +172,7 @@ class Params:
             )
         if self.average_best < 1:
             raise ValueError(f"average_best must be at least 1, got {self.average_best}")
-        for name in ("pixel_thresholds", "min_sizes"):
+        for name in ("pixel_thresholds", "min_sizes", "min_areas"):
             text = getattr(self, name).strip()
             if not text:
                 continue
@@ -184,7 +190,7 @@ class Params:
                     raise ValueError(
                         f"{name} values must be numbers between 0 and 1 (exclusive), got {text!r}"
                     )
-                if name == "min_sizes" and (value is None or value < 0):
+                if name != "pixel_thresholds" and (value is None or value < 0):
                     raise ValueError(
                         f"{name} values must be integers of at least 0, got {text!r}"
                     )
@@ -200,7 +206,7 @@ class Params:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        for name in ("lr_patience", "min_size", "workers"):
+        for name in ("lr_patience", "min_size", "min_area", "workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
         if not 0.0 < self.pixel_threshold < 1.0:
@@ -224,6 +230,13 @@ def class_min_sizes(params: Params) -> tuple[int, ...]:
     if params.min_sizes.strip():
         return tuple(int(part) for part in params.min_sizes.split(","))
     return (params.min_size,) * N_CLASSES
+
+
+def class_min_areas(params: Params) -> tuple[int, ...]:
+    """The minimum total area of each class: `min_areas` if given, else `min_area`."""
+    if params.min_areas.strip():
+        return tuple(int(part) for part in params.min_areas.split(","))
+    return (params.min_area,) * N_CLASSES
 
 
 # %% [markdown]
@@ -548,15 +561,7 @@ def remove_small(masks: np.ndarray, min_size: "int | Sequence[int]") -> np.ndarr
     planes = masks.reshape(-1, *masks.shape[-2:]).astype(bool, copy=False)
     kept = np.zeros(planes.shape, dtype=bool)
     active = np.flatnonzero(planes.any(axis=(1, 2)))
-    if np.ndim(min_size):
-        per_class = np.asarray(min_size, dtype=np.int64)
-        if masks.ndim < 3 or per_class.size != masks.shape[-3]:
-            raise ValueError(
-                f"remove_small: {per_class.size} per-class sizes for masks of shape {masks.shape}"
-            )
-        plane_min = np.tile(per_class, planes.shape[0] // per_class.size)
-    else:
-        plane_min = np.full(planes.shape[0], int(min_size), dtype=np.int64)
+    plane_min = _per_plane(min_size, masks, "remove_small: {} per-class sizes")
     if active.size:
         chosen = planes[active]
         labels, count = label_planes(chosen)
@@ -571,32 +576,59 @@ def remove_small(masks: np.ndarray, min_size: "int | Sequence[int]") -> np.ndarr
     return kept.reshape(masks.shape)
 
 
+def _per_plane(value: "int | Sequence[int]", masks: np.ndarray, what: str) -> np.ndarray:
+    """One value per 2-D plane of `masks`: the same for all, or one per class (axis -3)."""
+    planes = int(np.prod(masks.shape[:-2], dtype=np.int64))
+    if not np.ndim(value):
+        return np.full(planes, int(value), dtype=np.int64)
+    per_class = np.asarray(value, dtype=np.int64)
+    if masks.ndim < 3 or per_class.size != masks.shape[-3]:
+        raise ValueError(f"{what.format(per_class.size)} for masks of shape {masks.shape}")
+    return np.tile(per_class, planes // per_class.size)
+
+
+def drop_small_totals(masks: np.ndarray, min_area: "int | Sequence[int]") -> np.ndarray:
+    """Empty every 2-D plane whose mask covers fewer than `min_area` pixels in all.
+
+    `min_area` is one value for every plane or one per class, as in `remove_small`;
+    0 keeps every plane. The 1st-place 2019 solution dropped a class's mask below a
+    per-class total area (600/600/900/2000 px) after dropping small components.
+    """
+    area = masks.reshape(-1, *masks.shape[-2:]).sum(axis=(1, 2))
+    keep = area >= _per_plane(min_area, masks, "drop_small_totals: {} per-class areas")
+    return masks & keep.reshape(*masks.shape[:-2], 1, 1)
+
+
 def tune_class(
     probs: np.ndarray,
     truth: np.ndarray,
     thresholds: Sequence[float] = TUNE_THRESHOLDS,
     min_sizes: Sequence[int] = TUNE_MIN_SIZES,
-    prefer: tuple[float, int] = (0.5, 3500),
-) -> tuple[float, int, float, np.ndarray]:
-    """Best (pixel threshold, min region size) for one class on validation maps.
+    prefer: tuple[float, int, int] = (0.5, 3500, 0),
+    min_areas: Sequence[int] = TUNE_MIN_AREAS,
+) -> tuple[float, int, int, float, np.ndarray]:
+    """Best (pixel threshold, min region size, min total area) for one class on validation maps.
 
     `probs` (N, H, W): probabilities in [0, 1], or uint8 holding round(255 p);
     `truth` (N, H, W) binary. Per threshold, regions are labelled once for all
     images; each region's size and overlap with the truth come from two
     bincounts, and every minimum size is then scored at once: per (size,
-    image) predicted area and overlap are summed with one bincount. Returns
-    the best threshold, size, its mean Dice (1 for empty-empty pairs) and the
-    whole (threshold, size) score grid. When every entry scores the same (e.g.
-    no pixel predicted on the split) the entry nearest `prefer` (the untuned
-    rule) is kept; among other ties, the threshold nearest `prefer`'s and the
-    middle of the tied sizes, away from the edges of the plateau.
+    image) predicted area and overlap are summed with one bincount, and every
+    minimum total area is a comparison on those sums. Returns the best
+    threshold, size, area, its mean Dice (1 for empty-empty pairs) and the
+    whole (threshold, size, area) score grid. When every entry scores the same
+    (e.g. no pixel predicted on the split) the entry nearest `prefer` (the
+    untuned rule) is kept; among other ties, the threshold and then the area
+    nearest `prefer`'s, and the middle of the tied sizes, away from the edges of
+    the plateau.
     """
     n = probs.shape[0]
     sizes_grid = np.asarray(min_sizes, dtype=np.int64)
+    areas_grid = np.asarray(min_areas, dtype=np.int64)
     truth = truth.astype(bool, copy=False)
     truth_area = truth.reshape(n, -1).sum(axis=1).astype(np.float64)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    grid = np.zeros((len(thresholds), sizes_grid.size), dtype=np.float64)
+    grid = np.zeros((len(thresholds), sizes_grid.size, areas_grid.size), dtype=np.float64)
     for row, threshold in enumerate(thresholds):
         pred = probs > threshold * scale
         labels, count = label_planes(pred)
@@ -615,19 +647,31 @@ def tune_class(
             slot, weights=np.broadcast_to(overlap, keep.shape)[keep],
             minlength=sizes_grid.size * n,
         ).reshape(sizes_grid.size, n)
-        total = pred_area + truth_area[None, :]
-        dice = np.where(total > 0, 2.0 * inter / np.maximum(total, 1.0), 1.0)
-        grid[row] = dice.mean(axis=1)
+        whole = pred_area[None] >= areas_grid[:, None, None]  # (areas, sizes, images)
+        total = np.where(whole, pred_area[None], 0.0) + truth_area
+        inter_kept = np.where(whole, inter[None], 0.0)
+        dice = np.where(total > 0, 2.0 * inter_kept / np.maximum(total, 1.0), 1.0)
+        grid[row] = dice.mean(axis=2).T
     tied = grid >= grid.max() - 1e-12
+    threshold_grid = np.asarray(thresholds)
     if tied.all():  # nothing to learn from: keep the configured rule (nearest grid entry)
-        row = int(np.argmin(np.abs(np.asarray(thresholds) - prefer[0])))
+        row = int(np.argmin(np.abs(threshold_grid - prefer[0])))
         col = int(np.argmin(np.abs(sizes_grid - prefer[1])))
-    else:  # threshold nearest the configured one, then the middle of the tied sizes
-        rows = np.flatnonzero(tied.any(axis=1))
-        row = int(rows[np.argmin(np.abs(np.asarray(thresholds)[rows] - prefer[0]))])
-        cols = np.flatnonzero(tied[row])
+        depth = int(np.argmin(np.abs(areas_grid - prefer[2])))
+    else:  # threshold, then area nearest the configured ones; the middle of the tied sizes
+        rows = np.flatnonzero(tied.any(axis=(1, 2)))
+        row = int(rows[np.argmin(np.abs(threshold_grid[rows] - prefer[0]))])
+        depths = np.flatnonzero(tied[row].any(axis=0))
+        depth = int(depths[np.argmin(np.abs(areas_grid[depths] - prefer[2]))])
+        cols = np.flatnonzero(tied[row, :, depth])
         col = int(cols[(cols.size - 1) // 2])
-    return float(thresholds[row]), int(sizes_grid[col]), float(grid[row, col]), grid
+    return (
+        float(thresholds[row]),
+        int(sizes_grid[col]),
+        int(areas_grid[depth]),
+        float(grid[row, col, depth]),
+        grid,
+    )
 
 
 def search_postprocess(
@@ -635,19 +679,26 @@ def search_postprocess(
     truth: np.ndarray,
     thresholds: Sequence[float] = TUNE_THRESHOLDS,
     min_sizes: Sequence[int] = TUNE_MIN_SIZES,
-    prefer: tuple[float, int] = (0.5, 3500),
+    prefer: tuple[float, int, int] = (0.5, 3500, 0),
+    min_areas: Sequence[int] = TUNE_MIN_AREAS,
 ) -> dict[str, dict]:
-    """Per class, the threshold and min region size that score best; (N, C, H, W) in.
+    """Per class, the threshold, min region size and min total area that score best;
+    (N, C, H, W) in.
 
-    Returns `{"1": {"pixel_threshold": t, "min_size": m, "dice": d}, ...}`,
+    Returns `{"1": {"pixel_threshold": t, "min_size": m, "min_area": a, "dice": d}, ...}`,
     the content of `postprocess.json`.
     """
     chosen: dict[str, dict] = {}
     for index, class_id in enumerate(CLASS_IDS[: probs.shape[1]]):
-        threshold, size, score, _ = tune_class(
-            probs[:, index], truth[:, index], thresholds, min_sizes, prefer
+        threshold, size, area, score, _ = tune_class(
+            probs[:, index], truth[:, index], thresholds, min_sizes, prefer, min_areas
         )
-        chosen[str(class_id)] = {"pixel_threshold": threshold, "min_size": size, "dice": score}
+        chosen[str(class_id)] = {
+            "pixel_threshold": threshold,
+            "min_size": size,
+            "min_area": area,
+            "dice": score,
+        }
     return chosen
 
 
@@ -679,11 +730,13 @@ def predict(
     threshold: "float | Sequence[float]",
     min_size: "int | Sequence[int]",
     tta: str = "none",
+    min_area: "int | Sequence[int]" = 0,
 ) -> list[list[str]]:
-    """Per image (loader order), the RLE of each class after threshold and size filter.
+    """Per image (loader order), the RLE of each class after threshold, size filter and
+    total-area filter.
 
-    `threshold` and `min_size` are one value for all classes or one per class;
-    `tta` averages the logits over flips (see `flip_logits`).
+    `threshold`, `min_size` and `min_area` are one value for all classes or one per
+    class; `tta` averages the logits over flips (see `flip_logits`).
     """
     if np.ndim(threshold):
         threshold = torch.tensor(list(threshold), dtype=torch.float32).view(1, -1, 1, 1)
@@ -698,7 +751,7 @@ def predict(
                     logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False
                 )
             masks = (torch.sigmoid(logits) > threshold).cpu().numpy()
-            kept = remove_small(masks, min_size)
+            kept = drop_small_totals(remove_small(masks, min_size), min_area)
             encoded.extend([rle_encode(plane) for plane in image] for image in kept)
     return encoded
 
@@ -869,6 +922,7 @@ def run(params: Params, layout: Layout) -> None:
         params.batch_size, params.workers, device, shuffle_seed=None,
     )
     thresholds, min_sizes = class_pixel_thresholds(params), class_min_sizes(params)
+    min_areas = class_min_areas(params)
     if params.tune_postprocess:
         val_loader = make_loader(
             SteelSegDataset(train_dir, val_ids, *size),
@@ -879,27 +933,35 @@ def run(params: Params, layout: Layout) -> None:
         truth = np.stack(
             [decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in val_ids]
         )
-        chosen = search_postprocess(probs, truth, prefer=(params.pixel_threshold, params.min_size))
+        chosen = search_postprocess(
+            probs, truth, prefer=(params.pixel_threshold, params.min_size, params.min_area)
+        )
         del probs, truth
         (working / "postprocess.json").write_text(json.dumps(chosen, indent=2) + "\n")
         thresholds = tuple(chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS)
         min_sizes = tuple(chosen[str(c)]["min_size"] for c in CLASS_IDS)
+        min_areas = tuple(chosen[str(c)]["min_area"] for c in CLASS_IDS)
         print(
             "postprocess.json (tuned on the validation split): "
             + "; ".join(
                 f"class {c}: threshold {chosen[str(c)]['pixel_threshold']}, "
-                f"min size {chosen[str(c)]['min_size']}, dice {chosen[str(c)]['dice']:.4f}"
+                f"min size {chosen[str(c)]['min_size']}, min area {chosen[str(c)]['min_area']}, "
+                f"dice {chosen[str(c)]['dice']:.4f}"
                 for c in CLASS_IDS
             )
         )
-    encoded = predict(model, test_loader, setup, thresholds, min_sizes, params.tta)
+    encoded = predict(model, test_loader, setup, thresholds, min_sizes, params.tta, min_areas)
     # model.pth ends as the segmenter these masks came from: the averaged weights when
     # averaging, and the post-processing applied, so an inference kernel predicts the same.
     final = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if averaged_epochs:
         final.pop("optimizer", None)
         final.update(state_dict=cpu_state(model), averaged_epochs=averaged_epochs)
-    final["postprocess"] = {"pixel_thresholds": list(thresholds), "min_sizes": list(min_sizes)}
+    final["postprocess"] = {
+        "pixel_thresholds": list(thresholds),
+        "min_sizes": list(min_sizes),
+        "min_areas": list(min_areas),
+    }
     save_checkpoint(checkpoint, final)
     submission = fill_submission(sample, test_names, encoded)
     write_submission(submission, working / "submission.csv")

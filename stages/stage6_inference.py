@@ -34,6 +34,7 @@ from stages.lib.submission import fill_submission, read_submission, write_submis
 from stages.stage4_segmentation import (
     DeviceSetup,
     build_unet,
+    class_min_areas,
     class_min_sizes,
     class_pixel_thresholds,
     make_loader,
@@ -58,8 +59,8 @@ class Params:
     were chosen on scores made that way); `classifier_batch_size`: images per
     classifier batch; `workers`: data-loader processes for the segmenter (0 loads
     in the main process). The segmenter's input size, pixel thresholds, minimum
-    region sizes, flips and batch size are the ones stage 4 trained and predicted
-    with, read from the checkpoint, so the post-processing is stage 4's."""
+    region sizes and total areas, flips and batch size are the ones stage 4 trained
+    and predicted with, read from the checkpoint, so the post-processing is stage 4's."""
 
     threshold: float = 0.947
     class_thresholds: str = ""
@@ -110,6 +111,7 @@ class Segmenter:
     params: SegParams
     pixel_thresholds: tuple[float, ...]
     min_sizes: tuple[int, ...]
+    min_areas: tuple[int, ...]
 
 
 def load_segmenter(path: Path, device: torch.device) -> Segmenter:
@@ -128,15 +130,17 @@ def load_segmenter(path: Path, device: torch.device) -> Segmenter:
         post = checkpoint.get("postprocess") or {
             "pixel_thresholds": class_pixel_thresholds(seg_params),
             "min_sizes": class_min_sizes(seg_params),
+            "min_areas": class_min_areas(seg_params),
         }
         thresholds = tuple(float(v) for v in post["pixel_thresholds"])
         min_sizes = tuple(int(v) for v in post["min_sizes"])
+        min_areas = tuple(int(v) for v in post.get("min_areas", class_min_areas(seg_params)))
     except InputError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise InputError(f"{path}: not a stage 4 checkpoint ({type(exc).__name__}: {first})") from None
-    return Segmenter(model.to(device).eval(), seg_params, thresholds, min_sizes)
+    return Segmenter(model.to(device).eval(), seg_params, thresholds, min_sizes, min_areas)
 
 
 def segment(
@@ -150,7 +154,15 @@ def segment(
         SteelSegDataset(test_dir, names, seg_params.train_height, seg_params.train_width),
         seg_params.batch_size, workers, device, shuffle_seed=None,
     )
-    return predict(model, loader, setup, segmenter.pixel_thresholds, segmenter.min_sizes, seg_params.tta)
+    return predict(
+        model,
+        loader,
+        setup,
+        segmenter.pixel_thresholds,
+        segmenter.min_sizes,
+        seg_params.tta,
+        segmenter.min_areas,
+    )
 
 
 def classify(model_path: Path, test_dir: Path, names: list[str], batch_size: int, tta: str) -> pd.DataFrame:

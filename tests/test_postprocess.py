@@ -16,8 +16,10 @@ import pytest
 from stages.lib.metrics import batch_dice
 from stages.stage4_segmentation import (
     Params,
+    class_min_areas,
     class_min_sizes,
     class_pixel_thresholds,
+    drop_small_totals,
     remove_small,
     search_postprocess,
     tune_class,
@@ -89,13 +91,15 @@ def test_tuned_postprocessing_recovers_planted_small_defects() -> None:
 
 def test_vectorised_search_matches_a_plain_loop() -> None:
     probs, truth = planted_maps(12, seed=7)
-    thresholds, sizes = (0.4, 0.6, 0.7), (0, 50, 100, 300, 5000)
+    thresholds, sizes, areas = (0.4, 0.6, 0.7), (0, 50, 100, 300, 5000), (0, 60, 400, 2000)
     for c in range(4):
-        *_, grid = tune_class(probs[:, c], truth[:, c], thresholds, sizes)
-        for (row, t), (col, m) in itertools.product(enumerate(thresholds), enumerate(sizes)):
-            kept = remove_small(probs[:, c] > t, m)
+        *_, grid = tune_class(probs[:, c], truth[:, c], thresholds, sizes, min_areas=areas)
+        assert grid.shape == (3, 5, 4)
+        cases = itertools.product(enumerate(thresholds), enumerate(sizes), enumerate(areas))
+        for (row, t), (col, m), (depth, a) in cases:
+            kept = drop_small_totals(remove_small(probs[:, c] > t, m), a)
             expected = batch_dice(kept[:, None], truth[:, c, None]).mean()
-            assert grid[row, col] == pytest.approx(expected, abs=1e-12)
+            assert grid[row, col, depth] == pytest.approx(expected, abs=1e-12)
 
 
 def test_uint8_maps_tune_like_float_maps() -> None:
@@ -103,9 +107,9 @@ def test_uint8_maps_tune_like_float_maps() -> None:
     as_uint8 = np.round(probs * 255).astype(np.uint8)
     assert search_postprocess(as_uint8, truth).keys() == search_postprocess(probs, truth).keys()
     for c in range(4):
-        t8, m8, _, _ = tune_class(as_uint8[:, c], truth[:, c])
-        tf, mf, _, _ = tune_class(probs[:, c], truth[:, c])
-        assert m8 == mf and abs(t8 - tf) <= 0.05
+        t8, m8, a8, _, _ = tune_class(as_uint8[:, c], truth[:, c])
+        tf, mf, af, _, _ = tune_class(probs[:, c], truth[:, c])
+        assert m8 == mf and a8 == af and abs(t8 - tf) <= 0.05
 
 
 def test_remove_small_takes_one_size_per_class() -> None:
@@ -128,6 +132,8 @@ def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
     given = Params(pixel_thresholds="0.55, 0.7,0.53,0.5", min_sizes="600,600,1000,2000")
     assert class_pixel_thresholds(given) == (0.55, 0.7, 0.53, 0.5)
     assert class_min_sizes(given) == (600, 600, 1000, 2000)
+    assert class_min_areas(Params()) == (0,) * 4 and class_min_areas(Params(min_area=500)) == (500,) * 4
+    assert class_min_areas(Params(min_areas="600,600,900,2000")) == (600, 600, 900, 2000)
     params(pixel_thresholds="0.55,0.7,0.53,0.5", min_sizes="0,0,0,0", tune_postprocess=True)
     bad = [
         ("pixel_thresholds", "0.5,0.5,0.5", "must be empty or 4 comma-separated values"),
@@ -135,6 +141,8 @@ def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
         ("pixel_thresholds", "0.5,x,0.5,0.5", "values must be numbers between 0 and 1"),
         ("min_sizes", "600,600,-1,2000", "values must be integers of at least 0"),
         ("min_sizes", "600,600,1.5,2000", "values must be integers of at least 0"),
+        ("min_areas", "600,600,-5,2000", "values must be integers of at least 0"),
+        ("min_areas", "600,600", "must be empty or 4 comma-separated values"),
     ]
     for name, value, rule in bad:
         with pytest.raises(ValueError, match=f"^{re.escape(name)} {re.escape(rule)}"):
@@ -145,6 +153,43 @@ def test_ties_go_to_the_untuned_values() -> None:
     """A class the validation split cannot tell apart keeps the configured rule."""
     probs = np.full((3, 1, 16, 16), 0.1, dtype=np.float32)  # nothing predicted anywhere
     truth = np.zeros(probs.shape, dtype=bool)
-    threshold, size, dice, grid = tune_class(probs[:, 0], truth[:, 0])
-    assert (threshold, size, dice) == (0.5, 3500, 1.0) and (grid == 1.0).all()
-    assert tune_class(probs[:, 0], truth[:, 0], prefer=(0.6, 600))[:2] == (0.6, 600)
+    threshold, size, area, dice, grid = tune_class(probs[:, 0], truth[:, 0])
+    assert (threshold, size, area, dice) == (0.5, 3500, 0, 1.0) and (grid == 1.0).all()
+    assert tune_class(probs[:, 0], truth[:, 0], prefer=(0.6, 600, 900))[:3] == (0.6, 600, 900)
+
+
+def test_drop_small_totals_empties_whole_planes_per_class() -> None:
+    masks = np.zeros((2, 4, 20, 20), dtype=bool)
+    masks[:, :, 0:3, 0:3] = True  # 9 pixels
+    masks[:, :, 10:14, 10:14] = True  # and 16: 25 in every plane
+    masks[1, 2] = False
+    kept = drop_small_totals(masks, [0, 25, 26, 9])
+    assert (kept[:, 0] == masks[:, 0]).all() and (kept[:, 1] == masks[:, 1]).all()
+    assert not kept[:, 2].any()  # 25 is under 26: both regions go together
+    assert (kept[:, 3] == masks[:, 3]).all()
+    assert (drop_small_totals(masks, 26) == drop_small_totals(masks, [26] * 4)).all()
+    with pytest.raises(ValueError, match="per-class areas"):
+        drop_small_totals(masks, [1, 2])
+
+
+def test_total_area_search_finds_a_planted_area_rule() -> None:
+    """Predicted masks made of many small specks (each under any useful size filter)
+    that add up to 100-250 px where there is no defect, and true masks of 800+ px:
+    only a total-area minimum between the two separates them."""
+    rng = np.random.default_rng(4)
+    n = 40
+    probs = np.full((n, 64, 400), 0.05, dtype=np.float32)
+    truth = np.zeros((n, 64, 400), dtype=bool)
+    for i in range(n):
+        if i % 2:
+            truth[i, 10:30, 20 : 20 + int(rng.integers(40, 80))] = True  # 800-1600 px
+            probs[i][truth[i]] = 0.9
+        else:
+            for _ in range(int(rng.integers(25, 60))):  # 2x2 specks on a 4-px grid: 100-240 px
+                y, x = int(rng.integers(0, 16)) * 4, int(rng.integers(0, 100)) * 4
+                probs[i, y : y + 2, x : x + 2] = 0.9
+    found = tune_class(probs, truth, min_sizes=(0,), min_areas=(0, 300, 600, 900))
+    # 300 and 600 both separate them perfectly: the tie goes to the area nearest 0.
+    assert (found[2], found[3]) == (300, pytest.approx(1.0))
+    without = tune_class(probs, truth, min_sizes=(0,), min_areas=(0,))[3]
+    assert without < 0.8

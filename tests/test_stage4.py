@@ -322,13 +322,15 @@ def test_tuned_postprocessing_is_written_and_applied(small_data: SynthDataset, t
     chosen = json.loads((working / "postprocess.json").read_text())
     assert set(chosen) == {"1", "2", "3", "4"}
     for entry in chosen.values():
-        assert 0 < entry["pixel_threshold"] < 1 and entry["min_size"] >= 0
+        assert 0 < entry["pixel_threshold"] < 1 and entry["min_size"] >= 0 and entry["min_area"] >= 0
         assert 0 <= entry["dice"] <= 1
     sub = read_submission(working / "submission.csv").frame
     structure = np.ones((3, 3), dtype=bool)
     for class_id, rle in zip(sub["ClassId"], sub["EncodedPixels"], strict=True):
-        labels, _ = ndimage.label(rle_decode(rle), structure=structure)
+        mask = rle_decode(rle)
+        labels, _ = ndimage.label(mask, structure=structure)
         assert (np.bincount(labels.ravel())[1:] > chosen[str(class_id)]["min_size"]).all()
+        assert not mask.any() or mask.sum() >= chosen[str(class_id)]["min_area"]
 
 
 @pytest.mark.slow
@@ -350,6 +352,7 @@ def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Pat
     assert saved["postprocess"] == {
         "pixel_thresholds": [chosen[str(c)]["pixel_threshold"] for c in CLASS_IDS],
         "min_sizes": [chosen[str(c)]["min_size"] for c in CLASS_IDS],
+        "min_areas": [chosen[str(c)]["min_area"] for c in CLASS_IDS],
     }
     sub = read_submission(working / "submission.csv").frame
     assert len(sub) == 3 * 4
@@ -454,6 +457,7 @@ MULTIPLE = "must be a positive multiple of 32 (the encoder halves it five times)
         ("lr", math.nan, "must be positive"),
         ("lr_patience", -1, "must be at least 0"),
         ("min_size", -1, "must be at least 0"),
+        ("min_area", -1, "must be at least 0"),
         ("workers", -1, "must be at least 0"),
         ("pixel_threshold", 0.0, "must be between 0 and 1 (exclusive)"),
         ("pixel_threshold", 1.0, "must be between 0 and 1 (exclusive)"),
@@ -482,6 +486,7 @@ def test_bad_parameter_is_refused_naming_it(
         ("lr", 1e-9),
         ("lr_patience", 0),
         ("min_size", 0),
+        ("min_area", 0),
         ("workers", 0),
         ("pixel_threshold", 0.01),
         ("pixel_threshold", 0.99),
