@@ -52,10 +52,11 @@ from stages.lib.segdata import (
     decode_masks,
     defects_by_image,
     list_images,
+    sample_test_names,
     stratified_split,
 )
 from stages.lib.severstal import CLASS_IDS, COMPETITION, IMAGE_SHAPE
-from stages.lib.submission import fill_submission, read_submission, write_submission
+from stages.lib.submission import fill_submission, write_submission
 from stages.lib.traincsv import defect_count_per_image, read_train_csv
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -820,11 +821,7 @@ def run(params: Params, layout: Layout) -> None:
     train_names = list_images(train_dir)
     defect_rows = read_train_csv(train_csv)
     defects = defects_by_image(defect_rows, train_names, train_csv)
-    list_images(test_dir)
-    sample = read_submission(sample_path)
-    test_names = list(dict.fromkeys(sample.frame["ImageId"].astype(str).tolist()))
-    if not test_names:
-        raise InputError(f"{sample_path}: no test images listed (empty test set)")
+    sample, test_names = sample_test_names(test_dir, sample_path)
     check_images(train_dir, train_names)
     check_images(test_dir, test_names)
     if len(train_names) < 2:

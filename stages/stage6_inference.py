@@ -28,9 +28,9 @@ from stages.lib.classifier import (
     predict_scores,
 )
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
-from stages.lib.segdata import SteelSegDataset, check_images, list_images
+from stages.lib.segdata import SteelSegDataset, check_images, sample_test_names
 from stages.lib.severstal import COMPETITION
-from stages.lib.submission import fill_submission, read_submission, write_submission
+from stages.lib.submission import fill_submission, write_submission
 from stages.stage4_segmentation import (
     DeviceSetup,
     build_unet,
@@ -189,11 +189,7 @@ def run(params: Params, layout: Layout) -> None:
     sample_path = layout.input_file(COMPETITION, "sample_submission.csv")
     segmenter_path = layout.input_file("stage4", "model.pth")
     classifier_path = layout.input_file("stage1", "model.h5")
-    list_images(test_dir)
-    sample = read_submission(sample_path)
-    names = list(dict.fromkeys(sample.frame["ImageId"].astype(str).tolist()))
-    if not names:
-        raise InputError(f"{sample_path}: no test images listed (empty test set)")
+    sample, names = sample_test_names(test_dir, sample_path)
     check_images(test_dir, names)
 
     device = pick_device()

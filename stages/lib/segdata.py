@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from kernelgen.runtime import InputError
 from stages.lib.rle import rle_decode_many
 from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
+from stages.lib.submission import Submission, read_submission
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -33,6 +34,20 @@ def list_images(folder: Path) -> list[str]:
     if not names:
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in folder")
     return names
+
+
+def sample_test_names(test_dir: Path, sample_path: Path) -> tuple[Submission, list[str]]:
+    """The sample submission and the test images it names, in its order, once each.
+
+    `test_dir` must be an image folder and the sample must name at least one image;
+    the images themselves are checked with `check_images`.
+    """
+    list_images(test_dir)
+    sample = read_submission(sample_path)
+    names = list(dict.fromkeys(sample.frame["ImageId"].astype(str).tolist()))
+    if not names:
+        raise InputError(f"{sample_path}: no test images listed (empty test set)")
+    return sample, names
 
 
 def check_images(
