@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import InputError, Layout
-from stages.lib.scores import CLASS_SCORE_COLUMNS, has_class_scores, read_score_table
+from stages.lib.scores import CLASS_SCORE_COLUMNS, read_score_table
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.traincsv import read_train_csv
 
@@ -281,15 +281,13 @@ def _plot_classes(sweeps: pd.DataFrame, chosen: dict[str, dict[str, float | str]
 # %%
 def held_out_scores(score_path: Path, train_path: Path, defect_ids: np.ndarray) -> pd.DataFrame:
     """The scores of the images stage 1 did not train on, indexed by ImageId."""
-    columns = ["allMissing", "validation"]
-    if has_class_scores(score_path):
-        columns += CLASS_SCORE_COLUMNS
     scores = read_score_table(
         score_path,
-        columns,
+        ("allMissing", "validation"),
         expected_ids=defect_ids,
         expected_from=str(train_path),
         missing_hint="stage 2 marks the images stage 1 held out of training; rerun stages 1 and 2",
+        optional=CLASS_SCORE_COLUMNS,
     )
     if scores.empty:
         raise InputError(f"{score_path}: no images scored")

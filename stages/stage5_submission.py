@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import Layout
-from stages.lib.scores import read_class_scores, read_scores
+from stages.lib.scores import CLASS_SCORE_COLUMNS, CLASS_SCORES_HINT, read_score_table
 from stages.lib.severstal import CLASS_IDS
 from stages.lib.submission import Submission, read_submission, write_submission
 
@@ -112,14 +112,17 @@ def run(params: Params, layout: Layout) -> None:
     sub_path = layout.input_file("stage4", "submission.csv")
     score_path = layout.input_file("stage2", "test_missing_count.csv")
     sub = read_submission(sub_path)
-    scores = read_scores(score_path, expected_ids=sub.frame["ImageId"], expected_from=str(sub_path))
-    result, blanked_images = blank_confident_images(sub, scores, params.threshold)
     gates = params.class_gates()
+    scores = read_score_table(
+        score_path,
+        ("allMissing", *CLASS_SCORE_COLUMNS) if gates else ("allMissing",),
+        expected_ids=sub.frame["ImageId"],
+        expected_from=str(sub_path),
+        missing_hint=CLASS_SCORES_HINT if gates else "",
+    )
+    result, blanked_images = blank_confident_images(sub, scores["allMissing"], params.threshold)
     if gates:
-        class_scores = read_class_scores(
-            score_path, expected_ids=sub.frame["ImageId"], expected_from=str(sub_path)
-        )
-        result, by_class = blank_confident_classes(result, class_scores, gates)
+        result, by_class = blank_confident_classes(result, scores[list(CLASS_SCORE_COLUMNS)], gates)
     write_submission(result, layout.working / "submission.csv")
 
     images = sub.frame["ImageId"].nunique()

@@ -10,8 +10,8 @@ import pytest
 from kernelgen.runtime import InputError
 from stages.lib.scores import (
     CLASS_SCORE_COLUMNS,
-    has_class_scores,
     read_class_scores,
+    read_score_table,
     read_scores,
     score_table,
     write_table,
@@ -82,7 +82,7 @@ def test_score_table_of_four_outputs_has_each_class_and_their_product(tmp_path: 
     assert table["allMissing"].tolist() == [0.1, 1.0]
     path = tmp_path / "scores.csv"
     write_table(table, path)
-    assert has_class_scores(path)
+    assert list(read_score_table(path, optional=CLASS_SCORE_COLUMNS).columns) == ["allMissing", *CLASS_SCORE_COLUMNS]
     classes = read_class_scores(path, expected_ids=["b.jpg"])
     assert classes.loc["a.jpg"].tolist() == [0.5, 1.0, 0.8, 0.25]
     assert read_scores(path).tolist() == [0.1, 1.0]
@@ -97,7 +97,7 @@ def test_score_table_refuses_other_output_counts() -> None:
 
 def test_class_scores_missing_say_where_they_come_from(tmp_path: Path) -> None:
     path = write(tmp_path, "ImageId,allMissing\na.jpg,0.5\n")
-    assert not has_class_scores(path)
+    assert list(read_score_table(path, optional=CLASS_SCORE_COLUMNS).columns) == ["allMissing"]
     with pytest.raises(InputError) as err:
         read_class_scores(path)
     assert str(err.value).startswith(f"{path}: missing column(s) missing1, missing2, missing3, missing4")

@@ -21,6 +21,8 @@ from stages.lib.severstal import CLASS_IDS
 
 SCORE_COLUMNS = ("ImageId", "allMissing")
 CLASS_SCORE_COLUMNS: tuple[str, ...] = tuple(f"missing{c}" for c in CLASS_IDS)
+# What to do about absent per-class columns, for error messages.
+CLASS_SCORES_HINT = 'per-class scores come from stage 1 with head = "class"'
 
 
 def score_table(image_ids: Sequence[str], scores: np.ndarray) -> pd.DataFrame:
@@ -63,8 +65,10 @@ def read_score_table(
     *,
     expected_from: str | None = None,
     missing_hint: str = "",
+    optional: Sequence[str] = (),
 ) -> pd.DataFrame:
-    """The numeric `columns` of score file `path`, as floats indexed by ImageId.
+    """The numeric `columns` of score file `path`, as floats indexed by ImageId, and the
+    `optional` columns too when the file has all of them.
 
     With `expected_ids`, every one of those images must have a row; extra images
     in the file are kept, since a score file may cover more images than the
@@ -73,6 +77,8 @@ def read_score_table(
     """
     path = Path(path)
     raw = read_text_csv(path, "score file")
+    if optional and all(column in raw.columns for column in optional):
+        columns = (*columns, *optional)
     missing_columns = [c for c in ("ImageId", *columns) if c not in raw.columns]
     if missing_columns:
         hint = f"; {missing_hint}" if missing_hint else ""
@@ -138,11 +144,5 @@ def read_class_scores(
         CLASS_SCORE_COLUMNS,
         expected_ids,
         expected_from=expected_from,
-        missing_hint='per-class scores come from stage 1 with head = "class"',
+        missing_hint=CLASS_SCORES_HINT,
     )
-
-
-def has_class_scores(path: Path) -> bool:
-    """Whether score file `path` carries the per-class columns `missing1`..`missing4`."""
-    header = read_text_csv(path, "score file").columns
-    return all(column in header for column in CLASS_SCORE_COLUMNS)
