@@ -7,8 +7,8 @@ Run from the repository root:
     python benchmarks/bench_gates.py                   # defaults below, on cpu
     python benchmarks/bench_gates.py --n-train 240 --classifier-epochs 16
 
-One synthetic dataset (`synth.generate(..., defects="small")`, full 256x1600 images) is
-written to a temporary folder. Stage 4 trains once (the `--seg-profile` of
+One synthetic dataset (`synth.generate`, full 256x1600 images, defect sizes and class mix
+as in the real train set) is written to a temporary folder. Stage 4 trains once (the `--seg-profile` of
 kernel-metadata/stage4.toml at the bench's small size, no pretrained weights) and
 predicts the unseen test images. Stage 1 then trains twice on the same images and split,
 once per head (`image`, `class`); stage 2 scores the train images and marks the ones
@@ -112,12 +112,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        data = generate(base / "data", n_train=args.n_train, n_test=args.n_test, seed=args.seed, defects="small")
+        data = generate(base / "data", n_train=args.n_train, n_test=args.n_test, seed=args.seed)
         truth = read_train_csv(data.test_truth)
         competition = data.competition_dir
         print(
-            f"synthetic data: {args.n_train} train / {args.n_test} test images (defects=small, seed "
-            f"{args.seed}); segmenter profile {args.seg_profile} at 64x384 for {args.seg_epochs} epochs; "
+            f"synthetic data: {args.n_train} train / {args.n_test} test images (seed {args.seed}); "
+            f"segmenter profile {args.seg_profile} at 64x384 for {args.seg_epochs} epochs; "
             f"classifier at {args.classifier_size}px for {args.classifier_epochs} epochs, "
             f"{args.validation_split:.0%} held out"
         )

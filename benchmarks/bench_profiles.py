@@ -6,8 +6,8 @@ Run from the repository root:
     python benchmarks/bench_profiles.py --n-train 64 --n-test 48 --epochs 14 \\
         --variant "tuned:tune_postprocess=true"
 
-Synthetic competition data with small class 1/2 defects (`synth.generate(...,
-defects="small")`, full 256x1600 images) is written once to a temporary folder; every
+Synthetic competition data (`synth.generate`, full 256x1600 images, defect sizes and
+class mix as in the real train set) is written once to a temporary folder; every
 profile trains stage 4 on the same images at the same small training size, batch and
 epoch budget (`--height`, `--width`, `--epochs`; no pretrained weights), predicts the
 same unseen test images, and is scored with the competition metric (mean Dice over
@@ -101,14 +101,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        data = generate(
-            base / "data", n_train=args.n_train, n_test=args.n_test, seed=args.seed,
-            defects="small",
-        )
+        data = generate(base / "data", n_train=args.n_train, n_test=args.n_test, seed=args.seed)
         truth = read_train_csv(data.test_truth)
         print(
-            f"synthetic data: {args.n_train} train / {args.n_test} test images (defects=small, "
-            f"seed {args.seed}); training at {args.height}x{args.width}, {args.epochs} epochs, "
+            f"synthetic data: {args.n_train} train / {args.n_test} test images (seed "
+            f"{args.seed}); training at {args.height}x{args.width}, {args.epochs} epochs, "
             f"cpu threads {args.threads}"
         )
         empty = None
