@@ -398,25 +398,25 @@ def _background(rng: np.random.Generator, scale: _Scale, steel: tuple[int, int])
     return img
 
 
-def _outline(
-    rng: np.random.Generator, h: int, w: int, pixels: int, figures: _ClassFigures
-) -> np.ndarray:
-    """An irregular filled region of about ``pixels`` pixels in an h x w box (bool).
+def _rough_field(rng: np.random.Generator, h: int, w: int, figures: _ClassFigures) -> np.ndarray:
+    """An ellipse's radius over an h x w box plus smooth noise; infinite outside the ellipse.
 
-    The region is where a rough field (an ellipse's radius plus smooth noise) is lowest:
-    the noise gives each class its outline, and taking the lowest ``pixels`` values sets
-    the area exactly. A ``y_power`` above 2 squares the ends. The region stays inside the
-    box's inscribed ellipse, so no defect shows the straight edge of its box.
+    Its lowest values make an irregular filled region (`_lowest`) whose outline the
+    class's noise settings give; a ``y_power`` above 2 squares the ends. The region stays
+    inside the box's inscribed ellipse, so no defect shows the straight edge of its box.
     """
     yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
     xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
     radius = np.abs(yy) ** figures.y_power + xx**2
     field = radius + figures.roughness * _smooth_noise(rng, figures.coarse, (h, w), smoothstep=True)
     field[radius >= 1.0] = np.inf
-    inside = int(np.count_nonzero(radius < 1.0))
-    k = min(max(1, pixels), inside)
-    level = np.partition(field.ravel(), k - 1)[k - 1]
-    return field <= level
+    return field
+
+
+def _lowest(field: np.ndarray, pixels: int) -> np.ndarray:
+    """Where ``field`` takes its ``pixels`` lowest finite values (bool): the area is set exactly."""
+    k = min(max(1, pixels), int(np.isfinite(field).sum()))
+    return field <= np.partition(field.ravel(), k - 1)[k - 1]
 
 
 def _solid_parts(box: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -449,10 +449,15 @@ def _shape(
     tallest = _TALLEST * scale.height
     if h > tallest:
         h, w = tallest, pixels / (_FILL * tallest)
-    h, w = max(4, int(h)), max(4, min(int(w), room))
-    pixels = min(pixels, _FILL * h * w)
-    region = _outline(rng, h, w, round(pixels), figures)
-    return _solid_parts(region, max(4, round(0.05 * pixels)))
+    h, w = max(4, math.ceil(h)), max(4, min(math.ceil(w), room))
+    want = round(min(pixels, _FILL * h * w))
+    least = max(4, round(0.05 * want))
+    field = _rough_field(rng, h, w, figures)
+    region = _solid_parts(_lowest(field, want), least)
+    short = want - int(region.sum())  # the specks dropped; taking that many more keeps the area
+    if short > 0:
+        region = _solid_parts(_lowest(field, want + short), least)
+    return region
 
 
 def _paint(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, class_id: int) -> None:
@@ -506,15 +511,26 @@ def _draw_image(
 def _draw_defects(
     rng: np.random.Generator, plan: Sequence[_Planned], scale: _Scale, steel: tuple[int, int]
 ) -> list[_Defect]:
-    """The planned defects' masks, on steel and clear of each other."""
-    taken = np.zeros((scale.height, scale.width), dtype=bool)
+    """The planned defects' masks, on steel and apart from each other.
+
+    The largest is placed first: a small defect finds room beside a large one more
+    easily than the other way round. Each keeps a margin clear around its region.
+    """
+    margin = max(2, int(8 * scale.sx))
+    kept_clear = np.zeros((scale.height, scale.width), dtype=bool)
     defects: list[_Defect] = []
-    for planned in plan:
-        mask = _place(rng, planned, scale, steel, taken)
-        if mask is None:
+    sized = [(_area_of(p.class_id, p.quantile), p.class_id) for p in plan]
+    for area, class_id in sorted(sized, reverse=True):
+        placed = _place(rng, class_id, area, scale, steel, kept_clear)
+        if placed is None:
             continue
-        taken |= mask
-        defects.append(_Defect(planned.class_id, mask))
+        y, x, region = placed
+        h, w = region.shape
+        mask = np.zeros_like(kept_clear)
+        mask[y : y + h, x : x + w] = region
+        around = (slice(max(0, y - margin), y + h + margin), slice(max(0, x - margin), x + w + margin))
+        kept_clear[around] |= ndimage.maximum_filter(mask[around], size=2 * margin + 1, mode="constant")
+        defects.append(_Defect(class_id, mask))
     if plan and not defects:
         raise RuntimeError("could not place any defect")  # pragma: no cover - sizes always fit
     return defects
@@ -522,30 +538,27 @@ def _draw_defects(
 
 def _place(
     rng: np.random.Generator,
-    planned: _Planned,
+    class_id: int,
+    area: float,
     scale: _Scale,
     steel: tuple[int, int],
-    taken: np.ndarray,
-) -> np.ndarray | None:
-    """A full-size mask for one defect on steel, clear of earlier defects, or None.
+    kept_clear: np.ndarray,
+) -> tuple[int, int, np.ndarray] | None:
+    """Where one defect of about ``area`` pixels at 256x1600 lies on steel, outside
+    ``kept_clear``: its box's top row, left column and region; None if it finds no room.
 
-    A shape that finds no free place is drawn again smaller: the second class of an
-    image may meet a first that covers most of the strip.
+    A shape that finds no free place is drawn again smaller: an image's second defect
+    may meet a first that covers most of the strip.
     """
     lo, hi = steel
-    margin = max(2, int(8 * scale.sx))
-    area = _area_of(planned.class_id, planned.quantile)
     for _ in range(4):
-        box = _shape(rng, planned.class_id, area, scale, hi - lo)
+        box = _shape(rng, class_id, area, scale, hi - lo)
         h, w = box.shape
         for _ in range(20):
             y = int(rng.integers(0, scale.height - h + 1))
             x = int(rng.integers(lo, hi - w + 1))
-            near = taken[max(0, y - margin) : y + h + margin, max(0, x - margin) : x + w + margin]
-            if not near.any():
-                mask = np.zeros_like(taken)
-                mask[y : y + h, x : x + w] = box
-                return mask
+            if not (kept_clear[y : y + h, x : x + w] & box).any():
+                return y, x, box
         area *= 0.6
     return None
 

@@ -284,7 +284,7 @@ CLASS_SHARE_POINTS = 0.05
 DEFECT_FREE_POINTS = 0.08
 TWO_CLASS_POINTS = 0.05
 SPAN_FACTOR = 1.5
-DRIFT_SEED, DRIFT_IMAGES = 2019, 400  # no other test generates with this seed
+DRIFT_SEED, DRIFT_IMAGES = 2019, 600  # no other test generates with this seed
 
 
 @dataclass(frozen=True)
