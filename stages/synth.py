@@ -78,7 +78,7 @@ _FIGURES: dict[int, _ClassFigures] = {
 }
 _MASK_COUNTS = np.array([_FIGURES[c].masks for c in CLASS_IDS], dtype=float)
 _CLASS_SHARES = _MASK_COUNTS / _MASK_COUNTS.sum()
-# Classes in the order a small split gets its first mask of each: commonest first.
+# Indices of the classes in the order a small split gets its first mask of each: commonest first.
 _COVERAGE_ORDER = tuple(int(i) for i in np.argsort(-_MASK_COUNTS, kind="stable"))
 _DEFECT_FREE_SHARE = 0.47  # real images without any defect
 _TWO_CLASS_SHARE = 0.064  # real defective images with two classes; three (0.03%) are not drawn
