@@ -15,9 +15,6 @@ from kernelgen.cli import main
 from stages.lib.submission import read_submission
 from tests.conftest import LocalChain
 
-# Tests reading the session's one local chain share a worker, so it runs once.
-pytestmark = pytest.mark.xdist_group("local-chain")
-
 
 @pytest.mark.slow
 def test_local_chain_ends_in_a_valid_submission_and_reruns_nothing(

@@ -19,13 +19,12 @@ from kernelgen.backends.kaggle import KaggleBackend
 from kernelgen.chain import Chain, PollPolicy
 from kernelgen.errors import KernelFailedError
 from kernelgen.execute import execute_notebook
+from kernelgen.localdata import generate_data
 from kernelgen.pipeline import Via
 from kernelgen.progress import PlainReporter
 from kernelgen.project import Project
 from kernelgen.quota import QuotaError
 from kernelgen.wheels import wheel_houses
-from stages.lib.submission import read_submission
-from stages.synth import generate
 from tests.fakes import FakeClock, quick_executor
 from tests.kaggle_standin import (
     DatasetScript,
@@ -41,9 +40,10 @@ from tests.kaggle_standin import (
 USER = "chain-user"
 KEY = "k3y-planted-0123456789abcdef"
 STAGES = [1, 2, 3, 4, 5]
+TINYPIPE = Path(__file__).parent / "fixtures" / "tinypipe"
 
 
-def notebook_executor(competition: Path):
+def notebook_executor(competition: Path, packages: tuple[str, ...] = ()):
     """Runs the pushed notebook here, in a Kaggle-shaped root built from its sources."""
 
     def execute(pushed: PushedKernel) -> ExecutedKernel:
@@ -58,7 +58,7 @@ def notebook_executor(competition: Path):
             owner, slug = ref.split("/")[:2]
             (inputs / "notebooks" / owner).mkdir(parents=True, exist_ok=True)
             (inputs / "notebooks" / owner / slug).symlink_to(pushed.kernel_dir(ref), target_is_directory=True)
-        result = execute_notebook(pushed.text.encode(), root, working=root / "working")
+        result = execute_notebook(pushed.text.encode(), root, working=root / "working", packages=packages)
         status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
         return ExecutedKernel(status, root / "working", result.log, result.error)
 
@@ -106,20 +106,25 @@ def pushes(server: KaggleStandIn, stage: int) -> int:
 
 @pytest.mark.slow
 def test_full_remote_chain_runs_real_kernels_and_submits(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
-    data = generate(tmp_path / "data", n_train=32, n_test=8, seed=3)
-    kaggle.executor = notebook_executor(data.competition_dir.resolve())
+    """Every kernel of a pipeline (tests/fixtures/tinypipe) is a real notebook run here: the
+    chain pushes both, publishes stage 1's dataset, passes stage 1's mean to stage 2 and submits."""
+    project = Project.load(project_dir=TINYPIPE)
+    data = tmp_path / "data"
+    generate_data(project.pipeline, data)
+    kaggle.executor = notebook_executor((data / "input" / "tiny-numbers").resolve(), packages=("tinypipe",))
     work = tmp_path / "work"
-    result = chain(clock, work, profile="smoke").run(STAGES, submit=True)
+    result = chain(clock, work, project=project, profile="smoke").run([1, 2], submit=True, competition="tiny-numbers")
 
-    assert result.stages == dict.fromkeys(STAGES, "complete")
-    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
-    sub = read_submission(result.submission)
-    sample = read_submission(data.competition_dir / "sample_submission.csv")
-    assert len(sub.frame) == len(sample.frame) == 8 * 4
+    assert result.stages == {1: "complete", 2: "complete"}
+    assert [len(kaggle.kernel_versions(f"{USER}/tiny-pipe-{name}")) for name in ("measure", "submit")] == [1, 1]
+    assert kaggle.count("CreateDataset") == 1
+    stats = json.loads((work / "outputs" / "stage1" / "stats.json").read_text())
+    assert stats["mean"] == 2 * 3.0  # smoke profile: scale 2 over the numbers 1..5
+    assert result.submission is not None
+    rows = result.submission.read_text().splitlines()
+    assert rows == ["id,prediction", *(f"r{i},{i - stats['mean']}" for i in range(1, 6))]
     assert len(kaggle.submissions) == 1
-    assert kaggle.count("CreateDataset") == 3
-    threshold = json.loads((work / "outputs" / "stage3" / "threshold.json").read_text())["threshold"]
-    assert json.loads((work / "state.json").read_text())["stages"]["5"]["params"]["threshold"] == threshold
+    assert json.loads((work / "state.json").read_text())["stages"]["2"]["params"]["offset"] == stats["mean"]
 
 
 def test_faults_are_retried_and_nothing_is_pushed_twice(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:

@@ -82,9 +82,6 @@ LEARN_PARAMS = Params(
 # Required lead of the learned submission over the all-empty one (competition metric).
 LEARN_MARGIN = 0.02
 
-# One worker for the file: its module fixtures train once.
-pytestmark = pytest.mark.xdist_group("stage4")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
