@@ -3,12 +3,17 @@
 The fields are read from the module's source with `ast`, so rendering never imports
 TensorFlow or PyTorch just to learn that `epochs` is an int defaulting to 45.
 Layers, lowest first: dataclass default, profile, config file, `--set`, chain.
+
+A field is a scalar (`int`, `float`, `bool`, `str`) or a list of one scalar type,
+declared `tuple[float, ...]`: values are tuples in Python, lists in TOML, JSON and the
+parameters cell, and `[0.5, 0.6]` on the command line.
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,13 +25,46 @@ from kernelgen.errors import ParameterError, RenderError
 SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_LIST_ANNOTATION = re.compile(r"^tuple\[(int|float|bool|str), \.\.\.\]$")
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """The type of a list parameter: a `tuple[item, ...]` field."""
+
+    item: type
+
+    @property
+    def __name__(self) -> str:
+        return f"a list of {self.item.__name__}"
+
+    def example(self, like: Any = None) -> str:
+        """How such a value is written: `like` (a comma string, say) in list form when it has
+        parts, else a sample."""
+        parts = [part.strip() for part in like.strip("[]()").split(",")] if isinstance(like, str) else []
+        if parts and all(parts):
+            return "[" + ", ".join(repr(p) if self.item is str else p for p in parts) + "]"
+        samples = {int: "[1, 2]", float: "[0.5, 0.75]", bool: "[true, false]", str: '["a", "b"]'}
+        return samples[self.item]
+
+
+ParamType = type | ListOf
+"""A field's type: one of SCALAR_TYPES, or a list of one of them."""
 
 
 @dataclass(frozen=True)
 class ParamField:
     name: str
-    type: type
+    type: ParamType
     default: Any
+
+
+def annotation_type(annotation: str) -> ParamType | None:
+    """The parameter type an annotation (as `ast.unparse` writes it) declares, or None."""
+    if annotation in SCALAR_TYPES:
+        return SCALAR_TYPES[annotation]
+    match = _LIST_ANNOTATION.match(annotation)
+    return ListOf(SCALAR_TYPES[match.group(1)]) if match else None
 
 
 @dataclass(frozen=True)
@@ -52,9 +90,11 @@ def read_param_fields(source: Path, stage: int) -> list[ParamField]:
             continue
         name = node.target.id
         annotation = ast.unparse(node.annotation)
-        if annotation not in SCALAR_TYPES:
+        kind = annotation_type(annotation)
+        if kind is None:
             raise RenderError(
-                f"{source}: Params.{name} has type {annotation}; use one of {', '.join(SCALAR_TYPES)}",
+                f"{source}: Params.{name} has type {annotation}; use one of {', '.join(SCALAR_TYPES)}, "
+                "or a list of one as tuple[float, ...]",
                 stage=stage,
             )
         if node.value is None:
@@ -66,7 +106,6 @@ def read_param_fields(source: Path, stage: int) -> list[ParamField]:
                 f"{source}: Params.{name} default must be a literal, got {ast.unparse(node.value)}",
                 stage=stage,
             ) from None
-        kind = SCALAR_TYPES[annotation]
         fields.append(ParamField(name, kind, coerce_value(default, kind, name=name, stage=stage)))
     return fields
 
@@ -121,8 +160,15 @@ def check_values(source: Path, values: Mapping[str, Any], stage: int) -> None:
         ) from None
 
 
-def coerce_value(value: Any, kind: type, *, name: str, stage: int | None) -> Any:
-    """Check a typed value (from TOML or code) against a field type; ints widen to floats."""
+def coerce_value(value: Any, kind: ParamType, *, name: str, stage: int | None) -> Any:
+    """Check a typed value (from TOML, JSON or code) against a field type; ints widen to
+    floats, and a list parameter's list or tuple becomes a tuple."""
+    if isinstance(kind, ListOf):
+        if not isinstance(value, (list, tuple)):
+            raise ParameterError(
+                f"{name} must be {kind.__name__}, written {kind.example(value)}, got {value!r}", stage=stage
+            )
+        return tuple(coerce_value(item, kind.item, name=f"{name}[{i}]", stage=stage) for i, item in enumerate(value))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if (kind is not bool and isinstance(value, bool)) or not isinstance(value, kind):
@@ -132,8 +178,10 @@ def coerce_value(value: Any, kind: type, *, name: str, stage: int | None) -> Any
     return value
 
 
-def parse_text(text: str, kind: type, *, name: str, stage: int | None) -> Any:
+def parse_text(text: str, kind: ParamType, *, name: str, stage: int | None) -> Any:
     """Turn a command-line string into a value of the field's type."""
+    if isinstance(kind, ListOf):
+        return _parse_list(text, kind, name=name, stage=stage)
     try:
         if kind is bool:
             lowered = text.strip().lower()
@@ -152,6 +200,30 @@ def parse_text(text: str, kind: type, *, name: str, stage: int | None) -> Any:
         return text
     except ValueError:
         raise ParameterError(f"{name} must be {kind.__name__}, got {text!r}", stage=stage) from None
+
+
+def _parse_list(text: str, kind: ListOf, *, name: str, stage: int | None) -> tuple[Any, ...]:
+    """`[a, b, ...]`, each item as the scalar type reads it (`true`/`false` for bools,
+    strings quoted); a bare comma string is refused, since its meaning would be a guess."""
+    body = text.strip()
+    refused = ParameterError(
+        f"{name} takes {kind.__name__} in brackets: {name}={kind.example(text)}; got {text!r}", stage=stage
+    )
+    if not (body.startswith("[") and body.endswith("]")):
+        raise refused
+    if kind.item is str:
+        try:
+            items = ast.literal_eval(body)
+        except (ValueError, SyntaxError):
+            raise refused from None
+        return coerce_value(items, kind, name=name, stage=stage)
+    inner = body[1:-1].strip()
+    parts = [part.strip() for part in inner.split(",")] if inner else []
+    if parts and not parts[-1]:
+        parts.pop()  # a trailing comma
+    if any(not part for part in parts):
+        raise refused
+    return tuple(parse_text(part, kind.item, name=f"{name}[{i}]", stage=stage) for i, part in enumerate(parts))
 
 
 @dataclass(frozen=True)

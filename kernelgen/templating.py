@@ -1,7 +1,7 @@
 """The Jinja environment that renders kernel cells and metadata.
 
 Values reach generated code only through `pyliteral`, which accepts plain scalars
-and proves the text reads back to the same value; nothing is pasted into code.
+(and lists of them) and proves the text reads back to the same value; nothing is pasted into code.
 """
 
 from __future__ import annotations
@@ -19,7 +19,14 @@ from kernelgen.resources import templates_dir
 
 
 def pyliteral(value: Any) -> str:
-    """A Python literal for a scalar parameter value, or an error for anything else."""
+    """A Python literal for a parameter value: a scalar, or a list of scalars (a tuple is
+    written as a list, the form papermill and JSON give it); an error for anything else."""
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_scalar_literal(item) for item in value) + "]"
+    return _scalar_literal(value)
+
+
+def _scalar_literal(value: Any) -> str:
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{value!r} has no Python literal")
     if value is not None and not isinstance(value, (bool, int, float, str)):
@@ -46,6 +53,7 @@ def environment() -> jinja2.Environment:
     env.filters["pyliteral"] = pyliteral
     env.filters["comment"] = comment
     env.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+    env.tests["listvalue"] = lambda value: isinstance(value, (list, tuple))
     return env
 
 

@@ -19,7 +19,8 @@ import pytest
 from slugify import slugify
 
 from kernelgen.config import Config
-from kernelgen.errors import KernelgenError, MetadataError, RenderError
+from kernelgen.errors import KernelgenError, MetadataError, ParameterError, RenderError
+from kernelgen.execute import execute_notebook
 from kernelgen.pipeline import Via, load_pipeline
 from kernelgen.project import Project
 from kernelgen.render import METADATA_FILE, RenderedKernel, write_kernels
@@ -393,6 +394,47 @@ def test_pip_without_internet_installs_from_the_wheel_house_only(fake: Path) -> 
     assert pip.count('"install"') == 1
 
 
+LIST_STAGE = """
+# %%
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Params:
+    weights: tuple[float, ...] = (1.0,)
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(w > 0 for w in self.weights):
+            raise ValueError(f"weights must be positive, got {list(self.weights)}")
+
+
+# %%
+def run(params, layout):
+    print(type(params.weights).__name__, params.weights, params.names)
+"""
+
+
+@pytest.mark.slow
+def test_a_list_parameter_is_a_list_literal_in_the_cell_and_a_tuple_in_the_run(
+    fake: Path, tmp_path: Path
+) -> None:
+    (fake / "stages" / "stage1_fake.py").write_text(textwrap.dedent(LIST_STAGE).lstrip())
+    meta = fake / "kernel-metadata" / "stage1.toml"
+    meta.write_text(meta.read_text().split("[[pip]]")[0])
+    kernel = fake_project(fake).render([1], username=USER, sets=["weights=[0.5, 2]", 'names=["a", "b"]'])[0]
+    notebook = notebook_of(kernel)
+    assert parameter_lines(notebook) == {"weights": ([0.5, 2.0], "--set"), "names": (["a", "b"], "--set")}
+    assert "weights=tuple(weights)," in code_cells(notebook)[-1]
+    result = execute_notebook(kernel.files[kernel.code_file], tmp_path / "root", packages=("stages",))
+    assert result.ok, result.log
+    assert "tuple (0.5, 2.0) ('a', 'b')" in result.log
+    with pytest.raises(ParameterError, match=r"stage 1: weights must be positive, got \[0.5, -1.0\]"):
+        fake_project(fake).render([1], username=USER, sets=["weights=[0.5, -1]"])
+    with pytest.raises(ParameterError, match=r"weights=\[0.5, 2\]; got '0.5,2'"):
+        fake_project(fake).render([1], username=USER, sets=["weights=0.5,2"])
+
+
 def test_parameter_clashing_with_inlined_name_refused(fake: Path) -> None:
     path = fake / "stages" / "stage1_fake.py"
     path.write_text(path.read_text().replace("count: int = 2", "double: int = 2"))
@@ -428,9 +470,16 @@ def test_pyliteral_round_trips(value: object) -> None:
     assert back == value and type(back) is type(value)
 
 
+@pytest.mark.parametrize("value", [[], [1, 2.5, "a", None, True], (0.5, 0.75), ("x",)])
+def test_pyliteral_writes_lists_and_tuples_as_list_literals(value: object) -> None:
+    text = pyliteral(value)
+    assert text.startswith("[") and "\n" not in text
+    assert ast.literal_eval(text) == list(value)
+
+
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), float("-inf"), [1], (1,), {"a": 1}, b"x", object(), Path("x")],
+    [float("nan"), float("inf"), float("-inf"), [[1]], [float("nan")], [b"x"], {"a": 1}, b"x", object(), Path("x")],
 )
 def test_pyliteral_refuses(value: object) -> None:
     with pytest.raises(ValueError):
