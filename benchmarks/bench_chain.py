@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kernelgen.backends.kaggle import KaggleBackend  # noqa: E402
-from kernelgen.chain import Chain  # noqa: E402
-from kernelgen.pipeline import Via  # noqa: E402
-from kernelgen.project import Project  # noqa: E402
+from kernelgen.run.scheduler import Chain  # noqa: E402
+from kernelgen.spec.pipeline import Via  # noqa: E402
+from kernelgen.spec.project import Project  # noqa: E402
 from tests.fakes import FakeClock, quick_executor  # noqa: E402
 from tests.kaggle_standin import DatasetScript, KaggleStandIn, KernelScript  # noqa: E402
 

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kernelgen.errors import KernelgenError
-from kernelgen.project import Project
+from kernelgen.spec.project import Project
 
 if TYPE_CHECKING:
     from kernelgen.backends.base import KernelState
-    from kernelgen.polling import Timing
-    from kernelgen.steps import Steps
+    from kernelgen.run.backoff import Timing
+    from kernelgen.run.steps import Steps
 
 
 class _Group(click.Group):
@@ -165,8 +165,8 @@ def synth(out: Path, sets: tuple[str, ...], project: Project) -> None:
 
     The generator and its default options are declared in kernel-metadata/pipeline.toml.
     """
-    from kernelgen.localdata import generate_data
-    from kernelgen.params import parse_overrides
+    from kernelgen.run.localdata import generate_data
+    from kernelgen.spec.params import parse_overrides
 
     texts = {}
     for item in parse_overrides(sets):
@@ -216,7 +216,7 @@ user_option = click.option("--user", help="Kaggle username (default: config, KAG
 
 def _jupyter_kernel(name: str | None, *, allowed: bool, needs: str) -> str:
     """The kernelspec to run notebooks in, checked to exist before anything runs."""
-    from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, check_jupyter_kernel
+    from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, check_jupyter_kernel
 
     if name is None:
         return DEFAULT_JUPYTER_KERNEL
@@ -227,7 +227,7 @@ def _jupyter_kernel(name: str | None, *, allowed: bool, needs: str) -> str:
 
 
 def _username(project: Project, user: str | None, local: bool) -> str:
-    from kernelgen.config import resolve_username
+    from kernelgen.spec.config import resolve_username
 
     if local and not (user or project.config.username):
         return "local"
@@ -237,7 +237,7 @@ def _username(project: Project, user: str | None, local: bool) -> str:
 def _timing() -> Timing:
     """The clock and sleep to wait with: real ones unless the caller handed others in
     (`main(obj=Timing(...))`), as tests do."""
-    from kernelgen.polling import Timing
+    from kernelgen.run.backoff import Timing
 
     found = click.get_current_context().find_object(Timing)
     return found if found is not None else Timing()
@@ -253,8 +253,8 @@ def _steps(
     accelerators: dict[int, str] | None = None,
 ) -> Steps:
     """The work folder's steps on the chosen backend."""
-    from kernelgen import operations as ops
-    from kernelgen.steps import Steps
+    from kernelgen.run import commands as ops
+    from kernelgen.run.steps import Steps
 
     timing = _timing()
     backend = ops.open_backend(project, workdir, local=local, timing=timing)
@@ -308,11 +308,11 @@ def push(
     download its outputs and whole log when it ends. With --local it runs here, with
     the smoke profile unless --profile names another.
     """
-    from kernelgen import operations as ops
     from kernelgen.backends.base import RunStatus
     from kernelgen.errors import KernelFailedError
-    from kernelgen.livelog import latest
-    from kernelgen.progress import format_elapsed
+    from kernelgen.run import commands as ops
+    from kernelgen.run.livelog import latest
+    from kernelgen.run.progress import format_elapsed
 
     number = project.pipeline.stage(stage).number
     accelerators = project.accelerators([accelerator] if accelerator else [], [number])
@@ -357,7 +357,7 @@ def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, p
     import dataclasses
     import json
 
-    from kernelgen import operations as ops
+    from kernelgen.run import commands as ops
 
     chosen = [project.pipeline.stage(n).number for n in stages] or list(project.pipeline.stages)
     steps = _steps(project, workdir, local=local)
@@ -476,11 +476,11 @@ def chain(
     GPU quota left before anything is pushed. At the end, or when a stage fails, it
     writes the run's report to WORKDIR/report.html.
     """
-    from kernelgen import operations as ops
-    from kernelgen.chain import LOCAL_POLL_POLICY, Chain
     from kernelgen.errors import KernelFailedError
-    from kernelgen.progress import make_reporter
     from kernelgen.report import write_report
+    from kernelgen.run import commands as ops
+    from kernelgen.run.progress import make_reporter
+    from kernelgen.run.scheduler import LOCAL_POLL_POLICY, Chain
 
     numbers = list(project.pipeline.stages)
     lo = project.pipeline.stage(first).number if first is not None else numbers[0]
@@ -531,7 +531,7 @@ def quota() -> None:
     """The week's Kaggle GPU quota: used, reserved by running sessions, allowed, left,
     and when it refreshes."""
     from kernelgen.backends.kaggle import KaggleBackend
-    from kernelgen.quota import when
+    from kernelgen.run.quota import when
 
     timing = _timing()
     figures = KaggleBackend(sleep=timing.sleep, clock=timing.clock).quota()

@@ -75,6 +75,14 @@ class StageRunError(KernelgenError):
         super().__init__(f"stage {stage} failed: {message}")
 
 
+class AcceleratorError(KernelgenError):
+    """An accelerator name Kaggle does not know, or one it no longer runs."""
+
+
+class QuotaError(KernelgenError):
+    """The GPU stages to run need more of the week's quota than is left."""
+
+
 class BackendError(KernelgenError):
     """A backend (Kaggle or local) refused or failed a request."""
 

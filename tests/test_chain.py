@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from kernelgen.backends.base import GpuQuota
-from kernelgen.chain import Chain, PollPolicy
-from kernelgen.errors import KernelFailedError, KernelgenError
-from kernelgen.pipeline import Via
-from kernelgen.progress import PlainReporter
-from kernelgen.project import Project
-from kernelgen.quota import QuotaError
-from kernelgen.steps import Steps
+from kernelgen.errors import KernelFailedError, KernelgenError, QuotaError
+from kernelgen.run.progress import PlainReporter
+from kernelgen.run.scheduler import Chain, PollPolicy
+from kernelgen.run.steps import Steps
+from kernelgen.spec.pipeline import Via
+from kernelgen.spec.project import Project
 from tests.fakes import FakeBackend, FakeClock, default_outputs
 
 HOURS = 3600.0

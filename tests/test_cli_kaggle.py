@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kernelgen.cli import main
-from kernelgen.polling import Timing
+from kernelgen.run.backoff import Timing
 from tests.fakes import FakeClock, quick_executor
 from tests.kaggle_standin import KaggleStandIn, KernelScript, QuotaFigures, use_standin
 
@@ -115,8 +115,9 @@ def test_missing_credentials_are_one_clear_line(tmp_path: Path, monkeypatch: pyt
 def test_push_wait_then_chain_takes_that_version_as_its_own(kaggle: KaggleStandIn, tmp_path: Path) -> None:
     """A stage pushed and collected by `push --wait` is not pushed again by the chain."""
     from kernelgen.backends.kaggle import KaggleBackend
-    from kernelgen.chain import Chain, Phase, PollPolicy
-    from kernelgen.project import Project
+    from kernelgen.run.scheduler import Chain, PollPolicy
+    from kernelgen.run.state import Phase
+    from kernelgen.spec.project import Project
     from tests.fakes import FakeClock
 
     stage1 = f"{USER}/severstal-stage1-classifier"

@@ -15,18 +15,22 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kernelgen import execute
-from kernelgen.backends import local
+from kernelgen.backends import execute, local
 from kernelgen.backends.base import RunStatus
+from kernelgen.backends.execute import (
+    ExecutionResult,
+    check_jupyter_kernel,
+    execute_notebook,
+    kernel_env,
+)
 from kernelgen.backends.local import LocalBackend
-from kernelgen.config import Config
+from kernelgen.build.kernel import RenderedKernel
+from kernelgen.build.validate import kernel_slug
 from kernelgen.errors import ConfigError, StageRunError
-from kernelgen.execute import ExecutionResult, check_jupyter_kernel, execute_notebook, kernel_env
-from kernelgen.pipeline import load_pipeline
-from kernelgen.project import Project
-from kernelgen.render import RenderedKernel
-from kernelgen.runner import run_module, run_notebook
-from kernelgen.validate import kernel_slug
+from kernelgen.run.local import run_module, run_notebook
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
 
 COMPETITION = "severstal-steel-defect-detection"
 
@@ -210,7 +214,7 @@ def test_notebook_runs_pass_the_kernel_on(tmp_path: Path, monkeypatch: pytest.Mo
         names.append(kwargs["kernel_name"])
         return ExecutionResult(True, "")
 
-    monkeypatch.setattr("kernelgen.runner.execute_notebook", fake_execute)
+    monkeypatch.setattr("kernelgen.run.local.execute_notebook", fake_execute)
     monkeypatch.setattr(local, "execute_notebook", fake_execute)
     project().run(5, tmp_path / "root", notebook=True, jupyter_kernel="pinned")
 

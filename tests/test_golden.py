@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.config import Config
-from kernelgen.pipeline import load_pipeline
-from kernelgen.project import Project
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGENERATE = os.environ.get("KERNELGEN_REGEN_GOLDEN") == "1"

@@ -12,9 +12,9 @@ import requests
 
 from kernelgen.backends.base import DatasetStatus, RunStatus
 from kernelgen.backends.kaggle import KaggleBackend, log_text
+from kernelgen.backends.retry import RetryPolicy
 from kernelgen.errors import AuthError, BackendError, PollTimeoutError
-from kernelgen.polling import wait_dataset_ready, wait_kernel_finished
-from kernelgen.retry import RetryPolicy
+from kernelgen.run.backoff import wait_dataset_ready, wait_kernel_finished
 from tests.fakes import FakeClock
 from tests.kaggle_standin import (
     DatasetScript,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kernelgen.build.modules import KernelModules, collect_modules
 from kernelgen.errors import RenderError
-from kernelgen.modules import KernelModules, collect_modules
 
 RUNTIME = ["kernelgen.runtime.errors", "kernelgen.runtime.layout", "kernelgen.runtime"]
 

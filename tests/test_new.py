@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from kernelgen import scaffold
 from kernelgen.cli import main
 from kernelgen.errors import KernelgenError
-from kernelgen.project import Project
 from kernelgen.scaffold import create_project
+from kernelgen.spec.project import Project
 
 EXPECTED_FILES = {
     ".gitignore",

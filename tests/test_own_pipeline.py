@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from kernelgen.backends.base import RunStatus
+from kernelgen.backends.execute import execute_notebook
 from kernelgen.cli import main
-from kernelgen.execute import execute_notebook
 from tests.kaggle_standin import (
     ExecutedKernel,
     KaggleStandIn,
@@ -161,8 +161,8 @@ def test_a_configured_data_folder_replaces_the_generator(tiny: Path, tmp_path: P
     (tmp_path / "numbers").mkdir()
     (tiny / "kernelgen.toml").write_text(f'data = "{tmp_path / "numbers"}"\n')
     monkeypatch.chdir(tiny)
-    from kernelgen.localdata import local_competition_data
-    from kernelgen.project import Project
+    from kernelgen.run.localdata import local_competition_data
+    from kernelgen.spec.project import Project
 
     project = Project.load()
     assert local_competition_data(project.pipeline, project.config.data, tmp_path / "work") == {

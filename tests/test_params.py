@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.config import Config
+from kernelgen.build.kernel import profile_layers
 from kernelgen.errors import ConfigError, ParameterError, RenderError
-from kernelgen.params import (
+from kernelgen.spec.config import Config
+from kernelgen.spec.params import (
     ListOf,
     Override,
     ParamField,
@@ -27,8 +28,7 @@ from kernelgen.params import (
     read_param_fields,
     resolve_params,
 )
-from kernelgen.pipeline import StageSpec
-from kernelgen.render import profile_layers
+from kernelgen.spec.pipeline import StageSpec
 
 
 def module(tmp_path: Path, body: str) -> Path:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.accelerators import AcceleratorKind
 from kernelgen.errors import MetadataError, UnknownStageError
-from kernelgen.pipeline import DatasetFile, Pipeline, Via, load_pipeline
-from kernelgen.session import DockerPinning, Session
+from kernelgen.spec.machine import AcceleratorKind, DockerPinning, Session
+from kernelgen.spec.pipeline import DatasetFile, Pipeline, Via, load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +274,7 @@ def _load_in_subprocess(folder: Path) -> subprocess.CompletedProcess[str]:
     """Load in a child process: a loader that loops forever fails the test, not hangs it."""
     code = (
         "import sys\nfrom pathlib import Path\n"
-        "from kernelgen.errors import MetadataError\nfrom kernelgen.pipeline import load_pipeline\n"
+        "from kernelgen.errors import MetadataError\nfrom kernelgen.spec.pipeline import load_pipeline\n"
         "try:\n    load_pipeline(Path(sys.argv[1]))\nexcept MetadataError as exc:\n"
         "    print(exc)\n    sys.exit(3)\n"
     )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kernelgen.backends.base import DatasetStatus, KernelState, RunStatus
 from kernelgen.errors import BackendError, PollTimeoutError
-from kernelgen.polling import max_polls, poll_until, wait_dataset_ready, wait_kernel_finished
+from kernelgen.run.backoff import max_polls, poll_until, wait_dataset_ready, wait_kernel_finished
 from tests.fakes import FakeClock
 
 

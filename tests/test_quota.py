@@ -7,9 +7,10 @@ from datetime import datetime, timezone
 import pytest
 
 from kernelgen.backends.base import GpuQuota
-from kernelgen.pipeline import load_pipeline
-from kernelgen.quota import Basis, QuotaError, check_quota, describe_quota, estimate_gpu_hours
-from kernelgen.state import StageRecord
+from kernelgen.errors import QuotaError
+from kernelgen.run.quota import Basis, check_quota, describe_quota, estimate_gpu_hours
+from kernelgen.run.state import StageRecord
+from kernelgen.spec.pipeline import load_pipeline
 
 REFRESH = datetime(2030, 1, 7, tzinfo=timezone.utc)
 

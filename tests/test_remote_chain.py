@@ -15,16 +15,15 @@ from pathlib import Path
 import pytest
 
 from kernelgen.backends.base import RunStatus
+from kernelgen.backends.execute import execute_notebook
 from kernelgen.backends.kaggle import KaggleBackend
-from kernelgen.chain import Chain, PollPolicy
-from kernelgen.errors import KernelFailedError
-from kernelgen.execute import execute_notebook
-from kernelgen.localdata import generate_data
-from kernelgen.pipeline import Via
-from kernelgen.progress import PlainReporter
-from kernelgen.project import Project
-from kernelgen.quota import QuotaError
-from kernelgen.wheels import wheel_houses
+from kernelgen.build.wheels import wheel_houses
+from kernelgen.errors import KernelFailedError, QuotaError
+from kernelgen.run.localdata import generate_data
+from kernelgen.run.progress import PlainReporter
+from kernelgen.run.scheduler import Chain, PollPolicy
+from kernelgen.spec.pipeline import Via
+from kernelgen.spec.project import Project
 from tests.fakes import FakeClock, quick_executor
 from tests.kaggle_standin import (
     DatasetScript,

@@ -18,13 +18,13 @@ import nbformat
 import pytest
 from slugify import slugify
 
-from kernelgen.config import Config
+from kernelgen.backends.execute import execute_notebook
+from kernelgen.build.kernel import METADATA_FILE, RenderedKernel, write_kernels
+from kernelgen.build.templating import comment, pyliteral
 from kernelgen.errors import KernelgenError, MetadataError, ParameterError, RenderError
-from kernelgen.execute import execute_notebook
-from kernelgen.pipeline import Via, load_pipeline
-from kernelgen.project import Project
-from kernelgen.render import METADATA_FILE, RenderedKernel, write_kernels
-from kernelgen.templating import comment, pyliteral
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import Via, load_pipeline
+from kernelgen.spec.project import Project
 
 USER = "tester"
 PIP_INSTALL = '"-m", "pip", "install"'
@@ -493,8 +493,8 @@ def test_comment_is_one_line() -> None:
 
 
 def test_nan_parameter_refused_by_the_template() -> None:
-    from kernelgen.params import ParamValue
-    from kernelgen.templating import render_template
+    from kernelgen.build.templating import render_template
+    from kernelgen.spec.params import ParamValue
 
     with pytest.raises(
         RenderError, match=r"stage 5, template parameters\.py\.j2: nan has no Python literal"
@@ -505,7 +505,7 @@ def test_nan_parameter_refused_by_the_template() -> None:
 
 
 def test_missing_template_variable_named() -> None:
-    from kernelgen.templating import render_template
+    from kernelgen.build.templating import render_template
 
     with pytest.raises(RenderError, match=r"stage 2, template run\.py\.j2: 'params' is undefined"):
         render_template("run.py.j2", stage=2)

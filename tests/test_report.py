@@ -15,15 +15,15 @@ import pytest
 from click.testing import CliRunner
 
 from kernelgen.backends.base import RunStatus
-from kernelgen.chain import Chain, Phase, PollPolicy
 from kernelgen.cli import main
 from kernelgen.errors import KernelFailedError, MetadataError
-from kernelgen.pipeline import load_pipeline
-from kernelgen.progress import format_elapsed
-from kernelgen.project import Project
 from kernelgen.report import build_report, write_report
 from kernelgen.report.panel import Figure, Note, Panel, Table
-from kernelgen.state import PREVIOUS_STATE_FILE, ChainState, StageRecord, timestamp
+from kernelgen.run.progress import format_elapsed
+from kernelgen.run.scheduler import Chain, PollPolicy
+from kernelgen.run.state import PREVIOUS_STATE_FILE, ChainState, Phase, StageRecord, timestamp
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
 from tests.fakes import FakeBackend, FakeClock
 
 HOURS = 3600.0

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from kernelgen.backends.base import RunStatus
-from kernelgen.localdata import LOCAL_DATA_DIR
-from kernelgen.project import Project
 from kernelgen.report import build_report, write_report
 from kernelgen.report.panel import Figure, Panel, Stats, Table
-from kernelgen.state import ChainState, timestamp
+from kernelgen.run.localdata import LOCAL_DATA_DIR
+from kernelgen.run.state import ChainState, timestamp
+from kernelgen.spec.project import Project
 from stages.lib.severstal import CLASS_IDS
 from stages.stage3_threshold import choose_threshold, threshold_sweep
 from stages.synth import generate

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from kernelgen.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
+from kernelgen.backends.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
 
 
 class Flaky:

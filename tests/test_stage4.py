@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
+from kernelgen.spec.params import check_values
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
 from stages.lib.segdata import (
@@ -512,9 +512,9 @@ def test_best_profile_is_accepted_and_turns_on_the_levers(params: type) -> None:
 @pytest.mark.parametrize("profile", ["full", "smoke", "best"])
 def test_stage4_renders_with_every_builtin_profile(profile: str) -> None:
     """Parameter names may not clash with the module's top-level names, in any profile."""
-    from kernelgen.config import Config
-    from kernelgen.pipeline import load_pipeline
-    from kernelgen.project import Project
+    from kernelgen.spec.config import Config
+    from kernelgen.spec.pipeline import load_pipeline
+    from kernelgen.spec.project import Project
 
     project = Project(pipeline=load_pipeline(), config=Config())
     (kernel,) = project.render([4], username="someone", profile=profile)

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from kernelgen.build.wheels import wheel_house, wheel_houses
 from kernelgen.cli import main
-from kernelgen.pipeline import load_pipeline
-from kernelgen.project import Project
-from kernelgen.wheels import wheel_house, wheel_houses
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tinypipe"
 PIP_ENTRY = '\n[[pip]]\nmodule = "tinywheel"\nrequirement = "tinywheel==0.1"\n'

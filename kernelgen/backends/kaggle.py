@@ -41,8 +41,8 @@ from kernelgen.backends.base import (
     PushResult,
     RunStatus,
 )
+from kernelgen.backends.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
 from kernelgen.errors import AuthError, BackendError, KernelgenError
-from kernelgen.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi

@@ -28,8 +28,8 @@ from kernelgen.backends.base import (
     PushResult,
     RunStatus,
 )
+from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
 from kernelgen.errors import BackendError
-from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
 
 STATUS_FILE = "status.json"
 LIVE_LOG = "live.log"

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kernelgen.chain import Phase
 from kernelgen.errors import KernelgenError
-from kernelgen.progress import format_elapsed
-from kernelgen.project import Project
 from kernelgen.report.changes import compare_states
 from kernelgen.report.charts import history_chart, stage_graph, timeline
 from kernelgen.report.history import HISTORY_FILE, read_history
@@ -25,7 +22,9 @@ from kernelgen.report.html import render_html
 from kernelgen.report.panel import Block, Figure, Note, Panel, Stats, Table
 from kernelgen.report.plotting import NO_MATPLOTLIB, has_matplotlib
 from kernelgen.report.workfolder import WorkFolder, read_work_folder
-from kernelgen.state import PREVIOUS_STATE_FILE
+from kernelgen.run.progress import format_elapsed
+from kernelgen.run.state import PREVIOUS_STATE_FILE, Phase
+from kernelgen.spec.project import Project
 
 REPORT_FILE = "report.html"
 SUBMISSION_FILE = "submission.csv"

@@ -9,12 +9,12 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from kernelgen.chain import Phase
-from kernelgen.progress import format_elapsed
 from kernelgen.report.history import History
 from kernelgen.report.panel import Figure
 from kernelgen.report.plotting import figure_block, new_figure
 from kernelgen.report.workfolder import StageFacts
+from kernelgen.run.progress import format_elapsed
+from kernelgen.run.state import Phase
 
 PHASE_COLOURS: dict[Phase, str] = {
     Phase.WAITING: "#d9d9d9",

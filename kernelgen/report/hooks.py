@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernelgen.config import Config
-from kernelgen.localdata import LOCAL_DATA_DIR, competitions
-from kernelgen.pipeline import PIPELINE_FILE, Pipeline
 from kernelgen.report.panel import Panel
 from kernelgen.report.workfolder import StageFacts, WorkFolder
-from kernelgen.runner import load_project_function
+from kernelgen.run.local import load_project_function
+from kernelgen.run.localdata import LOCAL_DATA_DIR, competitions
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import PIPELINE_FILE, Pipeline
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import RunStatus
-from kernelgen.chain import Phase
-from kernelgen.datasets import missing_files
+from kernelgen.build.datasets import missing_files
 from kernelgen.errors import KernelgenError
-from kernelgen.pipeline import Pipeline, StageSpec
-from kernelgen.state import (
+from kernelgen.run.state import (
     PREVIOUS_STATE_FILE,
     STATE_FILE,
     ChainState,
+    Phase,
     StageRecord,
     parse_timestamp,
 )
+from kernelgen.spec.machine import AcceleratorKind
+from kernelgen.spec.pipeline import Pipeline, StageSpec
 
 LOG_LINES = 20
 UNKNOWN_SOURCE = "not recorded"

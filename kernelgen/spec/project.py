@@ -6,16 +6,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelgen.accelerators import AcceleratorError, accelerator
-from kernelgen.config import Config, load_config, resolve_username
-from kernelgen.errors import ConfigError
-from kernelgen.execute import DEFAULT_JUPYTER_KERNEL
-from kernelgen.params import ParamValue, assign_overrides, parse_overrides
-from kernelgen.pipeline import METADATA_DIR, Pipeline, load_pipeline
-from kernelgen.render import RenderedKernel, render_stage, stage_params, write_kernels
-from kernelgen.resources import bundled_project
-from kernelgen.runner import run_module, run_notebook
-from kernelgen.session import Session
+from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
+from kernelgen.build.kernel import RenderedKernel, render_stage, stage_params, write_kernels
+from kernelgen.errors import AcceleratorError, ConfigError
+from kernelgen.run.local import run_module, run_notebook
+from kernelgen.spec.config import Config, load_config, resolve_username
+from kernelgen.spec.machine import Session, accelerator
+from kernelgen.spec.params import ParamValue, assign_overrides, parse_overrides
+from kernelgen.spec.pipeline import METADATA_DIR, Pipeline, load_pipeline
+from kernelgen.spec.resources import bundled_project
 
 
 @dataclass(frozen=True)

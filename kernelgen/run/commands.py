@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernelgen.backends.base import Backend, PushResult
+from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
 from kernelgen.errors import BackendError
-from kernelgen.execute import DEFAULT_JUPYTER_KERNEL
-from kernelgen.polling import Timing
-from kernelgen.project import Project
-from kernelgen.steps import Steps
+from kernelgen.run.backoff import Timing
+from kernelgen.run.steps import Steps
+from kernelgen.spec.project import Project
 
 DEFAULT_WORKDIR = Path("kernelgen-work")
 
@@ -32,7 +32,7 @@ def open_backend(
     """The Kaggle backend, or with `local` one that runs the notebooks here in `jupyter_kernel`."""
     if local:
         from kernelgen.backends.local import LocalBackend
-        from kernelgen.localdata import local_competition_data
+        from kernelgen.run.localdata import local_competition_data
 
         data = local_competition_data(project.pipeline, project.config.data, workdir)
         return LocalBackend(

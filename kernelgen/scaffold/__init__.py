@@ -1,5 +1,5 @@
 """`kernelgen new DIR`: a small working project of the user's own, made from the templates
-in `kernelgen/scaffold/`.
+in `kernelgen/scaffold/template/`.
 
 The project is a two-stage tabular pipeline that needs only the standard library: stage
 1 fits a logistic regression and chooses a threshold, stage 2 writes the submission,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from kernelgen.errors import KernelgenError
 
-TEMPLATE_DIR = Path(__file__).resolve().parent / "scaffold"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 TEMPLATE_SUFFIX = ".tmpl"
 PACKAGE_FOLDER = "package"
 RENAMED = {"gitignore": ".gitignore"}

@@ -13,16 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 
-from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import GpuQuota
-from kernelgen.errors import KernelgenError
-from kernelgen.pipeline import StageSpec
-from kernelgen.session import Session
-from kernelgen.state import StageRecord
-
-
-class QuotaError(KernelgenError):
-    """The GPU stages to run need more of the week's quota than is left."""
+from kernelgen.errors import QuotaError
+from kernelgen.run.state import StageRecord
+from kernelgen.spec.machine import AcceleratorKind, Session
+from kernelgen.spec.pipeline import StageSpec
 
 
 class Basis(str, Enum):

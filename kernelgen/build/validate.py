@@ -12,9 +12,10 @@ from typing import Any
 
 from slugify import slugify
 
-from kernelgen.accelerators import AcceleratorError, accelerator
+from kernelgen.spec.machine import accelerator
+from kernelgen.errors import AcceleratorError
 from kernelgen.errors import MetadataError
-from kernelgen.session import SESSION_CAP_HOURS, DockerPinning
+from kernelgen.spec.machine import SESSION_CAP_HOURS, DockerPinning
 
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")

@@ -14,12 +14,12 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from kernelgen import notebook as nb
+from kernelgen.build import notebook as nb
 from kernelgen.errors import RenderError
-from kernelgen.pipeline import Pipeline, PipRequirement, StageSpec
-from kernelgen.session import Session
-from kernelgen.templating import render_template
-from kernelgen.validate import kernel_slug, validate_kernel_metadata
+from kernelgen.spec.pipeline import Pipeline, PipRequirement, StageSpec
+from kernelgen.spec.machine import Session
+from kernelgen.build.templating import render_template
+from kernelgen.build.validate import kernel_slug, validate_kernel_metadata
 
 METADATA_FILE = "kernel-metadata.json"
 CODE_FILE = "wheels.ipynb"

@@ -15,12 +15,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
+from kernelgen.build.kernel import RenderedKernel, replace_dir
 from kernelgen.errors import StageRunError
-from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
-from kernelgen.params import ParamValue
-from kernelgen.pipeline import Pipeline, StageSpec
-from kernelgen.render import RenderedKernel, replace_dir
 from kernelgen.runtime import InputError, Layout
+from kernelgen.spec.params import ParamValue
+from kernelgen.spec.pipeline import Pipeline, StageSpec
 
 
 def _promote(root: Path, body: Callable[[Path], None]) -> Path:

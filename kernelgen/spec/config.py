@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelgen.errors import ConfigError
-from kernelgen.tomlfile import read_toml
+from kernelgen.spec.tomlfile import read_toml
 
 CONFIG_FILE = "kernelgen.toml"
 BUILTIN_PROFILES = ("best", "full", "smoke")

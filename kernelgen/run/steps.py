@@ -22,17 +22,17 @@ from kernelgen.backends.base import (
     PushResult,
     RunStatus,
 )
-from kernelgen.datasets import build_dataset, files_digest, missing_files
+from kernelgen.build.datasets import build_dataset, files_digest, missing_files
+from kernelgen.build.kernel import RenderedKernel, kernel_digest, write_kernels
+from kernelgen.build.wheels import WheelHouse, render_wheels
 from kernelgen.errors import KernelgenError
-from kernelgen.livelog import LogFollower
-from kernelgen.params import ParamValue
-from kernelgen.pipeline import DatasetSpec, Via
-from kernelgen.polling import poll_until, wait_dataset_ready
-from kernelgen.project import Project
-from kernelgen.render import RenderedKernel, kernel_digest, write_kernels
-from kernelgen.session import Session
-from kernelgen.state import ChainState, StageRecord, timestamp
-from kernelgen.wheels import WheelHouse, render_wheels
+from kernelgen.run.backoff import poll_until, wait_dataset_ready
+from kernelgen.run.livelog import LogFollower
+from kernelgen.run.state import ChainState, StageRecord, timestamp
+from kernelgen.spec.machine import Session
+from kernelgen.spec.params import ParamValue
+from kernelgen.spec.pipeline import DatasetSpec, Via
+from kernelgen.spec.project import Project
 
 
 class Steps:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from kernelgen.errors import ConfigError, KernelgenError
-from kernelgen.params import SCALAR_TYPES, coerce_value, parse_text
-from kernelgen.pipeline import PIPELINE_FILE, Pipeline
-from kernelgen.runner import load_project_function
+from kernelgen.run.local import load_project_function
 from kernelgen.runtime import InputError
+from kernelgen.spec.params import SCALAR_TYPES, coerce_value, parse_text
+from kernelgen.spec.pipeline import PIPELINE_FILE, Pipeline
 
 LOCAL_DATA_DIR = "synthetic-data"
 

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import nbformat
 
-from kernelgen import notebook as nb
-from kernelgen.accelerators import AcceleratorKind
-from kernelgen.config import BUILTIN_PROFILES, Config
+from kernelgen.build import notebook as nb
+from kernelgen.spec.machine import AcceleratorKind
+from kernelgen.spec.config import BUILTIN_PROFILES, Config
 from kernelgen.errors import ConfigError, RenderError
-from kernelgen.modules import SourceModule, collect_modules
-from kernelgen.params import ParamValue, check_values, read_param_fields, resolve_params
-from kernelgen.pipeline import Pipeline, StageSpec, Via
-from kernelgen.session import Session
-from kernelgen.templating import render_template
-from kernelgen.validate import check_username, kernel_slug, validate_kernel_metadata
-from kernelgen.wheels import wheel_house
+from kernelgen.build.modules import SourceModule, collect_modules
+from kernelgen.spec.params import ParamValue, check_values, read_param_fields, resolve_params
+from kernelgen.spec.pipeline import Pipeline, StageSpec, Via
+from kernelgen.spec.machine import Session
+from kernelgen.build.templating import render_template
+from kernelgen.build.validate import check_username, kernel_slug, validate_kernel_metadata
+from kernelgen.build.wheels import wheel_house
 
 METADATA_FILE = "kernel-metadata.json"
 

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 from kernelgen.errors import KernelgenError
-from kernelgen.pipeline import DatasetSpec
-from kernelgen.render import replace_dir
-from kernelgen.templating import render_template
-from kernelgen.validate import validate_dataset_metadata
+from kernelgen.spec.pipeline import DatasetSpec
+from kernelgen.build.kernel import replace_dir
+from kernelgen.build.templating import render_template
+from kernelgen.build.validate import validate_dataset_metadata
 
 LICENSE = "CC0-1.0"
 

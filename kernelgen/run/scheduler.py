@@ -12,51 +12,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
-from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import Backend, DatasetStatus, RunStatus
-from kernelgen.datasets import missing_files
+from kernelgen.build.datasets import missing_files
+from kernelgen.build.wheels import wheel_houses
 from kernelgen.errors import KernelFailedError, KernelgenError
-from kernelgen.livelog import latest
-from kernelgen.pipeline import Pipeline, Via
-from kernelgen.polling import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
-from kernelgen.progress import Reporter, StageRow
-from kernelgen.project import Project
-from kernelgen.quota import check_quota, describe_quota, estimate_gpu_hours
-from kernelgen.session import QUEUE_ALLOWANCE_SECONDS
-from kernelgen.steps import Steps
-from kernelgen.wheels import wheel_houses
-
-
-class Phase(str, Enum):
-    """Where a stage stands in one chain run: a backend run state, or the chain's own."""
-
-    WAITING = "waiting"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETE = "complete"
-    ERROR = "error"
-    CANCELLED = "cancelled"
-    UNCHANGED = "unchanged"
-    BLOCKED = "blocked"
-
-    @classmethod
-    def of(cls, status: RunStatus) -> Phase:
-        return cls(status.value)
-
-    @property
-    def active(self) -> bool:
-        return self in (Phase.QUEUED, Phase.RUNNING)
-
-    @property
-    def done(self) -> bool:
-        return self in (Phase.COMPLETE, Phase.UNCHANGED)
-
-    @property
-    def failed(self) -> bool:
-        return self in (Phase.ERROR, Phase.CANCELLED)
+from kernelgen.run.backoff import DEFAULT_FACTOR, KERNEL_INITIAL, KERNEL_MAX_INTERVAL
+from kernelgen.run.livelog import latest
+from kernelgen.run.progress import Reporter, StageRow
+from kernelgen.run.quota import check_quota, describe_quota, estimate_gpu_hours
+from kernelgen.run.state import Phase
+from kernelgen.run.steps import Steps
+from kernelgen.spec.machine import QUEUE_ALLOWANCE_SECONDS, AcceleratorKind
+from kernelgen.spec.pipeline import Pipeline, Via
+from kernelgen.spec.project import Project
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from kernelgen.accelerators import DEFAULT_GPU, AcceleratorError, AcceleratorKind, accelerator
-from kernelgen.errors import MetadataError, UnknownStageError
-from kernelgen.resources import bundled_project
-from kernelgen.session import DockerPinning, Session, check_timeout_hours
-from kernelgen.tomlfile import read_toml
+from kernelgen.errors import AcceleratorError, MetadataError, UnknownStageError
+from kernelgen.spec.machine import (
+    DEFAULT_GPU,
+    AcceleratorKind,
+    DockerPinning,
+    Session,
+    accelerator,
+    check_timeout_hours,
+)
+from kernelgen.spec.resources import bundled_project
+from kernelgen.spec.tomlfile import read_toml
 
 METADATA_DIR = "kernel-metadata"
 PIPELINE_FILE = "pipeline.toml"

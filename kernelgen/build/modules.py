@@ -52,7 +52,7 @@ class ModuleFinder:
 
     def __init__(self, root: Path, packages: tuple[str, ...], stage: int) -> None:
         self.roots = {name: root for name in packages}
-        self.roots[TOOL_PACKAGE] = Path(__file__).resolve().parent.parent
+        self.roots[TOOL_PACKAGE] = Path(__file__).resolve().parents[2]
         self.stage = stage
 
     def owns(self, name: str) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 
 from kernelgen.errors import RenderError
-from kernelgen.resources import templates_dir
+from kernelgen.spec.resources import templates_dir
 
 
 def pyliteral(value: Any) -> str:

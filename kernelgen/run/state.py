@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,35 @@ from kernelgen.errors import KernelgenError
 STATE_VERSION = 1
 STATE_FILE = "state.json"
 PREVIOUS_STATE_FILE = "state.previous.json"
+
+
+class Phase(str, Enum):
+    """Where a stage stands in one chain run: a backend run state, or the chain's own."""
+
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    UNCHANGED = "unchanged"
+    BLOCKED = "blocked"
+
+    @classmethod
+    def of(cls, status: RunStatus) -> Phase:
+        return cls(status.value)
+
+    @property
+    def active(self) -> bool:
+        return self in (Phase.QUEUED, Phase.RUNNING)
+
+    @property
+    def done(self) -> bool:
+        return self in (Phase.COMPLETE, Phase.UNCHANGED)
+
+    @property
+    def failed(self) -> bool:
+        return self in (Phase.ERROR, Phase.CANCELLED)
 
 
 def timestamp(seconds: float) -> str:
