@@ -165,7 +165,7 @@ def test_a_configured_data_folder_replaces_the_generator(tiny: Path, tmp_path: P
     from kernelgen.spec.project import Project
 
     project = Project.load()
-    assert local_competition_data(project.pipeline, project.config.data, tmp_path / "work") == {
+    assert local_competition_data(project.pipeline, project.config.data, tmp_path / "work" / "data") == {
         "tiny-numbers": tmp_path / "numbers"
     }
 

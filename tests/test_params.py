@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.build.kernel import profile_layers
 from kernelgen.errors import ConfigError, ParameterError, RenderError
 from kernelgen.spec.config import Config
 from kernelgen.spec.params import (
@@ -29,6 +28,7 @@ from kernelgen.spec.params import (
     resolve_params,
 )
 from kernelgen.spec.pipeline import StageSpec
+from kernelgen.spec.project import profile_layers
 
 
 def module(tmp_path: Path, body: str) -> Path:

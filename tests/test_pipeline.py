@@ -72,12 +72,10 @@ def test_bundled_order_puts_producers_first(bundled: Pipeline) -> None:
     assert bundled.order([4, 2]) == [2, 4]
 
 
-def test_bundled_dependents(bundled: Pipeline) -> None:
-    assert bundled.dependents(1) == (2, 3, 5, 6)
-    assert bundled.dependents(2) == (3, 5, 6)
-    assert bundled.dependents(3) == (5, 6)
-    assert bundled.dependents(4) == (5, 6)
-    assert bundled.dependents(5) == ()
+def test_order_of_a_selection_keeps_only_the_selected_stages(bundled: Pipeline) -> None:
+    assert bundled.order([6, 1, 4]) == [1, 4, 6]
+    assert bundled.order([5]) == [5]
+    assert bundled.order([]) == []
 
 
 def test_bundled_datasets(bundled: Pipeline) -> None:

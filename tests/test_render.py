@@ -25,6 +25,7 @@ from kernelgen.errors import KernelgenError, MetadataError, ParameterError, Rend
 from kernelgen.spec.config import Config
 from kernelgen.spec.pipeline import Via, load_pipeline
 from kernelgen.spec.project import Project
+from tests.rendering import render
 
 USER = "tester"
 PIP_INSTALL = '"-m", "pip", "install"'
@@ -37,7 +38,7 @@ def project(config: Config | None = None) -> Project:
 
 def render_one(stage: int, **kwargs: object) -> RenderedKernel:
     config = kwargs.pop("config", None)
-    return project(config).render([stage], username=USER, **kwargs)[0]  # type: ignore[arg-type]
+    return render(project(config), [stage], username=USER, **kwargs)[0]  # type: ignore[arg-type]
 
 
 def notebook_of(kernel: RenderedKernel) -> nbformat.NotebookNode:
@@ -80,7 +81,7 @@ def test_render_is_deterministic(stage: int) -> None:
 
 @pytest.mark.parametrize("profile", ["full", "smoke", "best"])
 def test_every_stage_renders_in_every_built_in_profile(profile: str) -> None:
-    kernels = project().render([1, 2, 3, 4, 5, 6], username=USER, profile=profile)
+    kernels = render(project(), [1, 2, 3, 4, 5, 6], username=USER, profile=profile)
     assert [k.stage for k in kernels] == [1, 2, 3, 4, 5, 6]
 
 
@@ -92,7 +93,7 @@ def test_different_parameters_give_a_different_digest() -> None:
 
 
 def test_different_user_changes_only_the_metadata() -> None:
-    mine, yours = (project().render([5], username=u)[0] for u in ("first-user", "second-user"))
+    mine, yours = (render(project(), [5], username=u)[0] for u in ("first-user", "second-user"))
     assert mine.files[mine.code_file] == yours.files[yours.code_file]
     assert mine.files[METADATA_FILE] != yours.files[METADATA_FILE]
 
@@ -250,11 +251,11 @@ def test_kernel_metadata(stage: int) -> None:
 
 def test_another_accelerator_changes_the_metadata_and_the_digest() -> None:
     bundled = project()
-    (t4,) = bundled.render([4], username=USER)
-    (h100,) = bundled.render([4], username=USER, accelerators=bundled.accelerators(["4=NvidiaH100"], [4]))
+    (t4,) = render(bundled, [4], username=USER)
+    (h100,) = render(bundled, [4], username=USER, accelerators=bundled.accelerators(["4=NvidiaH100"], [4]))
     assert json.loads(h100.files[METADATA_FILE])["machine_shape"] == "NvidiaH100"
     assert h100.digest != t4.digest
-    (tpu,) = bundled.render([4], username=USER, accelerators={4: "TpuV5E8"})
+    (tpu,) = render(bundled, [4], username=USER, accelerators={4: "TpuV5E8"})
     meta = json.loads(tpu.files[METADATA_FILE])
     assert (meta["enable_gpu"], meta["enable_tpu"], meta["machine_shape"]) == (False, True, "TpuV5E8")
 
@@ -365,7 +366,7 @@ def fake_project(folder: Path) -> Project:
 
 
 def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
-    kernel = fake_project(fake).render([1], username=USER)[0]
+    kernel = render(fake_project(fake), [1], username=USER)[0]
     notebook = notebook_of(kernel)
     nbformat.validate(notebook)
     assert notebook.cells[0].source == "# Fake Stage One"
@@ -385,7 +386,7 @@ def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
 
 def test_pip_without_internet_installs_from_the_wheel_house_only(fake: Path) -> None:
     (fake / "kernel-metadata" / "stage1.toml").write_text(FAKE_META.format(internet="false"))
-    kernel = fake_project(fake).render([1], username=USER)[0]
+    kernel = render(fake_project(fake), [1], username=USER)[0]
     meta = json.loads(kernel.files["kernel-metadata.json"])
     (house,) = meta["kernel_sources"]
     assert house.startswith(f"{USER}/") and "-wheels-" in house
@@ -422,7 +423,7 @@ def test_a_list_parameter_is_a_list_literal_in_the_cell_and_a_tuple_in_the_run(
     (fake / "stages" / "stage1_fake.py").write_text(textwrap.dedent(LIST_STAGE).lstrip())
     meta = fake / "kernel-metadata" / "stage1.toml"
     meta.write_text(meta.read_text().split("[[pip]]")[0])
-    kernel = fake_project(fake).render([1], username=USER, sets=["weights=[0.5, 2]", 'names=["a", "b"]'])[0]
+    kernel = render(fake_project(fake), [1], username=USER, sets=["weights=[0.5, 2]", 'names=["a", "b"]'])[0]
     notebook = notebook_of(kernel)
     assert parameter_lines(notebook) == {"weights": ([0.5, 2.0], "--set"), "names": (["a", "b"], "--set")}
     assert "weights=tuple(weights)," in code_cells(notebook)[-1]
@@ -430,21 +431,21 @@ def test_a_list_parameter_is_a_list_literal_in_the_cell_and_a_tuple_in_the_run(
     assert result.ok, result.log
     assert "tuple (0.5, 2.0) ('a', 'b')" in result.log
     with pytest.raises(ParameterError, match=r"stage 1: weights must be positive, got \[0.5, -1.0\]"):
-        fake_project(fake).render([1], username=USER, sets=["weights=[0.5, -1]"])
+        render(fake_project(fake), [1], username=USER, sets=["weights=[0.5, -1]"])
     with pytest.raises(ParameterError, match=r"weights=\[0.5, 2\]; got '0.5,2'"):
-        fake_project(fake).render([1], username=USER, sets=["weights=0.5,2"])
+        render(fake_project(fake), [1], username=USER, sets=["weights=0.5,2"])
 
 
 def test_parameter_clashing_with_inlined_name_refused(fake: Path) -> None:
     path = fake / "stages" / "stage1_fake.py"
     path.write_text(path.read_text().replace("count: int = 2", "double: int = 2"))
     with pytest.raises(RenderError, match=r"stage 1: parameter names \['double'\] clash"):
-        fake_project(fake).render([1], username=USER)
+        render(fake_project(fake), [1], username=USER)
 
 
 def test_invalid_username_refused(fake: Path) -> None:
     with pytest.raises(MetadataError, match="Kaggle username 'no spaces' is not valid"):
-        fake_project(fake).render([1], username="no spaces")
+        render(fake_project(fake), [1], username="no spaces")
 
 
 def test_title_that_does_not_give_the_slug_cannot_happen(fake: Path) -> None:
@@ -452,7 +453,7 @@ def test_title_that_does_not_give_the_slug_cannot_happen(fake: Path) -> None:
     meta = fake / "kernel-metadata" / "stage1.toml"
     meta.write_text(meta.read_text().replace('"Fake Stage One"', '"Fake"'))
     with pytest.raises(MetadataError, match="at least five characters"):
-        fake_project(fake).render([1], username=USER)
+        render(fake_project(fake), [1], username=USER)
 
 
 # --- templating filters ------------------------------------------------------------------
@@ -614,14 +615,14 @@ def kernel_wired(*slugs: str) -> Project:
 
 def test_a_dataset_read_through_its_kernel_becomes_a_kernel_source_and_an_alias() -> None:
     wired = kernel_wired("stage4")
-    (stage5,) = wired.render([5], username=USER, kernel_versions={4: 3})
+    (stage5,) = render(wired, [5], username=USER, kernel_versions={4: 3})
     meta = json.loads(stage5.files[METADATA_FILE])
     assert meta["dataset_sources"] == [f"{USER}/stage2"]
     assert meta["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation/3"]
     run_cell = code_cells(notebook_of(stage5))[-1]
     assert "Layout.kaggle(\n        aliases={\n            'stage4': 'severstal-stage4-segmentation',\n" in run_cell
-    (latest,) = wired.render([5], username=USER)
+    (latest,) = render(wired, [5], username=USER)
     assert json.loads(latest.files[METADATA_FILE])["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation"]
     assert latest.digest != stage5.digest
-    (plain,) = project().render([5], username=USER)
+    (plain,) = render(project(), [5], username=USER)
     assert code_cells(notebook_of(plain))[-1].endswith("    Layout.kaggle(),\n)")

@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 from kernelgen.backends.base import RunStatus
+from kernelgen.clock import timestamp
 from kernelgen.report import build_report, write_report
 from kernelgen.report.panel import Figure, Panel, Stats, Table
 from kernelgen.run.localdata import LOCAL_DATA_DIR
-from kernelgen.run.state import ChainState, timestamp
+from kernelgen.run.state import STATE_FILE, ChainState
 from kernelgen.spec.project import Project
 from stages.lib.severstal import CLASS_IDS
 from stages.stage3_threshold import choose_threshold, threshold_sweep
@@ -64,7 +65,7 @@ def work(tmp_path: Path) -> tuple[Path, str, pd.DataFrame]:
     (outputs / "stage3").mkdir(parents=True)
     sweep.to_csv(outputs / "stage3" / "threshold_sweep.csv", index=False)
     (outputs / "stage3" / "threshold.json").write_text(json.dumps(chosen))
-    state = ChainState.open(work, "local")
+    state = ChainState.load(work / STATE_FILE, "local")
     for number in (1, 2, 3, 4, 5):
         record = state.stage(number)
         record.mark_pushed(key="k", kernel=f"local/stage{number}", version=1, url="", at=timestamp(0))

@@ -515,9 +515,10 @@ def test_stage4_renders_with_every_builtin_profile(profile: str) -> None:
     from kernelgen.spec.config import Config
     from kernelgen.spec.pipeline import load_pipeline
     from kernelgen.spec.project import Project
+    from tests.rendering import render
 
     project = Project(pipeline=load_pipeline(), config=Config())
-    (kernel,) = project.render([4], username="someone", profile=profile)
+    (kernel,) = render(project, [4], username="someone", profile=profile)
     assert "stage4.ipynb" in kernel.files
 
 

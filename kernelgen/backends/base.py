@@ -11,17 +11,26 @@ from typing import Protocol
 
 
 class RunStatus(str, Enum):
-    """A kernel run's state, the same for every backend."""
+    """A kernel run's state, the same for every backend.
+
+    `LOST` is a run that ended without a result because whatever ran it is gone (a
+    local run whose process was killed): nothing failed, and pushing again is right.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETE = "complete"
     ERROR = "error"
     CANCELLED = "cancelled"
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.COMPLETE, RunStatus.ERROR, RunStatus.CANCELLED)
+        return self is not RunStatus.QUEUED and self is not RunStatus.RUNNING
+
+    @property
+    def active(self) -> bool:
+        return not self.finished
 
 
 class DatasetStatus(str, Enum):
@@ -87,6 +96,11 @@ class Backend(Protocol):
         """Push the rendered kernel in `folder` (kernel-metadata.json + notebook)."""
         ...
 
+    def latest_version(self, kernel: str) -> int | None:
+        """The newest version number of `owner/slug`, None when it has none: what tells,
+        after a crash mid-push, whether the push went through."""
+        ...
+
     def status(self, kernel: str) -> KernelState:
         """The latest run of `owner/slug`."""
         ...
@@ -108,10 +122,18 @@ class Backend(Protocol):
         """Processing state of `owner/slug`'s latest version."""
         ...
 
+    def dataset_version(self, dataset: str) -> int | None:
+        """The newest version number of dataset `owner/slug`, None when it does not exist."""
+        ...
+
     def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
         """Submit a code-competition kernel version; returns the backend's message."""
         ...
 
     def quota(self) -> GpuQuota | None:
         """The weekly GPU quota, or None where runs draw on none."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the backend holds (threads, connections); runs on Kaggle go on."""
         ...

@@ -75,9 +75,6 @@ class ExecutionResult:
     log: str
     error: str = ""
 
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.rstrip().splitlines()[-lines:])
-
 
 def _cell_log(cell: nbformat.NotebookNode) -> str:
     parts: list[str] = []

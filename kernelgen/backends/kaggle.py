@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -42,7 +45,7 @@ from kernelgen.backends.base import (
     RunStatus,
 )
 from kernelgen.backends.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
-from kernelgen.errors import AuthError, BackendError, KernelgenError
+from kernelgen.errors import AuthError, BackendError, KernelgenError, UnreachableError
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -74,6 +77,14 @@ _DATASET_FAILED = {"failed", "deleted"}
 
 _IMPORT_LOCK = threading.Lock()
 
+FIRST_CONTACT_SECONDS = 10.0
+"""Until a call has reached Kaggle once, how long a failing connection is retried before
+the cause is named: a command without a network says so within seconds."""
+
+
+def _to_stderr(line: str) -> None:
+    print(f"kernelgen: {line}", file=sys.stderr, flush=True)
+
 
 def _client_class() -> type[KaggleApi]:
     """Import the client quietly: the package authenticates and prints help on import."""
@@ -104,7 +115,7 @@ def default_api_factory() -> KaggleApi:
                 f"Kaggle refused the access token (HTTP {status}); {NO_CREDENTIALS}"
             ) from None
         if _is_connection_error(exc):
-            raise BackendError("could not reach Kaggle to check the access token") from None
+            raise UnreachableError(f"could not reach Kaggle to check the access token: {unreachable_cause(exc)}") from None
         raise
     return api
 
@@ -127,14 +138,19 @@ class KaggleBackend:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         retry: RetryPolicy | None = None,
+        first_contact: float = FIRST_CONTACT_SECONDS,
         output_page_size: int = 20,
         version_notes: str = "Published by kernelgen",
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self._api_factory = api_factory or default_api_factory
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
         self._retry = retry or RetryPolicy()
+        self._first_contact = first_contact
+        self._reached = False
+        self._notify = notify or _to_stderr
         self._page_size = output_page_size
         self._version_notes = version_notes
         self._api: KaggleApi | None = None
@@ -157,6 +173,9 @@ class KaggleBackend:
         """The account the credentials belong to (owner of pushed kernels and datasets)."""
         return str(self._client().config_values.get("username") or "")
 
+    def close(self) -> None:
+        """Nothing to let go of: the client opens a connection per call."""
+
     def _call(
         self,
         what: str,
@@ -165,11 +184,17 @@ class KaggleBackend:
         idempotent: bool = True,
         recover: Callable[[], T | None] | None = None,
     ) -> T:
-        """Run one client operation under the retry policy; failures become BackendError."""
+        """Run one client operation under the retry policy; failures become BackendError.
+
+        Until one call has reached Kaggle, a name that does not resolve or a proxy that
+        cannot be used fails at once, and other connection failures are retried for
+        `first_contact` seconds only: a command without a network says so within seconds.
+        """
+        classify = _classify if self._reached else functools.partial(_classify_first, within=self._first_contact)
         try:
-            return call_with_retry(
+            result = call_with_retry(
                 op,
-                classify=_classify,
+                classify=classify,
                 policy=self._retry,
                 sleep=self._sleep,
                 clock=self._clock,
@@ -177,6 +202,7 @@ class KaggleBackend:
                 describe=what,
                 idempotent=idempotent,
                 recover=recover,
+                on_retry=lambda retrying: self._notify(self._redact(retrying.describe())),
             )
         except KernelgenError:
             raise
@@ -185,9 +211,13 @@ class KaggleBackend:
                 what, exc.last, suffix=f" (gave up after {exc.attempts} attempts)"
             ) from None
         except Exception as exc:
+            if _http_status(exc) is not None:
+                self._reached = True
             if _is_expected(exc):
                 raise self._error(what, exc) from None
             raise
+        self._reached = True
+        return result
 
     def _error(self, what: str, exc: BaseException, *, suffix: str = "") -> BackendError:
         status = _http_status(exc)
@@ -202,7 +232,7 @@ class KaggleBackend:
         if status is not None:
             return BackendError(f"{what}: HTTP {status}: {detail}{suffix}")
         if _is_connection_error(exc):
-            return BackendError(f"{what}: connection to Kaggle failed: {detail}{suffix}")
+            return UnreachableError(f"{what}: {unreachable_cause(exc)}{suffix}")
         return BackendError(f"{what}: {detail}{suffix}")
 
     def _redact(self, text: str) -> str:
@@ -260,6 +290,10 @@ class KaggleBackend:
             )
         url = response.url or f"{WEB}/code/{kernel}"
         return PushResult(kernel=kernel, version=version, url=url)
+
+    def latest_version(self, kernel: str) -> int | None:
+        owner, slug = kernel.split("/")[:2]
+        return self._kernel_version(owner, slug)
 
     def _kernel_version(self, owner: str, slug: str) -> int | None:
         """The kernel's current version number, or None if it does not exist yet."""
@@ -408,6 +442,11 @@ class KaggleBackend:
             return info if isinstance(info, dict) else None
 
         return self._call(f"look up dataset {ref}", lookup)
+
+    def dataset_version(self, dataset: str) -> int | None:
+        info = self._dataset_info("/".join(dataset.split("/")[:2]))
+        version = None if info is None else info.get("current_version_number")
+        return version if isinstance(version, int) else None
 
     def dataset_status(self, dataset: str) -> DatasetStatus:
         """Processing state of the latest version of ``owner/slug``."""
@@ -604,8 +643,68 @@ def _classify(exc: BaseException) -> Verdict:
     if status is not None:
         return FATAL
     if _is_connection_error(exc):
-        return Verdict(retry=True, safe=_never_connected(exc), reason="connection failed")
+        return Verdict(retry=True, safe=_never_connected(exc), reason=unreachable_cause(exc))
     return FATAL
+
+
+def _classify_first(exc: BaseException, *, within: float) -> Verdict:
+    """Before any call has reached Kaggle: a name that does not resolve or a proxy that
+    cannot be used will not mend itself in seconds, so it is final; another connection
+    failure is retried for `within` seconds."""
+    verdict = _classify(exc)
+    if _http_status(exc) is not None or not _is_connection_error(exc):
+        return verdict
+    if _dns_failure(exc) or _proxy_failure(exc):
+        return FATAL
+    return replace(verdict, within=within)
+
+
+def _dns_failure(exc: BaseException) -> bool:
+    import socket
+
+    import urllib3.exceptions
+
+    return any(
+        isinstance(item, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for item in _causes(exc)
+    )
+
+
+def _proxy_failure(exc: BaseException) -> bool:
+    import requests
+    import urllib3.exceptions
+
+    return any(
+        isinstance(item, (requests.exceptions.ProxyError, urllib3.exceptions.ProxyError)) for item in _causes(exc)
+    )
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it was raised from, and what requests and urllib3 wrapped in it."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), getattr(item, "original_error", None)])
+        stack.extend(item.args)
+
+
+def unreachable_cause(exc: BaseException) -> str:
+    """Why Kaggle could not be reached, in words: DNS, a proxy, or the connection itself."""
+    import os
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy")
+    if _proxy_failure(exc):
+        what = "does not resolve (DNS)" if _dns_failure(exc) else "cannot be reached"
+        return f"the proxy {proxy or '(from the environment)'} {what}; check HTTPS_PROXY / HTTP_PROXY"
+    if _dns_failure(exc):
+        return "the Kaggle API's host name does not resolve (DNS): no network, or no name server reachable"
+    if _never_connected(exc):
+        return "the connection to Kaggle was refused or timed out: no network, or Kaggle is unreachable"
+    return f"the connection to Kaggle failed: {_short(exc, 160)}"
 
 
 def _is_expected(exc: BaseException) -> bool:

@@ -12,8 +12,8 @@ can follow several at once, as it does on Kaggle.
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +30,7 @@ from kernelgen.backends.base import (
 )
 from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
 from kernelgen.errors import BackendError
+from kernelgen.files import write_atomic, write_json_atomic
 
 STATUS_FILE = "status.json"
 LIVE_LOG = "live.log"
@@ -42,10 +43,8 @@ def _read_json(path: Path) -> dict:
         raise BackendError(f"{path}: cannot read ({exc})") from None
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+def _write_status(run_dir: Path, status: RunStatus, message: str = "") -> None:
+    write_json_atomic(run_dir / STATUS_FILE, {"status": status.value, "message": message})
 
 
 def _versions(folder: Path) -> list[int]:
@@ -140,15 +139,15 @@ class LocalBackend:
         try:
             self._mount(root, meta)
         except BackendError as exc:
-            _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})
+            _write_status(run_dir, RunStatus.ERROR, str(exc))
             raise
-        _write_json(run_dir / STATUS_FILE, {"status": RunStatus.QUEUED.value, "message": ""})
+        _write_status(run_dir, RunStatus.QUEUED)
         notebook = (folder / meta["code_file"]).read_bytes()
         self._futures[run_dir] = self._pool.submit(self._execute, run_dir, root, notebook, kernel)
         return PushResult(kernel=kernel, version=version, url=run_dir.as_uri())
 
     def _execute(self, run_dir: Path, root: Path, notebook: bytes, kernel: str) -> None:
-        _write_json(run_dir / STATUS_FILE, {"status": RunStatus.RUNNING.value, "message": ""})
+        _write_status(run_dir, RunStatus.RUNNING)
         try:
             result = execute_notebook(
                 notebook,
@@ -160,19 +159,20 @@ class LocalBackend:
                 live_log=run_dir / LIVE_LOG,
             )
         except Exception as exc:
-            (run_dir / "log.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
-            _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})
+            write_atomic(run_dir / "log.txt", f"{type(exc).__name__}: {exc}\n")
+            _write_status(run_dir, RunStatus.ERROR, str(exc))
             return
-        (run_dir / "log.txt").write_text(result.log, encoding="utf-8")
-        status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
-        _write_json(run_dir / STATUS_FILE, {"status": status.value, "message": result.error})
+        write_atomic(run_dir / "log.txt", result.log)
+        _write_status(run_dir, RunStatus.COMPLETE if result.ok else RunStatus.ERROR, result.error)
 
     def status(self, kernel: str) -> KernelState:
         run_dir = self._run_dir(kernel)
+        if not (run_dir / STATUS_FILE).is_file():
+            return KernelState(RunStatus.LOST, "the local push did not finish (the process making it ended)")
         record = _read_json(run_dir / STATUS_FILE)
         status = RunStatus(record["status"])
         if not status.finished and run_dir not in self._futures:
-            return KernelState(RunStatus.ERROR, "the local run was interrupted (its process ended)")
+            return KernelState(RunStatus.LOST, "the local run was interrupted (the process running it ended)")
         return KernelState(status, record.get("message", ""))
 
     def output(self, kernel: str, dest: Path) -> KernelOutput:
@@ -202,17 +202,32 @@ class LocalBackend:
             if finished or line.endswith("\n"):
                 yield line
 
+    def latest_version(self, kernel: str) -> int | None:
+        versions = _versions(self._kernel_dir(kernel))
+        return versions[-1] if versions else None
+
     def publish(self, folder: Path) -> PublishResult:
+        """A new version folder, filled under a hidden name and renamed whole into place."""
         meta = _read_json(folder / "dataset-metadata.json")
         dataset = meta["id"]
-        version, target = self._new_version(self._dataset_dir(dataset))
+        base = self._dataset_dir(dataset)
+        base.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name != "dataset-metadata.json":
-                shutil.copy2(path, target / path.name)
+                shutil.copy2(path, scratch / path.name)
+        with self._lock:
+            version = (_versions(base) or [0])[-1] + 1
+            target = base / str(version)
+            scratch.rename(target)
         return PublishResult(dataset=dataset, created=version == 1, url=target.as_uri())
 
     def dataset_status(self, dataset: str) -> DatasetStatus:
         return DatasetStatus.READY if _versions(self._dataset_dir(dataset)) else DatasetStatus.ERROR
+
+    def dataset_version(self, dataset: str) -> int | None:
+        versions = _versions(self._dataset_dir(dataset))
+        return versions[-1] if versions else None
 
     def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
         output = self._run_dir(f"{kernel}/{version}") / "root" / "working" / file_name

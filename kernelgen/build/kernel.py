@@ -8,28 +8,28 @@ one place, all stages at once, through a temporary folder.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 from kernelgen.build import notebook as nb
-from kernelgen.spec.machine import AcceleratorKind
-from kernelgen.spec.config import BUILTIN_PROFILES, Config
-from kernelgen.errors import ConfigError, RenderError
+from kernelgen.build.metadata import KERNEL_METADATA_FILE, kernel_metadata, metadata_bytes
 from kernelgen.build.modules import SourceModule, collect_modules
-from kernelgen.spec.params import ParamValue, check_values, read_param_fields, resolve_params
-from kernelgen.spec.pipeline import Pipeline, StageSpec, Via
-from kernelgen.spec.machine import Session
 from kernelgen.build.templating import render_template
-from kernelgen.build.validate import check_username, kernel_slug, validate_kernel_metadata
+from kernelgen.build.validate import check_username, kernel_slug
 from kernelgen.build.wheels import wheel_house
+from kernelgen.errors import RenderError
+from kernelgen.files import replace_dir
+from kernelgen.spec.machine import Session
+from kernelgen.spec.params import ParamValue
+from kernelgen.spec.pipeline import Pipeline, StageSpec, Via
+from kernelgen.spec.project import Overrides, Project
 
-METADATA_FILE = "kernel-metadata.json"
+METADATA_FILE = KERNEL_METADATA_FILE
 
 
 @dataclass(frozen=True)
@@ -56,43 +56,6 @@ def kernel_digest(files: Mapping[str, bytes]) -> str:
     for name in sorted(files):
         hasher.update(name.encode() + b"\0" + files[name] + b"\0")
     return hasher.hexdigest()
-
-
-def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[str, dict]]:
-    """Typed parameter layers for one stage: built-in profile, config profile, config overrides."""
-    known = set(BUILTIN_PROFILES) | set(config.profiles)
-    if profile not in known:
-        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(sorted(known))}")
-    layers: list[tuple[str, dict]] = []
-    if spec.profiles.get(profile):
-        layers.append((f"profile {profile}", dict(spec.profiles[profile])))
-    from_config = config.profiles.get(profile, {}).get(spec.number)
-    if from_config:
-        layers.append((f"profile {profile} in {config.label}", from_config))
-    if config.stages.get(spec.number):
-        layers.append((config.label, config.stages[spec.number]))
-    return layers
-
-
-def stage_params(
-    pipeline: Pipeline,
-    spec: StageSpec,
-    *,
-    config: Config,
-    profile: str,
-    texts: Mapping[str, str] | None = None,
-    extra: Iterable[ParamValue] = (),
-) -> list[ParamValue]:
-    source = pipeline.module_path(spec.module)
-    params = resolve_params(
-        read_param_fields(source, spec.number),
-        stage=spec.number,
-        layers=profile_layers(spec, config, profile),
-        texts=texts,
-        extra=extra,
-    )
-    check_values(source, {p.name: p.value for p in params}, spec.number)
-    return params
 
 
 MODULES_VARIABLE = "KERNEL_MODULES"
@@ -207,32 +170,23 @@ def render_stage(
         nbformat.validate(notebook)
     except nbformat.ValidationError as exc:
         raise RenderError(f"notebook is not valid nbformat: {exc.message}", stage=number) from None
-    meta_text = render_template(
-        "kernel-metadata.json.j2",
-        stage=number,
-        id=f"{username}/{kernel_slug(spec.title)}",
+    code = nb.to_bytes(notebook)
+    meta = kernel_metadata(
+        kernel_id=f"{username}/{kernel_slug(spec.title)}",
         title=spec.title,
         code_file=code_file,
+        files={code_file: code},
+        session=session,
+        enable_internet=spec.enable_internet,
         language=spec.language,
         kernel_type=spec.kernel_type,
         is_private=spec.is_private,
-        enable_gpu=session.kind is AcceleratorKind.GPU,
-        enable_tpu=session.kind is AcceleratorKind.TPU,
-        enable_internet=spec.enable_internet,
         dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources if slug not in through_kernels],
-        competition_sources=list(spec.competition_sources),
+        competition_sources=spec.competition_sources,
         kernel_sources=[*through_kernels.values(), *_wheels_source(pipeline, spec, username, wheel_versions)],
-        machine_shape=session.accelerator,
-        session_timeout_seconds=session.timeout_seconds,
-        docker_image_pinning_type=session.pinning.value,
-        docker_image=session.docker_image,
+        where=f"stage {number} {METADATA_FILE}",
     )
-    try:
-        meta = json.loads(meta_text)
-    except ValueError as exc:
-        raise RenderError(f"not valid JSON: {exc}", stage=number, template="kernel-metadata.json.j2") from None
-    files = {METADATA_FILE: meta_text.encode("utf-8"), code_file: nb.to_bytes(notebook)}
-    validate_kernel_metadata(meta, files, where=f"stage {number} {METADATA_FILE}")
+    files = {METADATA_FILE: metadata_bytes(meta), code_file: code}
     return RenderedKernel(
         stage=number, kernel_id=meta["id"], code_file=code_file, files=files, params=tuple(params)
     )
@@ -248,18 +202,6 @@ def _wheels_source(
     version = (versions or {}).get(house.slug)
     ref = house.kernel_id(username)
     return [f"{ref}/{version}" if version is not None else ref]
-
-
-def replace_dir(source: Path, target: Path) -> None:
-    """Move a finished folder into place, replacing what was there."""
-    if target.exists():
-        trash = target.with_name(f".{target.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
-        target.rename(trash)
-        source.rename(target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        source.rename(target)
 
 
 def write_kernels(kernels: Iterable[RenderedKernel], out: Path) -> list[Path]:
@@ -284,3 +226,43 @@ def write_kernels(kernels: Iterable[RenderedKernel], out: Path) -> list[Path]:
             shutil.rmtree(out, ignore_errors=True)
         raise
     return written
+
+
+def render_stages(
+    project: Project,
+    stages: Sequence[int],
+    *,
+    username: str,
+    profile: str | None = None,
+    overrides: Overrides | None = None,
+    extra: Mapping[int, Iterable[ParamValue]] | None = None,
+    accelerators: Mapping[int, str] | None = None,
+    kernel_versions: Mapping[int, int] | None = None,
+    wheel_versions: Mapping[str, int] | None = None,
+) -> list[RenderedKernel]:
+    """Render stages in memory; every problem is raised before anything is written.
+
+    `overrides` are the `--set` values routed to their stages (`Project.overrides`),
+    `extra` the values other stages' outputs give, `accelerators` the machine shapes
+    that replace declared ones; `kernel_versions` names the output version each
+    `via = "kernel"` input reads, `wheel_versions` that of each wheel house (by slug).
+    """
+    chosen = project.profile(profile)
+    return [
+        render_stage(
+            project.pipeline,
+            number,
+            username=username,
+            params=project.params(
+                number,
+                profile=chosen,
+                texts=(overrides or {}).get(number),
+                extra=(extra or {}).get(number, ()),
+            ),
+            profile=chosen,
+            session=project.session(number, (accelerators or {}).get(number)),
+            kernel_versions=kernel_versions,
+            wheel_versions=wheel_versions,
+        )
+        for number in stages
+    ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernelgen.errors import RenderError
+from kernelgen.spec.source import parse_source
 
 TOOL_PACKAGE = "kernelgen"
 RUNTIME = "kernelgen.runtime"
@@ -112,10 +113,7 @@ def read_module(name: str, finder: ModuleFinder, *, main: bool = False) -> tuple
     if path is None:
         raise finder.fail(f"module {name!r} not found under {finder.roots[name.split('.')[0]]}")
     text = path.read_text(encoding="utf-8")
-    try:
-        tree = ast.parse(text, filename=str(path))
-    except SyntaxError as exc:
-        raise finder.fail(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    tree = parse_source(path, text)
     needs: list[str] = []
     checks: list[tuple[str, str, str]] = []
     for node in ast.walk(tree):

@@ -10,18 +10,16 @@ kernel, and the chain builds it again only when its rendered files change.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kernelgen.build import notebook as nb
-from kernelgen.errors import RenderError
-from kernelgen.spec.pipeline import Pipeline, PipRequirement, StageSpec
-from kernelgen.spec.machine import Session
+from kernelgen.build.metadata import KERNEL_METADATA_FILE, kernel_metadata, metadata_bytes
 from kernelgen.build.templating import render_template
-from kernelgen.build.validate import kernel_slug, validate_kernel_metadata
+from kernelgen.build.validate import kernel_slug
+from kernelgen.spec.machine import Session
+from kernelgen.spec.pipeline import Pipeline, PipRequirement, StageSpec
 
-METADATA_FILE = "kernel-metadata.json"
 CODE_FILE = "wheels.ipynb"
 
 
@@ -68,31 +66,14 @@ def wheel_houses(pipeline: Pipeline, stages: Iterable[int]) -> list[WheelHouse]:
 def render_wheels(house: WheelHouse, username: str) -> dict[str, bytes]:
     """The helper kernel's files, validated as the Kaggle client would."""
     cell = nb.code_cell(render_template("wheels.py.j2", requirements=house.requirements))
-    notebook = nb.assemble([cell], prefix=house.slug)
-    meta_text = render_template(
-        "kernel-metadata.json.j2",
-        id=house.kernel_id(username),
+    code = nb.to_bytes(nb.assemble([cell], prefix=house.slug))
+    meta = kernel_metadata(
+        kernel_id=house.kernel_id(username),
         title=house.title,
         code_file=CODE_FILE,
-        language="python",
-        kernel_type="notebook",
-        is_private=True,
-        enable_gpu=False,
-        enable_tpu=False,
+        files={CODE_FILE: code},
+        session=house.session,
         enable_internet=True,
-        dataset_sources=[],
-        competition_sources=[],
-        kernel_sources=[],
-        machine_shape=None,
-        session_timeout_seconds=house.session.timeout_seconds,
-        docker_image_pinning_type=house.session.pinning.value,
-        docker_image=house.session.docker_image,
+        where=f"wheels kernel {house.slug} {KERNEL_METADATA_FILE}",
     )
-    try:
-        meta = json.loads(meta_text)
-    except ValueError as exc:
-        raise RenderError(f"not valid JSON: {exc}", template="kernel-metadata.json.j2") from None
-    files = {METADATA_FILE: meta_text.encode("utf-8"), CODE_FILE: nb.to_bytes(notebook)}
-    validate_kernel_metadata(meta, files, where=f"wheels kernel {house.slug} {METADATA_FILE}")
-    return files
-
+    return {KERNEL_METADATA_FILE: metadata_bytes(meta), CODE_FILE: code}

@@ -7,13 +7,14 @@ pipeline; a pipeline adds its own through its report hook.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kernelgen.errors import KernelgenError
+from kernelgen.clock import format_elapsed
+from kernelgen.errors import WorkFolderError
+from kernelgen.files import write_atomic
 from kernelgen.report.changes import compare_states
 from kernelgen.report.charts import history_chart, stage_graph, timeline
 from kernelgen.report.history import HISTORY_FILE, read_history
@@ -22,12 +23,9 @@ from kernelgen.report.html import render_html
 from kernelgen.report.panel import Block, Figure, Note, Panel, Stats, Table
 from kernelgen.report.plotting import NO_MATPLOTLIB, has_matplotlib
 from kernelgen.report.workfolder import WorkFolder, read_work_folder
-from kernelgen.run.progress import format_elapsed
 from kernelgen.run.state import PREVIOUS_STATE_FILE, Phase
+from kernelgen.run.workspace import WorkPaths
 from kernelgen.spec.project import Project
-
-REPORT_FILE = "report.html"
-SUBMISSION_FILE = "submission.csv"
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,7 @@ def build_report(project: Project, workdir: Path) -> Report:
     for number, facts in folder.stages.items():
         problems.extend(f"stage {number}: {text}" for text in facts.missing)
     last = list(folder.stages)[-1] if folder.stages else pipeline.default_stages[-1]
-    candidate = folder.outputs / f"stage{last}" / SUBMISSION_FILE
+    candidate = folder.paths.submission(last)
     submission = candidate if candidate.is_file() else None
     summary, notes = _summary(folder, submission)
     figures = [f for f in (stage_graph(folder.stages), timeline(folder.latest_run())) if f is not None]
@@ -193,11 +191,7 @@ def build_report(project: Project, workdir: Path) -> Report:
 def write_report(project: Project, workdir: Path, out: Path | None = None) -> Path:
     """Write the report of `workdir` to `out` (default `workdir/report.html`); returns its path."""
     if not workdir.is_dir():
-        raise KernelgenError(f"work folder {workdir} does not exist")
-    target = (out or workdir / REPORT_FILE).resolve()
-    text = render_html(build_report(project, workdir))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, target)
+        raise WorkFolderError(f"work folder {workdir} does not exist")
+    target = (out or WorkPaths(workdir).report).resolve()
+    write_atomic(target, render_html(build_report(project, workdir)))
     return target

@@ -9,11 +9,11 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 
+from kernelgen.clock import format_elapsed
 from kernelgen.report.history import History
 from kernelgen.report.panel import Figure
 from kernelgen.report.plotting import figure_block, new_figure
 from kernelgen.report.workfolder import StageFacts
-from kernelgen.run.progress import format_elapsed
 from kernelgen.run.state import Phase
 
 PHASE_COLOURS: dict[Phase, str] = {
@@ -24,6 +24,7 @@ PHASE_COLOURS: dict[Phase, str] = {
     Phase.UNCHANGED: "#c8ecd0",
     Phase.ERROR: "#f28b82",
     Phase.CANCELLED: "#f6b26b",
+    Phase.LOST: "#f6b26b",
     Phase.BLOCKED: "#ffe08a",
 }
 

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
+from kernelgen.clock import format_elapsed
 from kernelgen.errors import RenderError
 from kernelgen.report.charts import PHASE_COLOURS
-from kernelgen.run.progress import format_elapsed
 from kernelgen.spec.resources import templates_dir
 
 if TYPE_CHECKING:

@@ -1,51 +1,37 @@
-"""What the single commands do, over the same steps the chain takes.
+"""What each command does: one function a command, over the same steps the chain takes.
 
 They share the chain's work folder and state file, so `kernelgen status` shows what
-`push` and `chain` did, and `chain` takes a version `push` started as its own.
+`push` and `chain` did, and `chain` takes a version `push` started as its own. The CLI
+only parses options, calls one of these and prints what it returns; progress lines go
+through `say`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kernelgen.backends.base import Backend, PushResult
+from kernelgen.backends.base import GpuQuota, KernelState, PushResult, RunStatus
 from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
-from kernelgen.errors import BackendError
-from kernelgen.run.backoff import Timing
+from kernelgen.build.kernel import RenderedKernel, render_stages, write_kernels
+from kernelgen.clock import Timing, format_elapsed
+from kernelgen.errors import BackendError, ChainError, KernelFailedError, KernelgenError
+from kernelgen.files import log_tail
+from kernelgen.run.livelog import latest
+from kernelgen.run.progress import Reporter
+from kernelgen.run.scheduler import LOCAL_OPTIONS, Chain, ChainOptions, ChainResult
 from kernelgen.run.steps import Steps
+from kernelgen.run.workspace import Access, BackendKind, Workspace
+from kernelgen.spec.config import resolve_username
 from kernelgen.spec.project import Project
 
-DEFAULT_WORKDIR = Path("kernelgen-work")
+Say = Callable[[str], None]
+LOCAL_USER = "local"
 
 
-def open_backend(
-    project: Project,
-    workdir: Path,
-    *,
-    local: bool,
-    jobs: int = 2,
-    timing: Timing | None = None,
-    jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
-) -> Backend:
-    """The Kaggle backend, or with `local` one that runs the notebooks here in `jupyter_kernel`."""
-    if local:
-        from kernelgen.backends.local import LocalBackend
-        from kernelgen.run.localdata import local_competition_data
-
-        data = local_competition_data(project.pipeline, project.config.data, workdir)
-        return LocalBackend(
-            workdir / "local-store",
-            data,
-            workers=jobs,
-            packages=project.pipeline.packages,
-            jupyter_kernel=jupyter_kernel,
-        )
-    from kernelgen.backends.kaggle import KaggleBackend
-
-    timing = timing or Timing()
-    return KaggleBackend(sleep=timing.sleep, clock=timing.clock)
+def backend_kind(local: bool) -> BackendKind:
+    return BackendKind.LOCAL if local else BackendKind.KAGGLE
 
 
 def run_profile(project: Project, profile: str | None, *, local: bool) -> str | None:
@@ -55,9 +41,100 @@ def run_profile(project: Project, profile: str | None, *, local: bool) -> str | 
     return profile
 
 
-def push_stage(steps: Steps, number: int, sets: Iterable[str] = ()) -> PushResult:
-    """Render, validate and push one stage, taking what earlier stages left where it can."""
-    return steps.push(steps.render(number, sets, required=False))
+def username(project: Project, user: str | None, *, local: bool) -> str:
+    """`--user`, the config, KAGGLE_USERNAME or kaggle.json; `local` for a local run without one."""
+    if local and not (user or project.config.username):
+        return LOCAL_USER
+    return resolve_username(user, project.config)
+
+
+def render_kernels(
+    project: Project, stages: Sequence[int], out: Path, *, user: str | None, profile: str | None, sets: Iterable[str]
+) -> list[tuple[Path, RenderedKernel]]:
+    """`kernelgen render`: every stage rendered and checked in memory, then written together."""
+    kernels = render_stages(
+        project,
+        stages,
+        username=resolve_username(user, project.config),
+        profile=profile,
+        overrides=project.overrides(sets, stages),
+    )
+    return list(zip(write_kernels(kernels, out), kernels, strict=True))
+
+
+@dataclass(frozen=True)
+class Pushed:
+    """What `push` did: the push, and with --wait where the run's files and log went."""
+
+    push: PushResult
+    outputs: Path | None = None
+    files: int = 0
+
+
+def push_stage(
+    project: Project,
+    workdir: Path,
+    stage: int,
+    *,
+    local: bool,
+    user: str | None = None,
+    profile: str | None = None,
+    sets: Iterable[str] = (),
+    accelerator: str | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+    timing: Timing | None = None,
+    say: Say = print,
+) -> Pushed:
+    """`kernelgen push`: render and check stage `stage` (taking what earlier stages left
+    in the work folder where it can), hold the folder, push, and with `wait` follow the
+    run (its latest log line at each poll) and download its outputs and whole log.
+
+    Raises KernelFailedError, with the log's tail, when the followed run fails.
+    """
+    number = project.pipeline.stage(stage).number
+    accelerators = project.accelerators([accelerator] if accelerator else [], [number])
+    overrides = project.overrides(sets, [number])
+    chosen = run_profile(project, profile, local=local)
+    name = username(project, user, local=local)
+    render_stages(project, [number], username=name, profile=chosen, overrides=overrides, accelerators=accelerators)
+    with Workspace.open(project, workdir, backend=backend_kind(local), command="push", timing=timing, notify=say) as ws:
+        steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=accelerators)
+        steps.settle(number)
+        pushed = steps.push(steps.render(number, required=False))
+        say(f"stage {number}: pushed {pushed.kernel} version {pushed.version}")
+        say(pushed.url)
+        if not wait:
+            return Pushed(pushed)
+        final = _follow(steps, number, timeout, say)
+        dest, output = steps.collect(number)
+        say(f"stage {number}: {len(output.files)} output files and the log in {dest}")
+        if final.status is not RunStatus.COMPLETE:
+            raise KernelFailedError(
+                f"ended in {final.status.value}: {final.message}",
+                stage=number,
+                status=final.status.value,
+                log_tail=log_tail(output.log),
+            )
+        return Pushed(pushed, dest, len(output.files))
+
+
+def _follow(steps: Steps, number: int, timeout: float | None, say: Say) -> KernelState:
+    """Wait for stage `number`'s run to end, saying each new state or log line."""
+    seen: list[RunStatus] = []
+
+    def on_poll(state: KernelState, elapsed: float) -> None:
+        line = latest(steps.log_lines(number))
+        if not seen or seen[-1] is not state.status or line:
+            seen.append(state.status)
+            shown = f" - {line}" if line else ""
+            say(f"stage {number}: {state.status.value} [{format_elapsed(elapsed)}]{shown}")
+
+    limit = timeout if timeout is not None else steps.session(number).wait_seconds()
+    try:
+        return steps.wait(number, timeout=limit, on_poll=on_poll)
+    finally:
+        steps.stop_following()
 
 
 @dataclass(frozen=True)
@@ -73,20 +150,143 @@ class StatusRow:
 NOT_PUSHED = "not pushed"
 
 
-def stage_status(steps: Steps, stages: Iterable[int]) -> list[StatusRow]:
-    """Each stage's latest known state, asking the backend about those that were pushed."""
-    rows = []
-    for number in stages:
-        spec = steps.pipeline.stage(number)
-        record = steps.state.stages.get(number)
-        if record is None or not record.kernel:
-            rows.append(StatusRow(number, spec.title, "", None, NOT_PUSHED, ""))
-            continue
+def stage_status(
+    project: Project, workdir: Path, stages: Sequence[int], *, local: bool, timing: Timing | None = None
+) -> tuple[str, list[StatusRow]]:
+    """`kernelgen status`: each stage's latest known state, asking the backend about those
+    that were pushed. It reads the work folder only, so it works beside a running chain.
+    Returns the backend's name and the rows."""
+    kind = backend_kind(local)
+    with Workspace.open(project, workdir, backend=kind, command="status", access=Access.READ, timing=timing) as ws:
+        steps = Steps(ws, username=LOCAL_USER)
+        rows = []
+        for number in stages:
+            spec = project.pipeline.stage(number)
+            record = ws.state.stages.get(number)
+            if record is None or not record.kernel or record.version is None:
+                rows.append(StatusRow(number, spec.title, "", None, NOT_PUSHED, ""))
+                continue
+            try:
+                live = steps.poll(number)
+            except BackendError as exc:
+                known = record.status.value if record.status else "unknown"
+                rows.append(StatusRow(number, spec.title, record.kernel, record.version, known, str(exc)))
+                continue
+            rows.append(StatusRow(number, spec.title, record.kernel, record.version, live.status.value, live.message))
+        return ws.backend.name, rows
+
+
+def collect_output(
+    project: Project, workdir: Path, stage: int, out: Path | None, *, local: bool, timing: Timing | None = None
+) -> tuple[Path, int]:
+    """`kernelgen output`: download a stage's output files and whole log (into the work
+    folder's outputs unless `out`); returns where, and how many files."""
+    number = project.pipeline.stage(stage).number
+    with Workspace.open(project, workdir, backend=backend_kind(local), command="output", timing=timing) as ws:
+        dest, fetched = Steps(ws, username=LOCAL_USER).collect(number, out)
+        return dest, len(fetched.files)
+
+
+def publish_dataset(
+    project: Project,
+    workdir: Path,
+    dataset: str,
+    *,
+    local: bool,
+    user: str | None = None,
+    wait: bool = True,
+    timeout: float = 3600.0,
+    timing: Timing | None = None,
+    say: Say = print,
+) -> None:
+    """`kernelgen publish`: create or version a dataset from the stages' outputs (nothing
+    is uploaded when it already holds them), and wait until it is ready."""
+    slug = dataset.lower()
+    name = username(project, user, local=local)
+    with Workspace.open(project, workdir, backend=backend_kind(local), command="publish", timing=timing, notify=say) as ws:
+        steps = Steps(ws, username=name)
+        steps.dataset_spec(slug)
+        adopted = steps.settle_dataset(slug)
+        if adopted is not None:
+            say(f"{adopted.what}: version {adopted.version} was made before the last run stopped; following it")
+        result = steps.publish(slug)
+        record = ws.state.datasets[slug]
+        if result is None:
+            say(f"{record.dataset} already holds these files ({record.status.value if record.status else 'unknown'})")
+        else:
+            say(f"{'created' if result.created else 'new version of'} {result.dataset} {result.url}")
+        if wait:
+            say(f"{slug}: {steps.wait_dataset(slug, timeout=timeout).value}")
+
+
+@dataclass(frozen=True)
+class ChainRun:
+    """What `chain` did: the stages it ran, its result, and the report it wrote."""
+
+    selected: list[int]
+    result: ChainResult
+    report: Path
+
+
+def run_chain(
+    project: Project,
+    workdir: Path,
+    *,
+    local: bool,
+    first: int | None = None,
+    last: int | None = None,
+    jobs: int = 2,
+    submit: bool = False,
+    accelerators: Iterable[str] = (),
+    ignore_quota: bool = False,
+    jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
+    user: str | None = None,
+    profile: str | None = None,
+    sets: Iterable[str] = (),
+    timing: Timing | None = None,
+    reporter: Reporter,
+    write_report: Callable[[Path], Path],
+    say: Say = print,
+) -> ChainRun:
+    """`kernelgen chain`: the stages from `first` to `last` (default: the pipeline's
+    default chain) in dependency order, then `write_report(work folder)`.
+
+    The report is written whether the stages end well or not; a failure is raised after.
+    """
+    numbers = list(project.pipeline.stages)
+    lo = project.pipeline.stage(first).number if first is not None else numbers[0]
+    hi = project.pipeline.stage(last).number if last is not None else project.pipeline.default_stages[-1]
+    selected = [n for n in numbers if lo <= n <= hi]
+    machines = project.accelerators(accelerators, selected)
+    overrides = project.overrides(sets, selected)
+    chosen = run_profile(project, profile, local=local)
+    name = username(project, user, local=local)
+    options = replace(LOCAL_OPTIONS if local else ChainOptions(), jobs=jobs, ignore_quota=ignore_quota)
+    failure: KernelgenError | None = None
+    result: ChainResult | None = None
+    with Workspace.open(
+        project, workdir, backend=backend_kind(local), command="chain", timing=timing,
+        jobs=jobs, jupyter_kernel=jupyter_kernel, notify=say,
+    ) as ws:
+        steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=machines)
         try:
-            live = steps.poll(number)
-        except BackendError as exc:
-            known = record.status.value if record.status else "unknown"
-            rows.append(StatusRow(number, spec.title, record.kernel, record.version, known, str(exc)))
-            continue
-        rows.append(StatusRow(number, spec.title, record.kernel, record.version, live.status.value, live.message))
-    return rows
+            result = Chain(steps, options=options, reporter=reporter).run(
+                selected, submit=submit, competition=project.config.competition
+            )
+        except (KernelFailedError, ChainError) as exc:
+            failure = exc
+        finally:
+            reporter.close()
+        report = write_report(ws.paths.root)
+    if failure is not None:
+        raise failure
+    assert result is not None
+    return ChainRun(selected, result, report)
+
+
+def gpu_quota(timing: Timing | None = None) -> GpuQuota | None:
+    """`kernelgen quota`: the week's Kaggle GPU quota, None when Kaggle reports none."""
+    from kernelgen.backends.kaggle import KaggleBackend
+
+    timing = timing or Timing()
+    return KaggleBackend(sleep=timing.sleep, clock=timing.clock).quota()

@@ -6,59 +6,48 @@ when the stage succeeds, so a failed run leaves the previous outputs untouched.
 
 from __future__ import annotations
 
-import importlib
-import shutil
-import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from types import ModuleType
-from typing import Any
 
 from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
-from kernelgen.build.kernel import RenderedKernel, replace_dir
+from kernelgen.build.kernel import RenderedKernel, render_stages
 from kernelgen.errors import StageRunError
+from kernelgen.files import log_tail, staged_dir
 from kernelgen.runtime import InputError, Layout
+from kernelgen.spec.imports import import_project_module
 from kernelgen.spec.params import ParamValue
 from kernelgen.spec.pipeline import Pipeline, StageSpec
+from kernelgen.spec.project import Project
 
 
 def _promote(root: Path, body: Callable[[Path], None]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    root = root.resolve()
-    scratch = Path(tempfile.mkdtemp(dir=root, prefix=".working-"))
-    try:
+    """`body(scratch)` fills a fresh folder that becomes `root/working` when it succeeds."""
+    target = root.resolve() / "working"
+    with staged_dir(target) as scratch:
         body(scratch)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    target = root / "working"
-    replace_dir(scratch, target)
     return target
 
 
-def import_project_module(pipeline: Pipeline, module: str) -> ModuleType:
-    """Import a module of the project from its folder, not from another project of the same package name."""
-    package = module.split(".")[0]
-    loaded = sys.modules.get(package)
-    origin = getattr(loaded, "__file__", None) or ""
-    if loaded is not None and not Path(origin).resolve().is_relative_to(pipeline.root):
-        for name in [m for m in sys.modules if m.split(".")[0] == package]:
-            del sys.modules[name]
-    root = str(pipeline.root)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    importlib.invalidate_caches()
-    return importlib.import_module(module)
-
-
-def load_project_function(pipeline: Pipeline, reference: str) -> Callable[..., Any]:
-    """The function a `package.module:function` reference in pipeline.toml names.
-
-    Raises ImportError or AttributeError when it cannot be loaded; callers say what it was for.
-    """
-    module, _, function = reference.partition(":")
-    return getattr(import_project_module(pipeline, module), function)
+def run_stage(
+    project: Project,
+    number: int,
+    root: Path,
+    *,
+    profile: str | None = None,
+    sets: Iterable[str] = (),
+    notebook: bool = False,
+    timeout: int | None = None,
+    jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
+) -> Path:
+    """`kernelgen run`: one stage against the Kaggle-shaped folder `root`; returns its
+    outputs folder. With `notebook`, the rendered notebook runs in the Jupyter kernel
+    `jupyter_kernel`, else the stage module's `run` in this process."""
+    overrides = project.overrides(sets, [number])
+    if notebook:
+        kernel = render_stages(project, [number], username="local", profile=profile, overrides=overrides)[0]
+        return run_notebook(kernel, root, packages=project.pipeline.packages, timeout=timeout, jupyter_kernel=jupyter_kernel)
+    params = project.params(number, profile=profile, texts=overrides.get(number))
+    return run_module(project.pipeline, project.pipeline.stage(number), params, root)
 
 
 def run_module(pipeline: Pipeline, spec: StageSpec, params: list[ParamValue], root: Path) -> Path:
@@ -99,6 +88,6 @@ def run_notebook(
         )
         (working / f"{kernel.slug}.log").write_text(result.log, encoding="utf-8")
         if not result.ok:
-            raise StageRunError(result.error, stage=kernel.stage, log_tail=result.tail())
+            raise StageRunError(result.error, stage=kernel.stage, log_tail=log_tail(result.log))
 
     return _promote(root, body)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kernelgen.errors import ConfigError, KernelgenError
-from kernelgen.run.local import load_project_function
+from kernelgen.errors import ConfigError, LocalDataError
 from kernelgen.runtime import InputError
+from kernelgen.spec.imports import load_project_function
 from kernelgen.spec.params import SCALAR_TYPES, coerce_value, parse_text
 from kernelgen.spec.pipeline import PIPELINE_FILE, Pipeline
 
@@ -34,11 +34,7 @@ def _generator(pipeline: Pipeline) -> tuple[str, Callable[..., Any]]:
             f"the pipeline in {pipeline.root} has no local data: set data = \"<folder>\" in kernelgen.toml, "
             f"or [local] generator = \"package.module:function\" in {pipeline.source / PIPELINE_FILE}"
         )
-    try:
-        found = load_project_function(pipeline, name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"local.generator {name!r} cannot be loaded: {exc}", source=pipeline.source / PIPELINE_FILE) from None
-    return name, found
+    return name, load_project_function(pipeline, name, purpose=f"{pipeline.source / PIPELINE_FILE}: local.generator")
 
 
 def _options(function: Callable[..., Any], declared: Mapping[str, Any], texts: Mapping[str, str]) -> dict[str, Any]:
@@ -66,23 +62,24 @@ def generate_data(pipeline: Pipeline, out: Path, texts: Mapping[str, str] | None
     try:
         function(out, **options)
     except (ValueError, TypeError, InputError) as exc:
-        raise KernelgenError(f"{name}: {exc}") from None
+        raise LocalDataError(f"{name}: {exc}") from None
     for slug in competitions(pipeline):
         if not (out / "input" / slug).is_dir():
-            raise KernelgenError(f"{name} made no {out / 'input' / slug}")
+            raise LocalDataError(f"{name} made no {out / 'input' / slug}")
     return out
 
 
 def local_competition_data(
-    pipeline: Pipeline, data: Path | None, workdir: Path, *, log: Callable[[str], None] = print
+    pipeline: Pipeline, data: Path | None, generated: Path, *, log: Callable[[str], None] = print
 ) -> dict[str, Path]:
-    """Each competition's folder for local runs: the configured one, else generated data made once."""
+    """Each competition's folder for local runs: the configured `data` folder, else data the
+    pipeline's generator makes in `generated` (once: it is kept there for later runs)."""
     slugs = competitions(pipeline)
     if data is not None:
         if not data.is_dir():
             raise ConfigError(f"data folder {data} does not exist")
         return dict.fromkeys(slugs, data)
-    root = workdir / LOCAL_DATA_DIR
+    root = generated
     if not slugs:
         return {}
     if not all((root / "input" / slug).is_dir() for slug in slugs):

@@ -6,6 +6,8 @@ import sys
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
+from kernelgen.clock import format_elapsed
+
 
 @dataclass(frozen=True)
 class StageRow:
@@ -22,13 +24,6 @@ class StageRow:
         """The note's last line, else the latest line of a running kernel's log."""
         lines = [line for line in self.note.splitlines() if line.strip()]
         return lines[-1] if lines else self.log
-
-
-def format_elapsed(seconds: float) -> str:
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class Reporter(Protocol):

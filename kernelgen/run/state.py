@@ -1,22 +1,22 @@
-"""Chain state: what was pushed, where it stands, what was published. One JSON file.
+"""A work folder's state: what was pushed, where it stands, what was published. One JSON file.
 
 Every change is written at once, atomically (write beside, then rename), so Ctrl-C
-or a crash at any point leaves a state a rerun can resume from.
+or a crash at any point leaves a state a rerun can resume from. A push or a dataset
+version is recorded as intended before it is asked for: a rerun after a crash in
+between asks the backend whether the version came to be, rather than making another.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from kernelgen.backends.base import DatasetStatus, RunStatus
-from kernelgen.errors import KernelgenError
+from kernelgen.errors import WorkFolderError
+from kernelgen.files import write_atomic, write_json_atomic
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
@@ -32,6 +32,7 @@ class Phase(str, Enum):
     COMPLETE = "complete"
     ERROR = "error"
     CANCELLED = "cancelled"
+    LOST = "lost"
     UNCHANGED = "unchanged"
     BLOCKED = "blocked"
 
@@ -52,17 +53,12 @@ class Phase(str, Enum):
         return self in (Phase.ERROR, Phase.CANCELLED)
 
 
-def timestamp(seconds: float) -> str:
-    """Seconds since the epoch as ISO 8601 UTC text, as run times are kept in the state."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
+class Intent(str, Enum):
+    """A request about to be made whose result is not recorded yet."""
 
-
-def parse_timestamp(text: str) -> datetime | None:
-    """A time kept by `timestamp`; None when empty or unreadable."""
-    try:
-        return datetime.fromisoformat(text) if text else None
-    except ValueError:
-        return None
+    NONE = ""
+    PUSH = "push"
+    PUBLISH = "publish"
 
 
 @dataclass
@@ -80,6 +76,15 @@ class StageRecord:
     ended: str = ""
     run_seconds: float | None = None
     run_profile: str = ""
+    intent: Intent = Intent.NONE
+    intent_key: str = ""
+    prior_version: int | None = None
+
+    def mark_pushing(self, *, key: str, kernel: str, prior_version: int | None) -> None:
+        """A push of `kernel` with `key` is about to be asked for; its newest version now is
+        `prior_version`, so a newer one seen later is this push's."""
+        self.intent, self.intent_key, self.prior_version = Intent.PUSH, key, prior_version
+        self.kernel = kernel
 
     def mark_pushed(self, *, key: str, kernel: str, version: int | None, url: str, at: str = "") -> None:
         """A new version was pushed at `at`: forget the last run's status, message, outputs
@@ -90,6 +95,7 @@ class StageRecord:
         self.key, self.kernel, self.version, self.url = key, kernel, version, url
         self.status, self.message, self.outputs = RunStatus.QUEUED, "", ""
         self.started, self.ended = at, ""
+        self.intent, self.intent_key, self.prior_version = Intent.NONE, "", None
 
     def mark_status(self, status: RunStatus, message: str, *, at: str = "") -> bool:
         """Record what the backend says; a run seen finished for the first time ends at `at`.
@@ -107,11 +113,11 @@ class StageRecord:
         """`owner/slug/version`: the exact run this record follows."""
         return f"{self.kernel}/{self.version}" if self.version is not None else self.kernel
 
-
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> StageRecord:
         status = raw.get("status")
-        return cls(**{**raw, "status": RunStatus(status) if status else None})
+        intent = raw.get("intent", "")
+        return cls(**{**raw, "status": RunStatus(status) if status else None, "intent": Intent(intent)})
 
 
 @dataclass
@@ -119,26 +125,42 @@ class DatasetRecord:
     digest: str = ""
     dataset: str = ""
     status: DatasetStatus | None = None
+    intent: Intent = Intent.NONE
+    intent_digest: str = ""
+    prior_version: int | None = None
+
+    def mark_publishing(self, *, digest: str, dataset: str, prior_version: int | None) -> None:
+        self.intent, self.intent_digest, self.prior_version = Intent.PUBLISH, digest, prior_version
+        self.dataset = dataset
+
+    def mark_published(self, *, digest: str, dataset: str) -> None:
+        self.digest, self.dataset, self.status = digest, dataset, DatasetStatus.PROCESSING
+        self.intent, self.intent_digest, self.prior_version = Intent.NONE, "", None
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> DatasetRecord:
         status = raw.get("status")
-        return cls(**{**raw, "status": DatasetStatus(status) if status else None})
+        intent = raw.get("intent", "")
+        return cls(**{**raw, "status": DatasetStatus(status) if status else None, "intent": Intent(intent)})
 
 
 @dataclass
 class ChainState:
+    """The state file's content. `frozen` state belongs to a command that only reads the
+    work folder (it does not hold it): what it learns is shown, never saved."""
+
     path: Path
     backend: str = ""
     stages: dict[int, StageRecord] = field(default_factory=dict)
     datasets: dict[str, DatasetRecord] = field(default_factory=dict)
     wheels: dict[str, StageRecord] = field(default_factory=dict)
+    frozen: bool = False
 
     @classmethod
-    def load(cls, path: Path, backend: str | None) -> ChainState:
+    def load(cls, path: Path, backend: str | None, *, frozen: bool = False) -> ChainState:
         """The state in `path`; it must belong to `backend` unless that is None (reading only)."""
         if not path.is_file():
-            return cls(path=path, backend=backend or "")
+            return cls(path=path, backend=backend or "", frozen=frozen)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
             if raw.get("version") != STATE_VERSION:
@@ -149,19 +171,15 @@ class ChainState:
                 stages={int(k): StageRecord.from_json(v) for k, v in raw["stages"].items()},
                 datasets={k: DatasetRecord.from_json(v) for k, v in raw["datasets"].items()},
                 wheels={k: StageRecord.from_json(v) for k, v in raw.get("wheels", {}).items()},
+                frozen=frozen,
             )
         except (ValueError, KeyError, TypeError) as exc:
-            raise KernelgenError(f"{path}: unreadable chain state ({exc}); move it away to start afresh") from None
+            raise WorkFolderError(f"{path}: unreadable chain state ({exc}); move it away to start afresh") from None
         if backend is not None and state.backend != backend:
-            raise KernelgenError(
+            raise WorkFolderError(
                 f"{path}: this work folder belongs to the {state.backend} backend; use another --workdir"
             )
         return state
-
-    @classmethod
-    def open(cls, workdir: Path, backend: str) -> ChainState:
-        """The state of work folder `workdir`, empty when it has none yet."""
-        return cls.load(workdir / STATE_FILE, backend)
 
     def keep_previous(self) -> None:
         """Copy the saved state to `state.previous.json`, so a report can tell what a new run changed.
@@ -170,9 +188,7 @@ class ChainState:
         """
         previous = self.path.with_name(PREVIOUS_STATE_FILE)
         if self.path.is_file():
-            partial = previous.with_name(previous.name + ".partial")
-            shutil.copyfile(self.path, partial)
-            os.replace(partial, previous)
+            write_atomic(previous, self.path.read_bytes())
         else:
             previous.unlink(missing_ok=True)
 
@@ -183,14 +199,15 @@ class ChainState:
         return self.datasets.setdefault(slug, DatasetRecord())
 
     def save(self) -> None:
-        payload = {
-            "version": STATE_VERSION,
-            "backend": self.backend,
-            "stages": {str(k): asdict(v) for k, v in sorted(self.stages.items())},
-            "datasets": {k: asdict(v) for k, v in sorted(self.datasets.items())},
-            "wheels": {k: asdict(v) for k, v in sorted(self.wheels.items())},
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(partial, self.path)
+        if self.frozen:
+            return
+        write_json_atomic(
+            self.path,
+            {
+                "version": STATE_VERSION,
+                "backend": self.backend,
+                "stages": {str(k): asdict(v) for k, v in sorted(self.stages.items())},
+                "datasets": {k: asdict(v) for k, v in sorted(self.datasets.items())},
+                "wheels": {k: asdict(v) for k, v in sorted(self.wheels.items())},
+            },
+        )

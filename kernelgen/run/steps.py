@@ -1,20 +1,22 @@
 """The steps every command and the chain take on one work folder: render, push, poll,
-wait, collect outputs, publish a dataset. Each is written once, here, and records what
-it did in the work folder's state, so `push --wait` followed by `chain` sees the push
-as the chain's own and `status` shows what either did.
+wait, collect outputs, publish a dataset, build a wheel house. Each is written once,
+here, and records what it did in the work folder's state, so `push --wait` followed by
+`chain` sees the push as the chain's own and `status` shows what either did.
+
+A kernel run is followed through its record in the state: a stage's
+(`state.stages[n]`) or a wheel house's (`state.wheels[slug]`). Pushing and polling
+are the same for both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from kernelgen.backends.base import (
-    Backend,
     DatasetStatus,
     KernelOutput,
     KernelState,
@@ -22,54 +24,64 @@ from kernelgen.backends.base import (
     PushResult,
     RunStatus,
 )
+from kernelgen.backoff import DATASET_BACKOFF, KERNEL_BACKOFF, Backoff, poll_until
 from kernelgen.build.datasets import build_dataset, files_digest, missing_files
-from kernelgen.build.kernel import RenderedKernel, kernel_digest, write_kernels
-from kernelgen.build.wheels import WheelHouse, render_wheels
-from kernelgen.errors import KernelgenError
-from kernelgen.run.backoff import poll_until, wait_dataset_ready
+from kernelgen.build.kernel import RenderedKernel, kernel_digest, render_stages, write_kernels
+from kernelgen.build.wheels import WheelHouse, render_wheels, wheel_houses
+from kernelgen.clock import timestamp
+from kernelgen.errors import (
+    DatasetFailedError,
+    MissingOutputError,
+    NotPushedError,
+    UnknownDatasetError,
+)
+from kernelgen.files import staged_dir
 from kernelgen.run.livelog import LogFollower
-from kernelgen.run.state import ChainState, StageRecord, timestamp
+from kernelgen.run.state import DatasetRecord, Intent, StageRecord
+from kernelgen.run.workspace import Workspace
 from kernelgen.spec.machine import Session
 from kernelgen.spec.params import ParamValue
 from kernelgen.spec.pipeline import DatasetSpec, Via
-from kernelgen.spec.project import Project
+from kernelgen.spec.project import Overrides
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """A version pushed or published just before the last command stopped, found and taken
+    as this one's instead of being made again."""
+
+    what: str
+    version: int | None
 
 
 class Steps:
-    """One work folder on one backend, for one user, profile, set of overrides and
-    choice of accelerators (`accelerators`: stage -> machine shape). Waits use `clock`
-    and `sleep`, which also time each run this process sees from start to end; `now`
-    gives the wall-clock time (seconds since the epoch) recorded when a run is pushed
-    and when it is first seen finished."""
+    """One work folder's steps for one user, profile, set of overrides (routed to stages)
+    and choice of accelerators (stage -> machine shape). Waits use the workspace's
+    timing, which also times each run this process sees from start to end."""
 
     def __init__(
         self,
-        project: Project,
-        backend: Backend,
-        workdir: Path,
+        workspace: Workspace,
         *,
         username: str,
         profile: str | None = None,
+        overrides: Overrides | None = None,
         accelerators: Mapping[int, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        now: Callable[[], float] = time.time,
     ) -> None:
-        self.project = project
-        self.pipeline = project.pipeline
-        self.backend = backend
-        self.workdir = workdir.resolve()
-        self.outputs = self.workdir / "outputs"
+        self.workspace = workspace
+        self.project = workspace.project
+        self.pipeline = workspace.project.pipeline
+        self.backend = workspace.backend
+        self.state = workspace.state
+        self.paths = workspace.paths
+        self.timing = workspace.timing
         self.username = username
         self.profile = profile
+        self.overrides = dict(overrides or {})
         self.accelerators = dict(accelerators or {})
-        self.clock = clock
-        self.sleep = sleep
-        self.now = now
-        self.state = ChainState.open(self.workdir, backend.name)
-        self._seen: dict[int, RunStatus] = {}
-        self._run_start: dict[int, float] = {}
-        self._logs: dict[int, tuple[str, LogFollower]] = {}
+        self._seen: dict[str, RunStatus] = {}
+        self._run_start: dict[str, float] = {}
+        self._logs: dict[str, tuple[str, LogFollower]] = {}
 
     @property
     def profile_name(self) -> str:
@@ -78,6 +90,9 @@ class Steps:
     def session(self, number: int) -> Session:
         """How stage `number`'s kernel runs: its declared session, on the chosen accelerator."""
         return self.project.session(number, self.accelerators.get(number))
+
+    def _now(self) -> str:
+        return timestamp(self.timing.now())
 
     # -- rendering ---------------------------------------------------------------------
     def chained_params(self, number: int, *, required: bool) -> list[ParamValue]:
@@ -88,15 +103,15 @@ class Steps:
         """
         found = []
         for name, ref in self.pipeline.stage(number).params_from.items():
-            path = self.outputs / f"stage{ref.stage}" / ref.file
+            path = self.paths.outputs(ref.stage) / ref.file
             if not path.is_file():
                 if required:
-                    raise KernelgenError(f"stage {number} needs {path} from stage {ref.stage}, which is missing")
+                    raise MissingOutputError(f"stage {number} needs {path} from stage {ref.stage}, which is missing")
                 continue
             try:
                 value = json.loads(path.read_text(encoding="utf-8"))[ref.key]
             except (ValueError, KeyError, TypeError):
-                raise KernelgenError(f"{path}: no {ref.key!r} in this JSON file") from None
+                raise MissingOutputError(f"{path}: no {ref.key!r} in this JSON file") from None
             record = self.state.stages.get(ref.stage)
             version = f", version {record.version}" if record and record.version is not None else ""
             found.append(ParamValue(name, value, f"from stage {ref.stage}{version}"))
@@ -115,20 +130,28 @@ class Steps:
             if record is not None and record.version is not None and record.status is RunStatus.COMPLETE:
                 versions[dataset.producer] = record.version
             elif required:
-                raise KernelgenError(
+                raise MissingOutputError(
                     f"stage {number} reads {slug} from stage {dataset.producer}'s kernel output, "
-                    f"which has no complete run in {self.workdir}"
+                    f"which has no complete run in {self.paths.root}"
                 )
         return versions
 
-    def render(self, number: int, sets: Iterable[str] = (), *, required: bool = True) -> RenderedKernel:
-        extra = self.chained_params(number, required=required)
-        return self.project.render(
+    def wheel_versions(self) -> dict[str, int]:
+        """The completed version of each wheel house built from this work folder, by slug."""
+        return {
+            slug: record.version
+            for slug, record in self.state.wheels.items()
+            if record.version is not None and record.status is RunStatus.COMPLETE
+        }
+
+    def render(self, number: int, *, required: bool = True) -> RenderedKernel:
+        return render_stages(
+            self.project,
             [number],
             username=self.username,
             profile=self.profile,
-            sets=sets,
-            extra={number: extra},
+            overrides=self.overrides,
+            extra={number: self.chained_params(number, required=required)},
             accelerators=self.accelerators,
             kernel_versions=self.kernel_versions(number, required=required),
             wheel_versions=self.wheel_versions(),
@@ -141,63 +164,18 @@ class Steps:
             hasher.update(f"{slug}:{self.state.dataset(slug).digest}".encode())
         return hasher.hexdigest()
 
-    # -- wheel houses -------------------------------------------------------------------
-    def wheel_versions(self) -> dict[str, int]:
-        """The completed version of each wheel house built from this work folder, by slug."""
-        return {
-            slug: record.version
-            for slug, record in self.state.wheels.items()
-            if record.version is not None and record.status is RunStatus.COMPLETE
-        }
-
-    def build_wheels(
-        self, house: WheelHouse, *, initial: float, factor: float, maximum: float
-    ) -> tuple[StageRecord, bool]:
-        """Push the wheel house's kernel and wait for it, unless the same files already
-        completed here. Returns its record and whether it was built now."""
-        files = render_wheels(house, self.username)
-        key = kernel_digest(files)
-        record = self.state.wheels.setdefault(house.slug, StageRecord())
-        if record.key == key and record.status is RunStatus.COMPLETE:
-            return record, False
-        folder = self.workdir / "kernels" / house.slug
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for name, data in files.items():
-            (folder / name).write_bytes(data)
-        pushed = self.backend.push(folder)
-        record.mark_pushed(key=key, kernel=pushed.kernel, version=pushed.version, url=pushed.url, at=timestamp(self.now()))
-        self.state.save()
-        final = poll_until(
-            lambda: self.backend.status(record.ref),
-            lambda state: state.status.finished,
-            timeout=house.session.wait_seconds(),
-            clock=self.clock,
-            sleep=self.sleep,
-            initial=initial,
-            factor=factor,
-            max_interval=maximum,
-            what=f"wheels kernel {record.ref}",
-        )
-        record.mark_status(final.status, final.message, at=timestamp(self.now()))
-        self.state.save()
-        if final.status is not RunStatus.COMPLETE:
-            detail = f": {final.message}" if final.message else ""
-            raise KernelgenError(f"wheels kernel {record.ref} ended in {final.status.value}{detail}")
-        return record, True
-
-    # -- kernels -----------------------------------------------------------------------
+    # -- kernel runs, a stage's or a wheel house's ----------------------------------------
     def record(self, number: int) -> StageRecord:
         return self.state.stage(number)
 
     def pushed(self, number: int) -> StageRecord:
         record = self.state.stages.get(number)
-        if record is None or not record.kernel:
-            raise KernelgenError(f"stage {number} has not been pushed from {self.workdir}")
+        if record is None or not record.kernel or (record.version is None and record.intent is Intent.PUSH):
+            raise NotPushedError(number, self.paths.root)
         return record
 
     def has_outputs(self, number: int) -> bool:
-        return (self.outputs / f"stage{number}").is_dir()
+        return self.paths.outputs(number).is_dir()
 
     def is_done(self, number: int, key: str) -> bool:
         """Stage `number` completed with exactly this key and its outputs are here."""
@@ -208,79 +186,112 @@ class Steps:
         record = self.record(number)
         return record.key == key and record.version is not None and record.status in (RunStatus.QUEUED, RunStatus.RUNNING)
 
+    def _push(self, name: str, record: StageRecord, *, key: str, kernel_id: str, folder: Path) -> PushResult:
+        """Push the kernel in `folder`, recording the intent first and the version after."""
+        record.mark_pushing(key=key, kernel=kernel_id, prior_version=self.backend.latest_version(kernel_id))
+        self.state.save()
+        pushed = self.backend.push(folder)
+        record.mark_pushed(key=key, kernel=pushed.kernel, version=pushed.version, url=pushed.url, at=self._now())
+        self.state.save()
+        self._seen[name] = RunStatus.QUEUED
+        self._run_start.pop(name, None)
+        return pushed
+
+    def _settle(self, record: StageRecord, what: str) -> Adopted | None:
+        """Resolve a push the last command asked for without recording its answer: take the
+        version it made, if it made one, else forget the intent."""
+        if record.intent is not Intent.PUSH:
+            return None
+        latest = self.backend.latest_version(record.kernel)
+        if latest is not None and (record.prior_version is None or latest > record.prior_version):
+            record.mark_pushed(key=record.intent_key, kernel=record.kernel, version=latest, url="", at=self._now())
+            self.state.save()
+            return Adopted(what, latest)
+        record.intent, record.intent_key, record.prior_version = Intent.NONE, "", None
+        self.state.save()
+        return None
+
+    def settle(self, number: int) -> Adopted | None:
+        """A push of stage `number` interrupted before its version was recorded, settled."""
+        record = self.state.stages.get(number)
+        return self._settle(record, f"stage {number}") if record is not None else None
+
     def push(self, kernel: RenderedKernel) -> PushResult:
         """Write the kernel folder, push it, and record the run as the one to follow."""
-        folder = write_kernels([kernel], self.workdir / "kernels")[0]
-        pushed = self.backend.push(folder)
+        folder = write_kernels([kernel], self.paths.kernels)[0]
         record = self.record(kernel.stage)
-        record.mark_pushed(
-            key=self.key(kernel), kernel=pushed.kernel, version=pushed.version, url=pushed.url, at=timestamp(self.now())
-        )
+        pushed = self._push(f"stage{kernel.stage}", record, key=self.key(kernel), kernel_id=kernel.kernel_id, folder=folder)
         record.params = {p.name: p.value for p in kernel.params}
         record.sources = {p.name: p.source for p in kernel.params}
         self.state.save()
-        self._seen[kernel.stage] = RunStatus.QUEUED
-        self._run_start.pop(kernel.stage, None)
         return pushed
 
-    def poll(self, number: int) -> KernelState:
-        record = self.pushed(number)
+    def _poll(self, name: str, record: StageRecord) -> KernelState:
         live = self.backend.status(record.ref)
-        self._time_run(number, record, live.status)
-        self._record_status(record, live)
+        self._time_run(name, record, live.status)
+        if record.mark_status(live.status, live.message, at=self._now()):
+            self.state.save()
         if live.status.finished:
-            self._stop_following(number)
+            self._stop_following(name)
         return live
+
+    def poll(self, number: int) -> KernelState:
+        return self._poll(f"stage{number}", self.pushed(number))
 
     def log_lines(self, number: int) -> list[str]:
         """Log lines the stage's run printed since the last call, while it is running."""
         record = self.pushed(number)
+        name = f"stage{number}"
         if record.status is not RunStatus.RUNNING:
             return []
-        current = self._logs.get(number)
+        current = self._logs.get(name)
         if current is None or current[0] != record.ref:
-            self._stop_following(number)
+            self._stop_following(name)
             ref = record.ref
-            current = self._logs[number] = (ref, LogFollower(lambda: self.backend.log_stream(ref)))
+            current = self._logs[name] = (ref, LogFollower(lambda: self.backend.log_stream(ref)))
         return current[1].take()
 
-    def _stop_following(self, number: int) -> None:
-        current = self._logs.pop(number, None)
+    def stop_following(self) -> None:
+        """Stop every log this object follows."""
+        for name in list(self._logs):
+            self._stop_following(name)
+
+    def _stop_following(self, name: str) -> None:
+        current = self._logs.pop(name, None)
         if current is not None:
             current[1].close()
 
-    def _time_run(self, number: int, record: StageRecord, status: RunStatus) -> None:
+    def _time_run(self, name: str, record: StageRecord, status: RunStatus) -> None:
         """Record a run's time from the first RUNNING to the first COMPLETE seen here; a run
         first seen already running is not timed (its start was missed)."""
-        before = self._seen.get(number)
-        self._seen[number] = status
+        before = self._seen.get(name)
+        self._seen[name] = status
         if status is RunStatus.RUNNING and before is RunStatus.QUEUED:
-            self._run_start[number] = self.clock()
-        elif status is RunStatus.COMPLETE and number in self._run_start:
-            record.run_seconds = self.clock() - self._run_start.pop(number)
+            self._run_start[name] = self.timing.clock()
+        elif status is RunStatus.COMPLETE and name in self._run_start:
+            record.run_seconds = self.timing.clock() - self._run_start.pop(name)
             record.run_profile = self.profile_name
-
-    def _record_status(self, record: StageRecord, live: KernelState) -> None:
-        if record.mark_status(live.status, live.message, at=timestamp(self.now())):
-            self.state.save()
 
     def wait(
         self,
         number: int,
         *,
         timeout: float,
+        backoff: Backoff = KERNEL_BACKOFF,
         on_poll: Callable[[KernelState, float], None] | None = None,
     ) -> KernelState:
-        """Poll with backoff until the run ends; every state seen is recorded."""
+        """Poll until the run ends; every state seen is recorded."""
         record = self.pushed(number)
         return poll_until(
             lambda: self.poll(number),
             lambda state: state.status.finished,
             timeout=timeout,
-            clock=self.clock,
-            sleep=self.sleep,
+            backoff=backoff,
+            clock=self.timing.clock,
+            sleep=self.timing.sleep,
             on_poll=on_poll,
             what=f"kernel {record.ref}",
+            describe=lambda state: state.status.value,
         )
 
     def collect(self, number: int, dest: Path | None = None) -> tuple[Path, KernelOutput]:
@@ -289,53 +300,88 @@ class Steps:
         The outputs folder is replaced only once the download is whole.
         """
         record = self.pushed(number)
-        target = (dest or self.outputs / f"stage{number}").resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = target.with_name(f".{target.name}.partial")
-        shutil.rmtree(scratch, ignore_errors=True)
-        output = self.backend.output(record.ref, scratch)
-        shutil.rmtree(target, ignore_errors=True)
-        scratch.rename(target)
-        files = [target / path.relative_to(scratch) for path in output.files]
+        target = (dest or self.paths.outputs(number)).resolve()
+        with staged_dir(target) as scratch:
+            output = self.backend.output(record.ref, scratch)
+            files = [target / path.relative_to(scratch) for path in output.files]
         if dest is None:
             record.outputs = str(target)
             self.state.save()
         return target, KernelOutput(files=files, log=output.log)
 
+    # -- wheel houses -------------------------------------------------------------------
+    def wheel_houses(self, stages: list[int]) -> list[WheelHouse]:
+        """The distinct wheel houses the given stages install from, in stage order."""
+        return wheel_houses(self.pipeline, stages)
+
+    def wheels_record(self, house: WheelHouse) -> StageRecord:
+        return self.state.wheels.setdefault(house.slug, StageRecord())
+
+    def wheels_key(self, house: WheelHouse) -> tuple[str, dict[str, bytes]]:
+        files = render_wheels(house, self.username)
+        return kernel_digest(files), files
+
+    def wheels_built(self, house: WheelHouse) -> bool:
+        """The same wheel-house kernel already completed from this work folder."""
+        record = self.wheels_record(house)
+        key, _ = self.wheels_key(house)
+        return record.key == key and record.status is RunStatus.COMPLETE
+
+    def settle_wheels(self, house: WheelHouse) -> Adopted | None:
+        return self._settle(self.wheels_record(house), f"wheels {house.slug}")
+
+    def push_wheels(self, house: WheelHouse) -> PushResult:
+        key, files = self.wheels_key(house)
+        with staged_dir(self.paths.kernels / house.slug) as folder:
+            for name, data in files.items():
+                (folder / name).write_bytes(data)
+        record = self.wheels_record(house)
+        return self._push(f"wheels:{house.slug}", record, key=key, kernel_id=house.kernel_id(self.username), folder=self.paths.kernels / house.slug)
+
+    def poll_wheels(self, house: WheelHouse) -> KernelState:
+        return self._poll(f"wheels:{house.slug}", self.wheels_record(house))
+
     # -- datasets ----------------------------------------------------------------------
+    def dataset_spec(self, slug: str) -> DatasetSpec:
+        if slug not in self.pipeline.datasets:
+            raise UnknownDatasetError(slug, sorted(self.pipeline.datasets))
+        return self.pipeline.datasets[slug]
+
+    def missing(self, spec: DatasetSpec) -> list[Path]:
+        return missing_files(spec, self.paths.outputs)
+
     def dataset_ready(self, slug: str) -> bool:
         """The dataset holds exactly the current outputs and the backend has it ready; one read
         through a kernel must name the producer's collected run."""
         spec = self.pipeline.datasets[slug]
-        if missing_files(spec, self.outputs):
+        if self.missing(spec):
             return False
         record = self.state.datasets.get(slug)
         if spec.via is Via.KERNEL and (record is None or record.dataset != self._producer_ref(spec)):
             return False
-        return bool(record and record.status is DatasetStatus.READY and record.digest == files_digest(spec, self.outputs))
+        return bool(
+            record and record.status is DatasetStatus.READY and record.digest == files_digest(spec, self.paths.outputs)
+        )
 
     def _producer_ref(self, spec: DatasetSpec) -> str:
         record = self.state.stages.get(spec.producer)
         return record.ref if record is not None and record.kernel else ""
 
-    def _dataset_spec(self, slug: str) -> DatasetSpec:
-        if slug not in self.pipeline.datasets:
-            known = ", ".join(sorted(self.pipeline.datasets))
-            raise KernelgenError(f"unknown dataset {slug!r}; known: {known}")
-        spec = self.pipeline.datasets[slug]
-        absent = missing_files(spec, self.outputs)
+    def _complete_spec(self, slug: str) -> DatasetSpec:
+        spec = self.dataset_spec(slug)
+        absent = self.missing(spec)
         if absent:
-            raise KernelgenError(f"dataset {slug}: missing stage outputs: {', '.join(map(str, absent))}")
+            raise MissingOutputError(f"dataset {slug}: missing stage outputs: {', '.join(map(str, absent))}")
         return spec
 
     def link(self, slug: str) -> str | None:
         """Take `via = "kernel"` dataset `slug` to be the producing stage's collected run:
         nothing is uploaded. Returns that run's `owner/slug/version`, None when unchanged."""
-        spec = self._dataset_spec(slug)
+        spec = self._complete_spec(slug)
         ref = self._producer_ref(spec)
         if not ref:
-            raise KernelgenError(f"dataset {slug}: stage {spec.producer} has not been pushed from {self.workdir}")
-        digest = files_digest(spec, self.outputs)
+            raise NotPushedError(spec.producer, self.paths.root)
+        digest = files_digest(spec, self.paths.outputs)
         record = self.state.dataset(slug)
         if (record.digest, record.dataset, record.status) == (digest, ref, DatasetStatus.READY):
             return None
@@ -343,21 +389,38 @@ class Steps:
         self.state.save()
         return ref
 
+    def settle_dataset(self, slug: str) -> Adopted | None:
+        """Resolve a publication the last command asked for without recording its answer."""
+        record = self.state.datasets.get(slug)
+        if record is None or record.intent is not Intent.PUBLISH:
+            return None
+        latest = self.backend.dataset_version(record.dataset)
+        if latest is not None and (record.prior_version is None or latest > record.prior_version):
+            record.mark_published(digest=record.intent_digest, dataset=record.dataset)
+            self.state.save()
+            return Adopted(f"dataset {slug}", latest)
+        record.intent, record.intent_digest, record.prior_version = Intent.NONE, "", None
+        self.state.save()
+        return None
+
     def publish(self, slug: str) -> PublishResult | None:
         """Create or version dataset `slug` from the outputs; None when it already holds them."""
-        spec = self._dataset_spec(slug)
+        spec = self._complete_spec(slug)
         if spec.via is Via.KERNEL:
-            raise KernelgenError(
+            raise MissingOutputError(
                 f"dataset {slug} is read from stage {spec.producer}'s kernel output (via = \"kernel\"): "
                 "there is nothing to publish"
             )
-        digest = files_digest(spec, self.outputs)
+        digest = files_digest(spec, self.paths.outputs)
         record = self.state.dataset(slug)
         if record.digest == digest and record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING):
             return None
-        folder = build_dataset(spec, self.outputs, self.workdir / "datasets", username=self.username)
+        folder = build_dataset(spec, self.paths.outputs, self.paths.datasets, username=self.username)
+        dataset = f"{self.username}/{slug}"
+        record.mark_publishing(digest=digest, dataset=dataset, prior_version=self.backend.dataset_version(dataset))
+        self.state.save()
         published = self.backend.publish(folder)
-        record.digest, record.dataset, record.status = digest, published.dataset, DatasetStatus.PROCESSING
+        record.mark_published(digest=digest, dataset=published.dataset)
         self.state.save()
         return published
 
@@ -369,14 +432,19 @@ class Steps:
             self.state.save()
         return status
 
-    def wait_dataset(
-        self,
-        slug: str,
-        *,
-        timeout: float,
-    ) -> DatasetStatus:
-        record = self.state.datasets[slug]
-        status = wait_dataset_ready(self.backend, record.dataset, timeout=timeout, clock=self.clock, sleep=self.sleep)
-        record.status = status
-        self.state.save()
+    def wait_dataset(self, slug: str, *, timeout: float, backoff: Backoff = DATASET_BACKOFF) -> DatasetStatus:
+        """Poll dataset `slug`'s latest version until it is ready to mount."""
+        record: DatasetRecord = self.state.datasets[slug]
+        status = poll_until(
+            lambda: self.poll_dataset(slug),
+            lambda s: s is not DatasetStatus.PROCESSING,
+            timeout=timeout,
+            backoff=backoff,
+            clock=self.timing.clock,
+            sleep=self.timing.sleep,
+            what=f"dataset {record.dataset}",
+            describe=lambda s: s.value,
+        )
+        if status is DatasetStatus.ERROR:
+            raise DatasetFailedError(f"dataset {record.dataset}: processing of its latest version failed")
         return status

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kernelgen.errors import ParameterError, RenderError
+from kernelgen.spec.source import parse_source
 
 SCALAR_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 _TRUE = {"true", "1", "yes", "on"}
@@ -80,7 +81,7 @@ def read_param_fields(source: Path, stage: int) -> list[ParamField]:
     """The fields of `class Params` in a stage module, in declaration order."""
     if not source.is_file():
         raise RenderError(f"stage module {source} not found", stage=stage)
-    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    tree = parse_source(source)
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Params"]
     if not classes:
         raise RenderError(f"{source} defines no top-level 'class Params'", stage=stage)
@@ -133,7 +134,7 @@ def params_class(source: Path, stage: int) -> type:
     """The stage's `Params`, built without importing the module (it may need TensorFlow):
     only its standard-library imports, its literal constants and `class Params` run,
     in a namespace of their own."""
-    tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+    tree = parse_source(source)
     kept = [
         node
         for node in tree.body

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cached_property
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -193,29 +194,16 @@ class Pipeline:
             deps[number] = tuple(sorted(needed))
         return deps
 
-    def dependents(self, number: int) -> tuple[int, ...]:
-        """Every stage that needs `number`, directly or through others."""
-        found: set[int] = set()
-        frontier = [number]
-        while frontier:
-            current = frontier.pop()
-            for other, needs in self.dependencies.items():
-                if current in needs and other not in found:
-                    found.add(other)
-                    frontier.append(other)
-        return tuple(sorted(found))
-
     def order(self, selected: Iterable[int] | None = None) -> list[int]:
         """Stages in an order where each comes after what it needs (ties by number)."""
         wanted = set(self.stages if selected is None else selected)
+        sorter = TopologicalSorter({n: [d for d in self.dependencies[n] if d in wanted] for n in sorted(wanted)})
+        sorter.prepare()
         done: list[int] = []
-        remaining = sorted(wanted)
-        while remaining:
-            ready = [s for s in remaining if all(d in done or d not in wanted for d in self.dependencies[s])]
-            if not ready:
-                break
+        while sorter.is_active():
+            ready = sorted(sorter.get_ready())
             done.extend(ready)
-            remaining = [s for s in remaining if s not in ready]
+            sorter.done(*ready)
         return done
 
     def datasets_from(self, number: int) -> tuple[DatasetSpec, ...]:
@@ -392,10 +380,11 @@ def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, Dataset
     for number, needs in pipeline.dependencies.items():
         if number in needs:
             raise MetadataError(f"stage {number} reads its own outputs", where=stages[number].source)
-    order = pipeline.order()
-    if len(order) != len(stages):
-        stuck = sorted(set(stages) - set(order))
-        raise MetadataError(f"stages {stuck} depend on each other in a cycle", where=where)
+    try:
+        TopologicalSorter(pipeline.dependencies).prepare()
+    except CycleError as exc:
+        cycle = " -> ".join(f"stage {n}" for n in exc.args[1])
+        raise MetadataError(f"stages depend on each other in a cycle: {cycle}", where=where) from None
 
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

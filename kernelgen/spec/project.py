@@ -1,4 +1,5 @@
-"""The core API the CLI is a thin layer over: resolve parameters, render, run."""
+"""A project: its pipeline (the folder's kernel-metadata and stage modules) and its config,
+and what follows from the two alone: each stage's parameters, overrides and machine."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
-from kernelgen.build.kernel import RenderedKernel, render_stage, stage_params, write_kernels
 from kernelgen.errors import AcceleratorError, ConfigError
-from kernelgen.run.local import run_module, run_notebook
-from kernelgen.spec.config import Config, load_config, resolve_username
+from kernelgen.spec.config import BUILTIN_PROFILES, Config, load_config
 from kernelgen.spec.machine import Session, accelerator
-from kernelgen.spec.params import ParamValue, assign_overrides, parse_overrides
-from kernelgen.spec.pipeline import METADATA_DIR, Pipeline, load_pipeline
+from kernelgen.spec.params import (
+    ParamValue,
+    assign_overrides,
+    check_values,
+    parse_overrides,
+    read_param_fields,
+    resolve_params,
+)
+from kernelgen.spec.pipeline import METADATA_DIR, Pipeline, StageSpec, load_pipeline
 from kernelgen.spec.resources import bundled_project
+
+Overrides = Mapping[int, Mapping[str, str]]
+"""`--set` values routed to their stages: stage -> parameter -> text."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ class Project:
         return name or self.config.profile
 
     def overrides(self, sets: Iterable[str], stages: Sequence[int]) -> dict[int, dict[str, str]]:
+        """`--set` values routed to `stages` (an unprefixed name needs exactly one)."""
         for number in stages:
             self.pipeline.stage(number)
         return assign_overrides(parse_overrides(sets), stages, self.pipeline.stages)
@@ -73,87 +82,39 @@ class Project:
         texts: Mapping[str, str] | None = None,
         extra: Iterable[ParamValue] = (),
     ) -> list[ParamValue]:
-        return stage_params(
-            self.pipeline,
-            self.pipeline.stage(number),
-            config=self.config,
-            profile=self.profile(profile),
+        """Stage `number`'s resolved parameters, checked by building its `Params` with them."""
+        spec = self.pipeline.stage(number)
+        source = self.pipeline.module_path(spec.module)
+        params = resolve_params(
+            read_param_fields(source, spec.number),
+            stage=spec.number,
+            layers=profile_layers(spec, self.config, self.profile(profile)),
             texts=texts,
             extra=extra,
         )
-
-    def render(
-        self,
-        stages: Sequence[int],
-        *,
-        username: str | None = None,
-        profile: str | None = None,
-        sets: Iterable[str] = (),
-        extra: Mapping[int, Iterable[ParamValue]] | None = None,
-        accelerators: Mapping[int, str] | None = None,
-        kernel_versions: Mapping[int, int] | None = None,
-        wheel_versions: Mapping[str, int] | None = None,
-    ) -> list[RenderedKernel]:
-        """Render stages in memory; every problem is raised before anything is written.
-
-        `accelerators` puts stages on other machine shapes than they declare;
-        `kernel_versions` names the output version each `via = "kernel"` input reads,
-        `wheel_versions` that of each wheel house (by slug).
-        """
-        user = resolve_username(username, self.config)
-        routed = self.overrides(sets, stages)
-        chosen = self.profile(profile)
-        return [
-            render_stage(
-                self.pipeline,
-                number,
-                username=user,
-                params=self.params(
-                    number, profile=chosen, texts=routed.get(number), extra=(extra or {}).get(number, ())
-                ),
-                profile=chosen,
-                session=self.session(number, (accelerators or {}).get(number)),
-                kernel_versions=kernel_versions,
-                wheel_versions=wheel_versions,
-            )
-            for number in stages
-        ]
+        check_values(source, {p.name: p.value for p in params}, spec.number)
+        return params
 
     def session(self, number: int, accelerator: str | None = None) -> Session:
         """Stage `number`'s session settings, on `accelerator` when one is given."""
         declared = self.pipeline.stage(number).session
         return declared.with_accelerator(accelerator, stage=number) if accelerator else declared
 
-    def write(self, kernels: Sequence[RenderedKernel], out: Path) -> list[Path]:
-        return write_kernels(kernels, out)
 
-    def run(
-        self,
-        number: int,
-        root: Path,
-        *,
-        profile: str | None = None,
-        sets: Iterable[str] = (),
-        notebook: bool = False,
-        timeout: int | None = None,
-        jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
-    ) -> Path:
-        """Run one stage against the Kaggle-shaped folder `root`; returns its outputs folder.
-
-        With `notebook`, the rendered notebook runs in the Jupyter kernel `jupyter_kernel`.
-        """
-        texts = self.overrides(sets, [number]).get(number)
-        if notebook:
-            kernel = self.render([number], username="local", profile=profile, sets=sets)[0]
-            return run_notebook(
-                kernel,
-                root,
-                packages=self.pipeline.packages,
-                timeout=timeout,
-                jupyter_kernel=jupyter_kernel,
-            )
-        params = self.params(number, profile=profile, texts=texts)
-        return run_module(self.pipeline, self.pipeline.stage(number), params, root)
+def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[str, dict]]:
+    """Typed parameter layers for one stage: built-in profile, config profile, config overrides."""
+    known = set(BUILTIN_PROFILES) | set(config.profiles)
+    if profile not in known:
+        raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(sorted(known))}")
+    layers: list[tuple[str, dict]] = []
+    if spec.profiles.get(profile):
+        layers.append((f"profile {profile}", dict(spec.profiles[profile])))
+    from_config = config.profiles.get(profile, {}).get(spec.number)
+    if from_config:
+        layers.append((f"profile {profile} in {config.label}", from_config))
+    if config.stages.get(spec.number):
+        layers.append((config.label, config.stages[spec.number]))
+    return layers
 
 
 def find_project_root(explicit: Path | None, config: Config, cwd: Path) -> Path:
