@@ -224,8 +224,9 @@ class FakeBackend:
         return None
 
 
-def quick_executor(failing: set[int]):
-    """A stand-in executor that completes at once with `default_outputs`, or fails the given stages."""
+def quick_executor(failing: set[int], outputs: Outputs = default_outputs):  # type: ignore[no-untyped-def]
+    """A stand-in executor that completes at once with `outputs` (the fixture pipeline's by
+    default), or fails the given stages."""
     from tests.kaggle_standin import ExecutedKernel, PushedKernel
 
     def execute(pushed: PushedKernel) -> ExecutedKernel:
@@ -237,7 +238,7 @@ def quick_executor(failing: set[int]):
             return ExecutedKernel(RunStatus.COMPLETE, out, "wheels done\n")
         if stage in failing:
             return ExecutedKernel(RunStatus.ERROR, out, f"stage {stage} starts\nValueError: broken input\n", "ValueError")
-        for name, data in default_outputs(stage, notebook_params(pushed.text)).items():
+        for name, data in outputs(stage, notebook_params(pushed.text)).items():
             (out / name).write_bytes(data)
         return ExecutedKernel(RunStatus.COMPLETE, out, f"stage {stage} done\n")
 

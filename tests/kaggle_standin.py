@@ -186,7 +186,9 @@ class Fault:
     ``status`` answers that HTTP status (with ``headers``); ``drop`` closes the
     socket without an answer. With ``after_processing`` the request takes effect
     first and only the answer is lost, the case where retrying naively does the
-    work twice. ``delay`` waits (really) before answering.
+    work twice. ``delay`` waits (really) before answering; ``hold`` waits (really)
+    after the work is done and before the answer, the window in which a client that
+    dies never learns what its request did.
     """
 
     status: int | None = None
@@ -195,6 +197,7 @@ class Fault:
     drop: bool = False
     after_processing: bool = False
     delay: float = 0.0
+    hold: float = 0.0
 
     @classmethod
     def http(cls, status: int, message: str = "injected fault", **kw: Any) -> Fault:
@@ -586,6 +589,8 @@ class KaggleStandIn:
         except _Fail as exc:
             self._record(method, verb, exc.status, user, payload)
             return _error_reply(exc.status, exc.message)
+        if fault is not None and fault.hold:
+            time.sleep(fault.hold)
         if fault is not None and (fault.drop or fault.status):
             return self._fault_reply(method, verb, user, payload, fault)
         reply = result if isinstance(result, _Reply) else _json_reply(result)

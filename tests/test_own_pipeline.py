@@ -215,3 +215,21 @@ def test_a_local_chain_reads_a_dataset_from_the_producing_kernels_output(
     assert not (store / "datasets").exists()
     mount = store / "kernels/local/tiny-pipe-submit/1/root/input/notebooks/local/tiny-pipe-measure"
     assert (mount / "stats.json").is_file()
+
+
+@pytest.mark.parametrize("broken", ["tinypipe/measure.py", "tinypipe/lib/table.py"])
+@pytest.mark.parametrize("command", [["render", "--stage", "1", "--out", "build", "--user", "me"], ["run", "--stage", "1", "--root", "data"]])
+def test_a_syntax_error_anywhere_in_the_project_is_one_line(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch, broken: str, command: list[str]
+) -> None:
+    path = tiny / broken
+    lines = path.read_text().splitlines()
+    lines.insert(3, "def oops(:")
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tiny)
+    if command[0] == "run":
+        assert CliRunner().invoke(main, ["synth", "--out", "data"]).exit_code == 0
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"kernelgen: error: {path}:4: syntax error: invalid syntax"]
+    assert not (tiny / "build").exists() and not (tiny / "data" / "working").exists()

@@ -678,6 +678,16 @@ def _proxy_failure(exc: BaseException) -> bool:
     )
 
 
+def _dropped(exc: BaseException) -> bool:
+    """The connection was made and then cut before an answer came."""
+    import http.client
+
+    import urllib3.exceptions
+
+    cut = (http.client.RemoteDisconnected, ConnectionResetError, urllib3.exceptions.ProtocolError)
+    return any(isinstance(item, cut) for item in _causes(exc))
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """The exception, what it was raised from, and what requests and urllib3 wrapped in it."""
     seen: set[int] = set()
@@ -697,6 +707,9 @@ def unreachable_cause(exc: BaseException) -> str:
     import os
 
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy")
+    if _dropped(exc):
+        through = f" (through the proxy {proxy})" if proxy else ""
+        return f"the connection to Kaggle was dropped before an answer{through}"
     if _proxy_failure(exc):
         what = "does not resolve (DNS)" if _dns_failure(exc) else "cannot be reached"
         return f"the proxy {proxy or '(from the environment)'} {what}; check HTTPS_PROXY / HTTP_PROXY"
