@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from kernelgen.backends.kaggle import KaggleBackend  # noqa: E402
 from kernelgen.build.validate import kernel_slug  # noqa: E402
 from kernelgen.build.wheels import wheel_houses  # noqa: E402
-from kernelgen.run.scheduler import Chain, ChainOptions, DatasetNode, Node, StageNode, WheelsNode  # noqa: E402
+from kernelgen.run.scheduler import Chain, ChainOptions, Node, StageNode, WheelsNode  # noqa: E402
 from kernelgen.run.steps import Steps  # noqa: E402
 from kernelgen.spec.pipeline import Via  # noqa: E402
 from kernelgen.spec.project import Project  # noqa: E402
