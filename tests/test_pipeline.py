@@ -87,8 +87,6 @@ def test_bundled_datasets(bundled: Pipeline) -> None:
     }
     assert bundled.datasets["stage2"].stages == (1, 2)
     assert bundled.datasets["stage4"].files == (DatasetFile(4, "submission.csv"), DatasetFile(4, "model.pth"))
-    assert [d.slug for d in bundled.datasets_from(1)] == ["stage1", "stage2"]
-    assert bundled.datasets_from(3) == ()
 
 
 def test_bundled_flags(bundled: Pipeline) -> None:

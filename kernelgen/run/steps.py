@@ -350,19 +350,6 @@ class Steps:
     def missing(self, spec: DatasetSpec) -> list[Path]:
         return missing_files(spec, self.paths.outputs)
 
-    def dataset_ready(self, slug: str) -> bool:
-        """The dataset holds exactly the current outputs and the backend has it ready; one read
-        through a kernel must name the producer's collected run."""
-        spec = self.pipeline.datasets[slug]
-        if self.missing(spec):
-            return False
-        record = self.state.datasets.get(slug)
-        if spec.via is Via.KERNEL and (record is None or record.dataset != self._producer_ref(spec)):
-            return False
-        return bool(
-            record and record.status is DatasetStatus.READY and record.digest == files_digest(spec, self.paths.outputs)
-        )
-
     def _producer_ref(self, spec: DatasetSpec) -> str:
         record = self.state.stages.get(spec.producer)
         return record.ref if record is not None and record.kernel else ""

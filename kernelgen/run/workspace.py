@@ -24,7 +24,6 @@ from kernelgen.run.lock import WorkLock
 from kernelgen.run.state import PREVIOUS_STATE_FILE, STATE_FILE, ChainState
 from kernelgen.spec.project import Project
 
-DEFAULT_WORKDIR = Path("kernelgen-work")
 REPORT_FILE = "report.html"
 SUBMISSION_FILE = "submission.csv"
 

@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from kernelgen.errors import KernelgenError
+from kernelgen.errors import ScaffoldError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "template"
 TEMPLATE_SUFFIX = ".tmpl"
@@ -52,20 +52,20 @@ def slug_for(name: str) -> str:
 def check_package_name(name: str) -> None:
     """Refuse a name that cannot be the project's package; the message says why."""
     if not (name.isascii() and name.isidentifier()) or keyword.iskeyword(name):
-        raise KernelgenError(
+        raise ScaffoldError(
             f"package name {name!r} is not a valid Python identifier "
             "(ASCII letters, digits and underscores, not starting with a digit, not a keyword)"
         )
     if name in RESERVED:
-        raise KernelgenError(f"package name {name!r} is taken by {RESERVED[name]}")
+        raise ScaffoldError(f"package name {name!r} is taken by {RESERVED[name]}")
     if name in sys.stdlib_module_names or name in sys.builtin_module_names:
-        raise KernelgenError(
+        raise ScaffoldError(
             f"package name {name!r} would shadow the standard library module {name!r}"
         )
     if not slug_for(name):
-        raise KernelgenError(f"package name {name!r} needs at least one letter or digit")
+        raise ScaffoldError(f"package name {name!r} needs at least one letter or digit")
     if len(name) > MAX_NAME_LENGTH:
-        raise KernelgenError(
+        raise ScaffoldError(
             f"package name {name!r} is longer than {MAX_NAME_LENGTH} characters "
             "(kernel titles and dataset slugs built from it must fit Kaggle's 50)"
         )
@@ -74,7 +74,7 @@ def check_package_name(name: str) -> None:
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.origin is not None:
-        raise KernelgenError(
+        raise ScaffoldError(
             f"package name {name!r} would shadow the installed module {name!r} ({spec.origin})"
         )
 
@@ -106,23 +106,23 @@ def render_files(name: str) -> dict[Path, str]:
             text = text.replace(placeholder, value)
         left = _PLACEHOLDER.search(text)
         if left:
-            raise KernelgenError(f"template {path}: unknown placeholder {left.group(0)}")
+            raise ScaffoldError(f"template {path}: unknown placeholder {left.group(0)}")
         files[_target(path.relative_to(TEMPLATE_DIR), name)] = text
     if not files:
-        raise KernelgenError(f"no project templates in {TEMPLATE_DIR}")
+        raise ScaffoldError(f"no project templates in {TEMPLATE_DIR}")
     return files
 
 
 def _check_dest(dest: Path) -> None:
     if dest.is_symlink() and not dest.exists():
-        raise KernelgenError(f"{dest} is a broken link; choose a new folder or an empty one")
+        raise ScaffoldError(f"{dest} is a broken link; choose a new folder or an empty one")
     if dest.exists():
         if not dest.is_dir():
-            raise KernelgenError(
+            raise ScaffoldError(
                 f"{dest} exists and is not a folder; choose a new folder or an empty one"
             )
         if any(dest.iterdir()):
-            raise KernelgenError(f"{dest} is not empty; choose a new folder or an empty one")
+            raise ScaffoldError(f"{dest} is not empty; choose a new folder or an empty one")
 
 
 def _make_parents(folder: Path) -> Path | None:
@@ -160,8 +160,8 @@ def create_project(dest: Path, *, name: str | None = None) -> Path:
         name = package_name_for(folder_name)
         try:
             check_package_name(name)
-        except KernelgenError as exc:
-            raise KernelgenError(
+        except ScaffoldError as exc:
+            raise ScaffoldError(
                 f"cannot use the folder name {folder_name!r} as the package name ({exc}); "
                 "choose one with --name"
             ) from None
@@ -193,6 +193,6 @@ def create_project(dest: Path, *, name: str | None = None) -> Path:
         if created_parent is not None and not dest.exists():
             shutil.rmtree(created_parent, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise KernelgenError(f"cannot create {dest}: {exc}") from None
+            raise ScaffoldError(f"cannot create {dest}: {exc}") from None
         raise
     return dest.resolve()

@@ -206,9 +206,6 @@ class Pipeline:
             sorter.done(*ready)
         return done
 
-    def datasets_from(self, number: int) -> tuple[DatasetSpec, ...]:
-        """Datasets that include an output of stage `number`."""
-        return tuple(d for d in self.datasets.values() if number in d.stages)
 
 
 def _check_type(value: Any, expected: type | tuple[type, ...], key: str, where: Path) -> None:
