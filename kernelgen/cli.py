@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from kernelgen.spec.project import Project
 
 if TYPE_CHECKING:
     from kernelgen.clock import Timing
+    from kernelgen.run.ledger import RunSummary
 
 
 class _Group(click.Group):
@@ -465,6 +467,79 @@ def chain(
         click.echo(f"submission: {done.result.submission}")
     else:
         click.echo(f"done: stages {', '.join(map(str, done.selected))} complete; outputs in {paths.outputs_root}")
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--last", type=click.IntRange(min=1), help="Only the last N runs.")
+@workdir_option
+@click.pass_context
+def runs(ctx: click.Context, as_json: bool, last: int | None, workdir: Path) -> None:
+    """Every chain run and `push --wait` made from the work folder, newest first: when,
+    backend, stages run, parameters changed against the run before, metrics, GPU hours
+    and the submission's scores. It reads the ledger only, so it works while a chain runs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kernelgen.run.commands import changed_params, list_runs
+
+    found = list_runs(workdir, last)
+    if as_json:
+        click.echo(json.dumps([run.as_json() for run in found], indent=2))
+        return
+    changes = changed_params(list_runs(workdir))
+    for run in found:
+        for line in _run_lines(run, changes.get(run.id, {})):
+            click.echo(line)
+
+
+def _run_lines(run: RunSummary, changed: dict[str, tuple[object, object]]) -> list[str]:
+    """A run as a few lines: what, when and how it ended, then stages, changes, metrics, score."""
+    when = run.started.replace("T", " ")[:16]
+    ended = run.outcome or "did not end"
+    lines = [f"run {run.id}  {when}  {run.command}  {run.backend}  {run.profile}  {ended}  GPU {run.gpu_hours:.2f} h"]
+    by_phase: dict[str, list[str]] = {}
+    for number, phase in run.stages.items():
+        by_phase.setdefault(phase, []).append(str(number))
+    lines.append("  stages: " + "; ".join(f"{', '.join(n)} {phase}" for phase, n in by_phase.items()))
+    if changed:
+        lines.append("  changed: " + "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in changed.items()))
+    if run.metrics:
+        lines.append("  metrics: " + "; ".join(f"{k} {v:.4g}" for k, v in run.metrics.items()))
+    if run.submission:
+        public = "" if run.public_score is None else f", public score {run.public_score:.5f}"
+        private = run.submission.get("private_score")
+        private_text = "" if private is None else f", private score {private:.5f}"
+        lines.append(f"  submission: {run.submission['ref']} {run.submission['status']}{public}{private_text}")
+    return lines
+
+
+@runs.command("diff")
+@click.argument("first", type=int)
+@click.argument("second", type=int)
+@workdir_option
+def runs_diff(first: int, second: int, workdir: Path) -> None:
+    """The parameters, inputs and metrics that differ between runs FIRST and SECOND."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kernelgen.run.commands import diff_runs
+
+    found = diff_runs(workdir, first, second)
+    table = Table(title=f"run {first} against run {second}")
+    for column in ("", "name", f"run {first}", f"run {second}"):
+        table.add_column(column)
+    for kind, rows in (("parameter", found.params), ("input", found.inputs), ("metric", found.metrics)):
+        for name, (a, b) in rows.items():
+            table.add_row(kind, name, "(none)" if a is None else _short(a), "(none)" if b is None else _short(b))
+    if not (found.params or found.inputs or found.metrics):
+        click.echo(f"runs {first} and {second} ran with the same parameters and inputs and measured the same")
+        return
+    Console(width=160).print(table)
 
 
 @main.command()

@@ -149,6 +149,10 @@ class ChainError(KernelgenError):
     """A chain run could not go on: stages left blocked, or nothing to submit."""
 
 
+class LedgerError(WorkFolderError):
+    """The work folder's ledger cannot be read or written; a run goes on without it."""
+
+
 class QuotaError(KernelgenError):
     """The GPU stages to run need more of the week's quota than is left."""
 

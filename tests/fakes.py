@@ -135,6 +135,7 @@ class FakeBackend:
     outputs: Callable[[int, dict], dict[str, bytes]] = default_outputs
     name: str = "fake"
     gpu_quota: GpuQuota | None = None
+    draws_quota: bool = True
 
     def __post_init__(self) -> None:
         self.runs: dict[str, list[_Run]] = {}

@@ -88,9 +88,12 @@ class GpuQuota:
 
 
 class Backend(Protocol):
-    """Push kernels, follow them, collect their outputs, publish datasets, submit."""
+    """Push kernels, follow them, collect their outputs, publish datasets, submit.
+
+    `draws_quota` says whether its GPU runs count against a weekly GPU quota."""
 
     name: str
+    draws_quota: bool
 
     def push(self, folder: Path) -> PushResult:
         """Push the rendered kernel in `folder` (kernel-metadata.json + notebook)."""

@@ -129,6 +129,7 @@ class KaggleBackend:
     """Push, follow, collect, publish and submit through the official ``kaggle`` client."""
 
     name = "kaggle"
+    draws_quota = True
 
     def __init__(
         self,

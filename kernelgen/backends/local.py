@@ -69,6 +69,7 @@ class LocalBackend:
     and `jupyter_kernel` the Jupyter kernel that runs the notebooks."""
 
     name = "local"
+    draws_quota = False
 
     def __init__(
         self,

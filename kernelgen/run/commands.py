@@ -8,26 +8,42 @@ through `say`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from kernelgen.backends.base import GpuQuota, KernelState, PushResult, RunStatus
 from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
 from kernelgen.build.kernel import RenderedKernel, render_stages, write_kernels
 from kernelgen.clock import Timing, format_elapsed
-from kernelgen.errors import BackendError, ChainError, KernelFailedError, KernelgenError
+from kernelgen.errors import (
+    BackendError,
+    ChainError,
+    KernelFailedError,
+    KernelgenError,
+    LedgerError,
+)
 from kernelgen.files import log_tail
+from kernelgen.run.ledger import RunSummary, read_runs
 from kernelgen.run.livelog import latest
 from kernelgen.run.progress import Reporter
+from kernelgen.run.recording import RunRecorder
 from kernelgen.run.scheduler import LOCAL_OPTIONS, Chain, ChainOptions, ChainResult
+from kernelgen.run.state import Phase
 from kernelgen.run.steps import Steps
-from kernelgen.run.workspace import Access, BackendKind, Workspace
+from kernelgen.run.workspace import Access, BackendKind, WorkPaths, Workspace
 from kernelgen.spec.config import resolve_username
 from kernelgen.spec.project import Project
 
 Say = Callable[[str], None]
 LOCAL_USER = "local"
+
+
+def warn_on_stderr(line: str) -> None:
+    print(f"kernelgen: {line}", file=sys.stderr, flush=True)
 
 
 def backend_kind(local: bool) -> BackendKind:
@@ -85,6 +101,7 @@ def push_stage(
     timeout: float | None = None,
     timing: Timing | None = None,
     say: Say = print,
+    warn: Say = warn_on_stderr,
 ) -> Pushed:
     """`kernelgen push`: render and check stage `stage` (taking what earlier stages left
     in the work folder where it can), hold the folder, push, and with `wait` follow the
@@ -106,9 +123,13 @@ def push_stage(
         say(pushed.url)
         if not wait:
             return Pushed(pushed)
+        recorder = RunRecorder(steps, "push", warn)
+        recorder.started()
         final = _follow(steps, number, timeout, say)
         dest, output = steps.collect(number)
         say(f"stage {number}: {len(output.files)} output files and the log in {dest}")
+        recorder.stage_ended(number, Phase.of(final.status))
+        recorder.ended("complete" if final.status is RunStatus.COMPLETE else "failed")
         if final.status is not RunStatus.COMPLETE:
             raise KernelFailedError(
                 f"ended in {final.status.value}: {final.message}",
@@ -247,6 +268,7 @@ def run_chain(
     reporter: Reporter,
     write_report: Callable[[Path], Path],
     say: Say = print,
+    warn: Say = warn_on_stderr,
 ) -> ChainRun:
     """`kernelgen chain`: the stages from `first` to `last` (default: the pipeline's
     default chain) in dependency order, then `write_report(work folder)`.
@@ -269,8 +291,9 @@ def run_chain(
         jobs=jobs, jupyter_kernel=jupyter_kernel, notify=say,
     ) as ws:
         steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=machines)
+        recorder = RunRecorder(steps, "chain", warn)
         try:
-            result = Chain(steps, options=options, reporter=reporter).run(
+            result = Chain(steps, options=options, reporter=reporter, recorder=recorder).run(
                 selected, submit=submit, competition=project.config.competition
             )
         except (KernelFailedError, ChainError) as exc:
@@ -290,3 +313,56 @@ def gpu_quota(timing: Timing | None = None) -> GpuQuota | None:
 
     timing = timing or Timing()
     return KaggleBackend(sleep=timing.sleep, clock=timing.clock).quota()
+
+
+def list_runs(workdir: Path, last: int | None = None) -> list[RunSummary]:
+    """`kernelgen runs`: the work folder's runs from its ledger, newest first (the last
+    `last` only). It reads, so it works beside a running chain."""
+    runs = read_runs(WorkPaths(workdir.resolve()).ledger)
+    runs.reverse()
+    return runs[:last] if last is not None else runs
+
+
+@dataclass(frozen=True)
+class RunDiff:
+    """What differs between two runs: name -> (value in A, value in B), None where absent."""
+
+    a: RunSummary
+    b: RunSummary
+    params: dict[str, tuple[Any, Any]]
+    inputs: dict[str, tuple[Any, Any]]
+    metrics: dict[str, tuple[Any, Any]]
+
+
+def _differ(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    return {k: (a.get(k), b.get(k)) for k in sorted({*a, *b}) if a.get(k) != b.get(k)}
+
+
+def diff_runs(workdir: Path, a: int, b: int) -> RunDiff:
+    """`kernelgen runs diff A B`: the parameters, inputs and metrics that differ."""
+    runs = {run.id: run for run in read_runs(WorkPaths(workdir.resolve()).ledger)}
+    for wanted in (a, b):
+        if wanted not in runs:
+            known = ", ".join(map(str, sorted(runs))) or "none"
+            raise LedgerError(f"no run {wanted} in {WorkPaths(workdir.resolve()).ledger} (runs: {known})")
+    first, second = runs[a], runs[b]
+    return RunDiff(
+        first,
+        second,
+        _differ(first.params, second.params),
+        _differ({k: ", ".join(v) for k, v in first.inputs.items()}, {k: ", ".join(v) for k, v in second.inputs.items()}),
+        _differ(first.metrics, second.metrics),
+    )
+
+
+def changed_params(runs: Sequence[RunSummary]) -> dict[int, dict[str, tuple[Any, Any]]]:
+    """For each run, the parameters both it and the run before it recorded, where they differ."""
+    ordered = sorted(runs, key=lambda run: run.id)
+    found: dict[int, dict[str, tuple[Any, Any]]] = {}
+    for before, after in itertools.pairwise(ordered):
+        found[after.id] = {
+            name: values
+            for name, values in _differ(before.params, after.params).items()
+            if name in before.params and name in after.params
+        }
+    return found

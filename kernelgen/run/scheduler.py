@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from graphlib import TopologicalSorter
 from pathlib import Path
+from typing import Protocol
 
 from kernelgen.backends.base import DatasetStatus, KernelState, RunStatus
 from kernelgen.backoff import DATASET_BACKOFF, KERNEL_BACKOFF, LOCAL_BACKOFF, Backoff
@@ -106,6 +107,18 @@ class _Task:
     unreachable_since: float | None = None
 
 
+class Recorder(Protocol):
+    """Who keeps the record of a chain run (the work folder's ledger)."""
+
+    def started(self) -> None: ...
+
+    def stage_ended(self, number: int, phase: Phase) -> None: ...
+
+    def submitted(self, kernel: str, version: int | None, status: str) -> None: ...
+
+    def ended(self, outcome: str) -> None: ...
+
+
 @dataclass
 class ChainResult:
     stages: dict[int, Phase]
@@ -117,10 +130,18 @@ class ChainResult:
 class Chain:
     """The scheduler over `steps` (one workspace, one set of render settings)."""
 
-    def __init__(self, steps: Steps, *, options: ChainOptions | None = None, reporter: Reporter | None = None) -> None:
+    def __init__(
+        self,
+        steps: Steps,
+        *,
+        options: ChainOptions | None = None,
+        reporter: Reporter | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
         self.steps = steps
         self.options = options or ChainOptions()
         self.reporter = reporter
+        self.recorder = recorder
         self.pipeline = steps.pipeline
         self.state = steps.state
         self.paths = steps.paths
@@ -233,6 +254,8 @@ class Chain:
             keys[number] = self.steps.key(self.steps.render(number, required=False))
         self._check_quota(selected, keys)
         self.state.keep_previous()
+        if self.recorder is not None:
+            self.recorder.started()
         heights = self._heights(graph)
         self.tasks = {node: _Task(node) for node in graph}
         sorter = TopologicalSorter(graph)
@@ -253,11 +276,27 @@ class Chain:
                 for task in running:
                     if task.next_poll <= now and self._poll(task, now):
                         sorter.done(task.node)
+                        self._record(task)
         finally:
             self.steps.stop_following()
         self._block_the_rest()
         self._report(self.timing.clock())
-        return self._finish(selected, submit=submit, competition=competition)
+        try:
+            result = self._finish(selected, submit=submit, competition=competition)
+        except (KernelFailedError, ChainError):
+            self._record_end("failed")
+            raise
+        self._record_end("complete")
+        return result
+
+    def _record(self, task: _Task) -> None:
+        """A stage node ended (done, failed or blocked): the ledger gets it."""
+        if self.recorder is not None and isinstance(task.node, StageNode):
+            self.recorder.stage_ended(task.node.number, task.phase)
+
+    def _record_end(self, outcome: str) -> None:
+        if self.recorder is not None:
+            self.recorder.ended(outcome)
 
     def _start_ready(self, sorter: TopologicalSorter[Node], ready: list[Node], heights: Mapping[Node, float], now: float) -> None:
         """Start every ready node a kernel slot allows, until none becomes ready."""
@@ -274,6 +313,7 @@ class Chain:
                 task = self.tasks[node]
                 if self._start(task, now):
                     sorter.done(node)
+                    self._record(task)
                     started = True
             if not started:
                 return
@@ -451,6 +491,7 @@ class Chain:
 
     def _fail(self, task: _Task, now: float, phase: Phase, note: str, tail: str = "") -> None:
         task.phase, task.ended, task.note, task.log_tail, task.log = phase, now, note, tail, ""
+        self._record(task)
 
     def _block_the_rest(self) -> None:
         """Nodes that never started: blocked by the failure of something they need."""
@@ -459,6 +500,7 @@ class Chain:
                 task.phase = Phase.BLOCKED
                 cause = self._failed_cause(task.node)
                 task.note = f"{cause} failed" if cause else "its inputs never became ready"
+                self._record(task)
 
     def _failed_cause(self, node: Node) -> Node | None:
         for need in sorted(self._graph.get(node, ()), key=str):
@@ -523,4 +565,6 @@ class Chain:
                 raise ChainError(f"stage {last} has no backend version to submit")
             comp = competition or self.pipeline.stage(last).competition_sources[0]
             self._note(self.steps.backend.submit(comp, record.kernel, record.version, SUBMISSION_FILE, "kernelgen chain"))
+            if self.recorder is not None:
+                self.recorder.submitted(record.kernel, record.version, "pending")
         return result

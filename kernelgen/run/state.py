@@ -125,6 +125,7 @@ class DatasetRecord:
     digest: str = ""
     dataset: str = ""
     status: DatasetStatus | None = None
+    version: int | None = None
     intent: Intent = Intent.NONE
     intent_digest: str = ""
     prior_version: int | None = None
@@ -133,8 +134,8 @@ class DatasetRecord:
         self.intent, self.intent_digest, self.prior_version = Intent.PUBLISH, digest, prior_version
         self.dataset = dataset
 
-    def mark_published(self, *, digest: str, dataset: str) -> None:
-        self.digest, self.dataset, self.status = digest, dataset, DatasetStatus.PROCESSING
+    def mark_published(self, *, digest: str, dataset: str, version: int | None) -> None:
+        self.digest, self.dataset, self.status, self.version = digest, dataset, DatasetStatus.PROCESSING, version
         self.intent, self.intent_digest, self.prior_version = Intent.NONE, "", None
 
     @classmethod

@@ -383,7 +383,7 @@ class Steps:
             return None
         latest = self.backend.dataset_version(record.dataset)
         if latest is not None and (record.prior_version is None or latest > record.prior_version):
-            record.mark_published(digest=record.intent_digest, dataset=record.dataset)
+            record.mark_published(digest=record.intent_digest, dataset=record.dataset, version=latest)
             self.state.save()
             return Adopted(f"dataset {slug}", latest)
         record.intent, record.intent_digest, record.prior_version = Intent.NONE, "", None
@@ -407,7 +407,9 @@ class Steps:
         record.mark_publishing(digest=digest, dataset=dataset, prior_version=self.backend.dataset_version(dataset))
         self.state.save()
         published = self.backend.publish(folder)
-        record.mark_published(digest=digest, dataset=published.dataset)
+        record.mark_published(
+            digest=digest, dataset=published.dataset, version=self.backend.dataset_version(published.dataset)
+        )
         self.state.save()
         return published
 

@@ -19,6 +19,7 @@ from kernelgen.backends.base import Backend
 from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
 from kernelgen.clock import Timing, timestamp
 from kernelgen.errors import WorkFolderError
+from kernelgen.run.ledger import LEDGER_FILE
 from kernelgen.run.localdata import LOCAL_DATA_DIR, local_competition_data
 from kernelgen.run.lock import WorkLock
 from kernelgen.run.state import PREVIOUS_STATE_FILE, STATE_FILE, ChainState
@@ -89,6 +90,11 @@ class WorkPaths:
     @property
     def report(self) -> Path:
         return self.root / REPORT_FILE
+
+    @property
+    def ledger(self) -> Path:
+        """Every run made from this folder (run/ledger.py)."""
+        return self.root / LEDGER_FILE
 
 
 class Workspace:

@@ -141,9 +141,11 @@ class LocalData:
 @dataclass(frozen=True)
 class ReportHooks:
     """What the pipeline adds to `kernelgen report`: `panels` names a `module:function`
-    that returns the pipeline's own panels."""
+    that returns the pipeline's own panels; `validation` the metric (`stageN.<name>`)
+    the runs panel plots against the public score."""
 
     panels: str | None = None
+    validation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,7 @@ def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, Dataset
 
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_METRIC = re.compile(r"^stage\d+\.[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
 def _hook(value: Any, key: str, path: Path) -> str:
@@ -410,10 +413,13 @@ def _parse_local(raw: dict[str, Any], path: Path) -> LocalData:
 
 def _parse_report(raw: dict[str, Any], path: Path) -> ReportHooks:
     report = raw.get("report", {})
-    if not isinstance(report, dict) or set(report) - {"panels"}:
-        raise MetadataError("[report] takes only 'panels'", where=path)
+    if not isinstance(report, dict) or set(report) - {"panels", "validation"}:
+        raise MetadataError("[report] takes only 'panels' and 'validation'", where=path)
     panels = report.get("panels")
-    return ReportHooks(panels=None if panels is None else _hook(panels, "report.panels", path))
+    validation = report.get("validation")
+    if validation is not None and (not isinstance(validation, str) or not _METRIC.match(validation)):
+        raise MetadataError(f"report.validation must name a metric as 'stageN.name', got {validation!r}", where=path)
+    return ReportHooks(panels=None if panels is None else _hook(panels, "report.panels", path), validation=validation)
 
 
 def _parse_chain(raw: dict[str, Any], path: Path) -> int | None:
