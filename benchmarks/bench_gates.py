@@ -190,7 +190,7 @@ def main() -> None:
                 both, _ = blank_confident_classes(gated, classes, gates)
                 alone, _ = blank_confident_classes(masks, classes, gates)
                 name = f"per-class gates, {rule}" + (f" {recall}" if rule == "recall" else "")
-                shown = ",".join(f"{g:.3f}" for g in gates)
+                shown = [round(g, 3) for g in gates]
                 print(f"{name:>44}: {score(alone):.4f} alone, {score(both):.4f} after the image gate  (gates {shown})")
 
 

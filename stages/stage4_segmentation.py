@@ -98,14 +98,14 @@ class Params:
     a predicted region must have more pixels than this to be kept; `min_area`:
     after that, an image's mask of a class is dropped whole when it covers fewer
     pixels than this (0: never); `pixel_thresholds`/`min_sizes`/`min_areas`:
-    four comma-separated per-class values ("0.55,0.7,0.53,0.5") that replace the
-    single ones when not empty; `tune_postprocess`: search, per class, the pixel
+    empty, or four per-class values ([0.55, 0.7, 0.53, 0.5]) that replace the
+    single ones; `tune_postprocess`: search, per class, the pixel
     threshold, minimum region size and minimum total area that maximise the
     competition metric on the validation split, write them to
     `postprocess.json` and use them on the test images;
     `loss`: "bce" or "bce_dice" (0.75 BCE + 0.25 soft Dice); `pos_weight`:
-    empty, or four comma-separated BCE weights of the defect pixels per class
-    ("2,2,1,1.5"); `crop_width`: 0, or train on random crops this wide of the
+    empty, or four BCE weights of the defect pixels, one per class
+    ([2, 2, 1, 1.5]); `crop_width`: 0, or train on random crops this wide of the
     `train_width` images (validation and prediction stay full width);
     `encoder`/`decoder`: network (one of ENCODERS / DECODERS); `average_best`:
     predict with the average of the weights of the best k epochs (by
@@ -130,18 +130,18 @@ class Params:
     amp: bool = True
     workers: int = 2
     seed: int = 69
-    pixel_thresholds: str = ""
-    min_sizes: str = ""
+    pixel_thresholds: tuple[float, ...] = ()
+    min_sizes: tuple[int, ...] = ()
     tune_postprocess: bool = False
     loss: str = "bce"
-    pos_weight: str = ""
+    pos_weight: tuple[float, ...] = ()
     crop_width: int = 0
     encoder: str = "resnet18"
     decoder: str = "unet"
     average_best: int = 1
     tta: str = "none"
     min_area: int = 0
-    min_areas: str = ""
+    min_areas: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -150,19 +150,6 @@ class Params:
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        if self.pos_weight.strip():
-            parts = [part.strip() for part in self.pos_weight.split(",")]
-            try:
-                weights = [float(part) for part in parts]
-            except ValueError:
-                weights = []
-            if len(parts) != N_CLASSES or len(weights) != N_CLASSES or not all(
-                0.0 < w < float("inf") for w in weights
-            ):
-                raise ValueError(
-                    f"pos_weight must be empty or {N_CLASSES} comma-separated positive numbers, "
-                    f"got {self.pos_weight!r}"
                 )
         if self.crop_width and (
             self.crop_width % SIZE_MULTIPLE or not SIZE_MULTIPLE <= self.crop_width <= self.train_width
@@ -173,28 +160,16 @@ class Params:
             )
         if self.average_best < 1:
             raise ValueError(f"average_best must be at least 1, got {self.average_best}")
-        for name in ("pixel_thresholds", "min_sizes", "min_areas"):
-            text = getattr(self, name).strip()
-            if not text:
-                continue
-            parts = [part.strip() for part in text.split(",")]
-            if len(parts) != N_CLASSES:
-                raise ValueError(
-                    f"{name} must be empty or {N_CLASSES} comma-separated values, got {text!r}"
-                )
-            for part in parts:
-                try:
-                    value = float(part) if name == "pixel_thresholds" else int(part)
-                except ValueError:
-                    value = None
-                if name == "pixel_thresholds" and (value is None or not 0.0 < value < 1.0):
-                    raise ValueError(
-                        f"{name} values must be numbers between 0 and 1 (exclusive), got {text!r}"
-                    )
-                if name != "pixel_thresholds" and (value is None or value < 0):
-                    raise ValueError(
-                        f"{name} values must be integers of at least 0, got {text!r}"
-                    )
+        for name, what in (
+            ("pixel_thresholds", "numbers between 0 and 1 (exclusive)"),
+            ("min_sizes", "integers of at least 0"),
+            ("min_areas", "integers of at least 0"),
+            ("pos_weight", "positive numbers"),
+        ):
+            values = getattr(self, name)
+            if values and not self._per_class_ok(name, values):
+                shown = list(values) if isinstance(values, (tuple, list)) else values
+                raise ValueError(f"{name} must be empty or {N_CLASSES} {what}, one per class, got {shown!r}")
         for name in ("train_height", "train_width"):
             size = getattr(self, name)
             if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
@@ -218,26 +193,33 @@ class Params:
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
+    @staticmethod
+    def _per_class_ok(name: str, values: object) -> bool:
+        """Whether `values` is a list of one value per class within the field's range."""
+        if not isinstance(values, (tuple, list)) or len(values) != N_CLASSES:
+            return False
+        if name in ("min_sizes", "min_areas"):
+            return all(type(v) is int and v >= 0 for v in values)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return False
+        if name == "pixel_thresholds":
+            return all(0.0 < v < 1.0 for v in values)
+        return all(0.0 < v < float("inf") for v in values)
+
 
 def class_pixel_thresholds(params: Params) -> tuple[float, ...]:
     """The pixel threshold of each class: `pixel_thresholds` if given, else `pixel_threshold`."""
-    if params.pixel_thresholds.strip():
-        return tuple(float(part) for part in params.pixel_thresholds.split(","))
-    return (params.pixel_threshold,) * N_CLASSES
+    return tuple(params.pixel_thresholds) or (params.pixel_threshold,) * N_CLASSES
 
 
 def class_min_sizes(params: Params) -> tuple[int, ...]:
     """The minimum region size of each class: `min_sizes` if given, else `min_size`."""
-    if params.min_sizes.strip():
-        return tuple(int(part) for part in params.min_sizes.split(","))
-    return (params.min_size,) * N_CLASSES
+    return tuple(params.min_sizes) or (params.min_size,) * N_CLASSES
 
 
 def class_min_areas(params: Params) -> tuple[int, ...]:
     """The minimum total area of each class: `min_areas` if given, else `min_area`."""
-    if params.min_areas.strip():
-        return tuple(int(part) for part in params.min_areas.split(","))
-    return (params.min_area,) * N_CLASSES
+    return tuple(params.min_areas) or (params.min_area,) * N_CLASSES
 
 
 # %% [markdown]
@@ -365,9 +347,7 @@ def random_crop(
 
 def class_pos_weight(params: Params) -> tuple[float, ...] | None:
     """The per-class BCE weight of defect pixels, or None (weight 1)."""
-    if not params.pos_weight.strip():
-        return None
-    return tuple(float(part) for part in params.pos_weight.split(","))
+    return tuple(float(w) for w in params.pos_weight) or None
 
 
 def segmentation_loss(

@@ -28,33 +28,25 @@ class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
     (stage 3 chooses it in a chain run). It must lie in [0, 1], as the scores do;
     1 blanks no image. `class_thresholds`: empty (no per-class gate), or four
-    comma-separated values in [0, 1], one per class: blank class c of an image
+    values in [0, 1], one per class: blank class c of an image
     when its `missing<c>` score is strictly above the c-th (stage 3 chooses them
     when stage 1 has the per-class head)."""
 
     threshold: float = 0.947
-    class_thresholds: str = ""
+    class_thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
-        self.class_gates()
-
-    def class_gates(self) -> tuple[float, ...]:
-        """The per-class thresholds, or () when there is no per-class gate."""
-        if not self.class_thresholds.strip():
-            return ()
-        parts = self.class_thresholds.split(",")
-        try:
-            values = tuple(float(part) for part in parts)
-        except ValueError:
-            values = ()
-        if len(parts) != CLASS_COUNT or len(values) != CLASS_COUNT or not all(0.0 <= v <= 1.0 for v in values):
+        gates = self.class_thresholds
+        numbers = isinstance(gates, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in gates
+        )
+        if gates and not (numbers and len(gates) == CLASS_COUNT and all(0.0 <= v <= 1.0 for v in gates)):
+            shown = list(gates) if isinstance(gates, (tuple, list)) else gates
             raise ValueError(
-                f"class_thresholds must be empty or {CLASS_COUNT} comma-separated values "
-                f"between 0 and 1, got {self.class_thresholds!r}"
+                f"class_thresholds must be empty or {CLASS_COUNT} values between 0 and 1, one per class, got {shown!r}"
             )
-        return values
 
 
 # %% [markdown]
@@ -112,7 +104,7 @@ def run(params: Params, layout: Layout) -> None:
     sub_path = layout.input_file("stage4", "submission.csv")
     score_path = layout.input_file("stage2", "test_missing_count.csv")
     sub = read_submission(sub_path)
-    gates = params.class_gates()
+    gates = tuple(params.class_thresholds)
     scores = read_score_table(
         score_path,
         ("allMissing", *CLASS_SCORE_COLUMNS) if gates else ("allMissing",),
@@ -134,4 +126,4 @@ def run(params: Params, layout: Layout) -> None:
         f"{cleared} non-empty masks removed; {sub.fmt}-format submission.csv written"
     )
     if gates:
-        print(f"per-class gates {params.class_thresholds}: {by_class} more masks removed")
+        print(f"per-class gates {list(gates)}: {by_class} more masks removed")

@@ -54,7 +54,7 @@ TTAS = ("none", "h", "hv")
 class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
     (stage 3 chooses it in a chain run); `class_thresholds`: empty, or four
-    comma-separated per-class gates as stage 5 takes them; `classifier_tta`: the
+    per-class gates as stage 5 takes them; `classifier_tta`: the
     flips averaged into each classifier score, as stage 1's `tta` (the thresholds
     were chosen on scores made that way); `classifier_batch_size`: images per
     classifier batch; `workers`: data-loader processes for the segmenter (0 loads
@@ -63,7 +63,7 @@ class Params:
     and predicted with, read from the checkpoint, so the post-processing is stage 4's."""
 
     threshold: float = 0.947
-    class_thresholds: str = ""
+    class_thresholds: tuple[float, ...] = ()
     classifier_tta: str = "none"
     classifier_batch_size: int = 32
     workers: int = 2
@@ -73,27 +73,19 @@ class Params:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
         if self.classifier_tta not in TTAS:
             raise ValueError(f"classifier_tta must be one of {', '.join(TTAS)}, got {self.classifier_tta!r}")
-        self.class_gates()
+        gates = self.class_thresholds
+        numbers = isinstance(gates, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in gates
+        )
+        if gates and not (numbers and len(gates) == CLASS_COUNT and all(0.0 <= v <= 1.0 for v in gates)):
+            shown = list(gates) if isinstance(gates, (tuple, list)) else gates
+            raise ValueError(
+                f"class_thresholds must be empty or {CLASS_COUNT} values between 0 and 1, one per class, got {shown!r}"
+            )
         if self.classifier_batch_size < 1:
             raise ValueError(f"classifier_batch_size must be at least 1, got {self.classifier_batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be at least 0, got {self.workers}")
-
-    def class_gates(self) -> tuple[float, ...]:
-        """The per-class thresholds, or () when there is no per-class gate."""
-        if not self.class_thresholds.strip():
-            return ()
-        parts = self.class_thresholds.split(",")
-        try:
-            values = tuple(float(part) for part in parts)
-        except ValueError:
-            values = ()
-        if len(parts) != CLASS_COUNT or len(values) != CLASS_COUNT or not all(0.0 <= v <= 1.0 for v in values):
-            raise ValueError(
-                f"class_thresholds must be empty or {CLASS_COUNT} comma-separated values "
-                f"between 0 and 1, got {self.class_thresholds!r}"
-            )
-        return values
 
 
 # %% [markdown]
@@ -202,7 +194,7 @@ def run(params: Params, layout: Layout) -> None:
     result, blanked = blank_confident_images(
         fill_submission(sample, names, encoded), scores["allMissing"], params.threshold
     )
-    gates = params.class_gates()
+    gates = tuple(params.class_thresholds)
     if gates:
         if CLASS_SCORE_COLUMNS[0] not in scores:
             raise InputError(

@@ -69,7 +69,7 @@ def default_outputs(stage: int, params: dict) -> dict[str, bytes]:
     if stage == 2:
         return {"train_missing_count.csv": b"ImageId,allMissing,validation\nt1.jpg,0.9,1\nt2.jpg,0.2,0\n"}
     if stage == 3:
-        chosen = {"threshold": 0.5, "rule": "consistency", "class_thresholds": ""}
+        chosen = {"threshold": 0.5, "rule": "consistency", "class_thresholds": []}
         return {"threshold.json": json.dumps(chosen).encode()}
     if stage == 4:
         length = params.get("epochs", 3)  # a different model leaves a different submission

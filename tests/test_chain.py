@@ -167,7 +167,7 @@ def test_each_run_records_its_push_and_the_poll_that_saw_it_end(tmp_path: Path) 
 
 
 def test_stage_3s_per_class_gates_reach_stages_5_and_6(tmp_path: Path) -> None:
-    gates = "0.800,0.850,0.900,0.700"
+    gates = [0.8, 0.85, 0.9, 0.7]
 
     def outputs(stage: int, params: dict) -> dict[str, bytes]:
         if stage == 3:
@@ -186,7 +186,7 @@ def test_stage_3s_per_class_gates_reach_stages_5_and_6(tmp_path: Path) -> None:
     assert chained == {"threshold": 1.0, "class_thresholds": gates}
     notebook = json.loads((tmp_path / "kernels" / "stage5" / "stage5.ipynb").read_text())
     text = "".join("".join(cell["source"]) for cell in notebook["cells"])
-    assert f"class_thresholds = '{gates}'  # from stage 3, version 1" in text
+    assert f"class_thresholds = {gates}  # from stage 3, version 1" in text
 
 
 def test_a_chain_run_keeps_the_state_it_started_from(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_push_wait_downloads_and_a_failed_run_exits_non_zero(kaggle: KaggleStand
     assert "kernelgen: error: stage 5: ended in error" in failed.stderr
     assert "ValueError: broken input" in failed.stderr
     params = json.loads((tmp_path / "work/state.json").read_text())["stages"]["5"]["params"]
-    assert params == {"threshold": 0.9, "class_thresholds": ""}
+    assert params == {"threshold": 0.9, "class_thresholds": []}
 
 
 def test_push_uses_the_threshold_stage_3_left(kaggle: KaggleStandIn, tmp_path: Path) -> None:

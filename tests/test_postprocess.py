@@ -126,26 +126,31 @@ def test_remove_small_takes_one_size_per_class() -> None:
 
 
 @pytest.mark.parametrize("params", [Params, params_alone("stages.stage4_segmentation")])
-def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
+def test_per_class_lists_are_used_and_checked(params: type) -> None:
     assert class_pixel_thresholds(Params()) == (0.5,) * 4
     assert class_min_sizes(Params()) == (3500,) * 4
-    given = Params(pixel_thresholds="0.55, 0.7,0.53,0.5", min_sizes="600,600,1000,2000")
+    given = Params(pixel_thresholds=(0.55, 0.7, 0.53, 0.5), min_sizes=(600, 600, 1000, 2000))
     assert class_pixel_thresholds(given) == (0.55, 0.7, 0.53, 0.5)
     assert class_min_sizes(given) == (600, 600, 1000, 2000)
     assert class_min_areas(Params()) == (0,) * 4 and class_min_areas(Params(min_area=500)) == (500,) * 4
-    assert class_min_areas(Params(min_areas="600,600,900,2000")) == (600, 600, 900, 2000)
-    params(pixel_thresholds="0.55,0.7,0.53,0.5", min_sizes="0,0,0,0", tune_postprocess=True)
+    assert class_min_areas(Params(min_areas=(600, 600, 900, 2000))) == (600, 600, 900, 2000)
+    params(pixel_thresholds=(0.55, 0.7, 0.53, 0.5), min_sizes=(0, 0, 0, 0), tune_postprocess=True)
+    params(pixel_thresholds=[0.55, 0.7, 0.53, 0.5], min_areas=[600, 600, 900, 2000])  # as TOML gives them
+    thresholds = "must be empty or 4 numbers between 0 and 1 (exclusive), one per class"
+    integers = "must be empty or 4 integers of at least 0, one per class"
     bad = [
-        ("pixel_thresholds", "0.5,0.5,0.5", "must be empty or 4 comma-separated values"),
-        ("pixel_thresholds", "0.5,0.5,1.0,0.5", "values must be numbers between 0 and 1"),
-        ("pixel_thresholds", "0.5,x,0.5,0.5", "values must be numbers between 0 and 1"),
-        ("min_sizes", "600,600,-1,2000", "values must be integers of at least 0"),
-        ("min_sizes", "600,600,1.5,2000", "values must be integers of at least 0"),
-        ("min_areas", "600,600,-5,2000", "values must be integers of at least 0"),
-        ("min_areas", "600,600", "must be empty or 4 comma-separated values"),
+        ("pixel_thresholds", (0.5, 0.5, 0.5), thresholds),
+        ("pixel_thresholds", (0.5, 0.5, 1.0, 0.5), thresholds),
+        ("pixel_thresholds", (0.5, "x", 0.5, 0.5), thresholds),
+        ("pixel_thresholds", "0.5,0.5,0.5,0.5", thresholds),
+        ("min_sizes", (600, 600, -1, 2000), integers),
+        ("min_sizes", (600, 600, 1.5, 2000), integers),
+        ("min_areas", (600, 600, -5, 2000), integers),
+        ("min_areas", (600, 600), integers),
     ]
     for name, value, rule in bad:
-        with pytest.raises(ValueError, match=f"^{re.escape(name)} {re.escape(rule)}"):
+        shown = list(value) if isinstance(value, tuple) else value
+        with pytest.raises(ValueError, match=f"^{re.escape(f'{name} {rule}, got {shown!r}')}$"):
             params(**{name: value})
 
 

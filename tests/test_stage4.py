@@ -336,7 +336,7 @@ def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Pat
     tuned post-processing; stage 6, loading model.pth, predicts stage 4's masks exactly."""
     working = tmp_path / "working"
     params = replace(
-        smoke_params(), epochs=2, loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=96,
+        smoke_params(), epochs=2, loss="bce_dice", pos_weight=(2.0, 2.0, 1.0, 1.5), crop_width=96,
         decoder="fpn", average_best=2, tta="hv", tune_postprocess=True,
     )
     log = io.StringIO()
@@ -519,6 +519,28 @@ def test_stage4_renders_with_every_builtin_profile(profile: str) -> None:
     project = Project(pipeline=load_pipeline(), config=Config())
     (kernel,) = project.render([4], username="someone", profile=profile)
     assert "stage4.ipynb" in kernel.files
+
+
+def test_per_class_options_render_as_lists_and_comma_strings_are_refused() -> None:
+    from kernelgen.config import Config
+    from kernelgen.errors import ParameterError
+    from kernelgen.pipeline import load_pipeline
+    from kernelgen.project import Project
+
+    project = Project(pipeline=load_pipeline(), config=Config())
+    sets = ["stage4.pixel_thresholds=[0.5,0.6,0.55,0.5]", "stage4.min_sizes=[600, 600, 1000, 2000]"]
+    (kernel,) = project.render([4], username="someone", sets=sets)
+    text = kernel.files["stage4.ipynb"].decode()
+    assert "pixel_thresholds = [0.5, 0.6, 0.55, 0.5]  # --set" in text
+    assert "min_sizes = [600, 600, 1000, 2000]  # --set" in text
+    assert "pos_weight = []  # default" in text
+    (best,) = project.render([4], username="someone", profile="best")
+    assert "pos_weight = [2.0, 2.0, 1.0, 1.5]  # profile best" in best.files["stage4.ipynb"].decode()
+    with pytest.raises(ParameterError, match=r"^stage 4: pixel_thresholds takes a list of float in brackets: "
+                       r"pixel_thresholds=\[0.5, 0.6, 0.55, 0.5\]; got '0.5,0.6,0.55,0.5'$"):
+        project.render([4], username="someone", sets=["stage4.pixel_thresholds=0.5,0.6,0.55,0.5"])
+    with pytest.raises(ParameterError, match=r"^stage 4: min_sizes must be empty or 4 integers of at least 0"):
+        project.render([4], username="someone", sets=["stage4.min_sizes=[600, 600, 1000]"])
 
 
 def test_renderer_checks_values_with_this_params() -> None:

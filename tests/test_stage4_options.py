@@ -108,18 +108,20 @@ def test_every_offered_encoder_is_known_to_smp() -> None:
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)
 def test_option_values_are_checked(params: type) -> None:
-    ok = params(loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=256, encoder="resnet34",
+    ok = params(loss="bce_dice", pos_weight=(2.0, 2.0, 1.0, 1.5), crop_width=256, encoder="resnet34",
                 decoder="fpn", average_best=3, tta="hv")
     assert ok.crop_width == 256
-    assert class_pos_weight(Params(pos_weight="2,2,1,1.5")) == (2.0, 2.0, 1.0, 1.5)
+    assert class_pos_weight(Params(pos_weight=(2.0, 2.0, 1.0, 1.5))) == (2.0, 2.0, 1.0, 1.5)
     assert class_pos_weight(Params()) is None
     bad = [
         ("loss", "dice", "loss must be one of bce, bce_dice, got 'dice'"),
         ("encoder", "resnet1", "encoder must be one of"),
         ("decoder", "pspnet", "decoder must be one of unet, fpn, got 'pspnet'"),
         ("tta", "v", "tta must be one of none, h, hv, got 'v'"),
-        ("pos_weight", "2,2,1", "pos_weight must be empty or 4 comma-separated positive"),
-        ("pos_weight", "2,2,0,1", "pos_weight must be empty or 4 comma-separated positive"),
+        ("pos_weight", (2.0, 2.0, 1.0), "pos_weight must be empty or 4 positive numbers, one per class, got [2.0, 2.0, 1.0]"),
+        ("pos_weight", (2.0, 2.0, 0.0, 1.0), "pos_weight must be empty or 4 positive numbers, one per class"),
+        ("pos_weight", (2.0, 2.0, math.inf, 1.0), "pos_weight must be empty or 4 positive numbers, one per class"),
+        ("pos_weight", "2,2,1,1.5", "pos_weight must be empty or 4 positive numbers, one per class, got '2,2,1,1.5'"),
         ("crop_width", 100, "crop_width must be 0 or a multiple of 32 up to train_width"),
         ("crop_width", 1632, "crop_width must be 0 or a multiple of 32 up to train_width"),
         ("average_best", 0, "average_best must be at least 1, got 0"),

@@ -58,10 +58,12 @@ def test_params_are_checked() -> None:
         Params(classifier_batch_size=0)
     with pytest.raises(ValueError, match="classifier_tta must be one of none, h, hv, got 'v'"):
         Params(classifier_tta="v")
-    with pytest.raises(ValueError, match="class_thresholds must be empty or 4 comma-separated values"):
-        Params(class_thresholds="0.5,0.5")
-    assert Params(class_thresholds="0.5,0.6,0.7,0.8").class_gates() == (0.5, 0.6, 0.7, 0.8)
-    assert Params().class_gates() == ()
+    with pytest.raises(ValueError, match=r"^class_thresholds must be empty or 4 values between 0 and 1, one per class, got \[0.5, 0.5\]$"):
+        Params(class_thresholds=(0.5, 0.5))
+    with pytest.raises(ValueError, match=r"^class_thresholds must be empty or 4 values between 0 and 1, one per class, got '0\.5,0\.6,0\.7,0\.8'$"):
+        Params(class_thresholds="0.5,0.6,0.7,0.8")
+    assert Params(class_thresholds=(0.5, 0.6, 0.7, 0.8)).class_thresholds == (0.5, 0.6, 0.7, 0.8)
+    assert Params().class_thresholds == ()
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
