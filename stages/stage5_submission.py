@@ -11,13 +11,10 @@
 # %%
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
 from kernelgen.runtime import Layout
+from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.scores import CLASS_SCORE_COLUMNS, CLASS_SCORES_HINT, read_score_table
-from stages.lib.severstal import CLASS_IDS
-from stages.lib.submission import Submission, read_submission, write_submission
+from stages.lib.submission import read_submission, write_submission
 
 # Per-class gates: one threshold for each of the four defect classes.
 CLASS_COUNT = 4
@@ -47,52 +44,6 @@ class Params:
             raise ValueError(
                 f"class_thresholds must be empty or {CLASS_COUNT} values between 0 and 1, one per class, got {shown!r}"
             )
-
-
-# %% [markdown]
-# ## Blanking
-# Scores are mapped onto the submission's rows in one lookup and the blanked
-# rows are cleared in one masked assignment.
-
-
-# %%
-def blank_confident_images(
-    sub: Submission, scores: pd.Series, threshold: float
-) -> tuple[Submission, int]:
-    """A copy of `sub` with every class of each image scored above `threshold` made empty.
-
-    Returns the new submission and how many images were blanked. Every image
-    of `sub` must have a score.
-    """
-    frame = sub.frame.copy()
-    row_scores = frame["ImageId"].map(scores).to_numpy(dtype=float)
-    blank = row_scores > threshold
-    frame.loc[blank, "EncodedPixels"] = ""
-    blanked_images = int(frame.loc[blank, "ImageId"].nunique())
-    return Submission(frame=frame, fmt=sub.fmt), blanked_images
-
-
-def blank_confident_classes(
-    sub: Submission, class_scores: pd.DataFrame, thresholds: tuple[float, ...]
-) -> tuple[Submission, int]:
-    """A copy of `sub` with class c of each image made empty where `missing<c>` is above
-    the c-th threshold. Returns it and how many non-empty masks were cleared.
-
-    `class_scores` has the columns `missing1`..`missing4`, indexed by ImageId, and
-    covers every image of `sub`.
-    """
-    if len(thresholds) != len(CLASS_IDS):
-        raise ValueError(f"{len(thresholds)} class thresholds for {len(CLASS_IDS)} classes")
-    frame = sub.frame.copy()
-    position = frame["ClassId"].astype(int).map({c: i for i, c in enumerate(CLASS_IDS)}).to_numpy()
-    rows = class_scores.index.get_indexer(frame["ImageId"])
-    if (rows < 0).any():
-        raise ValueError(f"no class scores for image {frame['ImageId'].iloc[int((rows < 0).argmax())]}")
-    row_scores = class_scores.to_numpy(dtype=float)[rows, position]
-    blank = row_scores > np.asarray(thresholds, dtype=float)[position]
-    cleared = int((blank & (frame["EncodedPixels"] != "").to_numpy()).sum())
-    frame.loc[blank, "EncodedPixels"] = ""
-    return Submission(frame=frame, fmt=sub.fmt), cleared
 
 
 # %% [markdown]

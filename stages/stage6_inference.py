@@ -27,6 +27,7 @@ from stages.lib.classifier import (
     load_classifier,
     predict_scores,
 )
+from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
 from stages.lib.segdata import SteelSegDataset, check_images, sample_test_names
 from stages.lib.severstal import COMPETITION
@@ -42,7 +43,6 @@ from stages.stage4_segmentation import (
     predict,
 )
 from stages.stage4_segmentation import Params as SegParams
-from stages.stage5_submission import blank_confident_classes, blank_confident_images
 
 # Per-class gates: one threshold for each of the four defect classes.
 CLASS_COUNT = 4

@@ -212,6 +212,8 @@ def test_cell_order_title_provenance_parameters_libraries_stage_run() -> None:
             "read_scores",
             "read_submission",
             "blank_confident_images",
+            "Params",
+            "run",
         )
     }
     assert (
@@ -219,9 +221,11 @@ def test_cell_order_title_provenance_parameters_libraries_stage_run() -> None:
         < where["Layout"]
         < where["read_submission"]
         < where["blank_confident_images"]
+        < where["Params"]
+        < where["run"]
+        < len(cells) - 1
     )
-    assert where["read_scores"] < where["blank_confident_images"]
-    assert where["blank_confident_images"] < len(cells) - 1
+    assert where["read_scores"] < where["Params"]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
