@@ -3,11 +3,11 @@
 # In a code competition Kaggle reruns the submission kernel with the hidden test
 # set swapped into the competition input, internet off. So this kernel predicts
 # every image of `test_images/` itself: stage 4's segmenter (`model.pth`, the
-# weights stage 4 predicted with) with stage 4's own `predict` and the
-# post-processing the checkpoint records (tuned or fixed), then stage 5's
-# `blank_confident_images` gate with stage 1's classifier (`model.h5`) and
-# stage 3's threshold, and with a per-class classifier stage 5's
-# `blank_confident_classes` gates. On the same models, thresholds and images its
+# weights stage 4 predicted with) through the prediction stage 4 uses
+# (`stages/lib/seg/`) and the post-processing the checkpoint records (tuned or
+# fixed), then stage 5's gates (`stages/lib/gates.py`): the image gate with stage
+# 1's classifier (`model.h5`) and stage 3's threshold, and with a per-class
+# classifier the per-class gates. On the same models, thresholds and images its
 # submission is stage 5's, row for row.
 
 # %%
@@ -29,20 +29,12 @@ from stages.lib.classifier import (
 )
 from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
+from stages.lib.seg.checkpoint import Segmenter, load_segmenter
+from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
+from stages.lib.seg.predict import predict
 from stages.lib.segdata import SteelSegDataset, check_images, sample_test_names
 from stages.lib.severstal import COMPETITION
 from stages.lib.submission import fill_submission, write_submission
-from stages.stage4_segmentation import (
-    DeviceSetup,
-    build_unet,
-    class_min_areas,
-    class_min_sizes,
-    class_pixel_thresholds,
-    make_loader,
-    pick_device,
-    predict,
-)
-from stages.stage4_segmentation import Params as SegParams
 
 # Per-class gates: one threshold for each of the four defect classes.
 CLASS_COUNT = 4
@@ -95,65 +87,19 @@ class Params:
 
 
 # %%
-@dataclass(frozen=True)
-class Segmenter:
-    """Stage 4's network as it predicted, with the parameters and post-processing it used."""
-
-    model: torch.nn.Module
-    params: SegParams
-    pixel_thresholds: tuple[float, ...]
-    min_sizes: tuple[int, ...]
-    min_areas: tuple[int, ...]
-
-
-def load_segmenter(path: Path, device: torch.device) -> Segmenter:
-    """The weights stage 4 predicted with in a fresh network, and how it post-processed.
-
-    A checkpoint without a `postprocess` record (stage 4 stopped before predicting)
-    falls back to the post-processing its parameters name.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        seg_params = SegParams(**checkpoint["params"])
-        model = build_unet(False, seg_params.encoder, seg_params.decoder)
-        model.load_state_dict(checkpoint["state_dict"])
-        post = checkpoint.get("postprocess") or {
-            "pixel_thresholds": class_pixel_thresholds(seg_params),
-            "min_sizes": class_min_sizes(seg_params),
-            "min_areas": class_min_areas(seg_params),
-        }
-        thresholds = tuple(float(v) for v in post["pixel_thresholds"])
-        min_sizes = tuple(int(v) for v in post["min_sizes"])
-        min_areas = tuple(int(v) for v in post.get("min_areas", class_min_areas(seg_params)))
-    except InputError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise InputError(f"{path}: not a stage 4 checkpoint ({type(exc).__name__}: {first})") from None
-    return Segmenter(model.to(device).eval(), seg_params, thresholds, min_sizes, min_areas)
-
-
 def segment(
     segmenter: Segmenter, test_dir: Path, names: list[str], workers: int, device: torch.device
 ) -> list[list[str]]:
     """Per image of `names`, the RLE of each class, exactly as stage 4 predicts."""
-    seg_params = segmenter.params
-    setup = DeviceSetup.create(seg_params, device)
+    setup = DeviceSetup.create(device, segmenter.amp)
     model = segmenter.model.to(memory_format=setup.memory_format)
     loader = make_loader(
-        SteelSegDataset(test_dir, names, seg_params.train_height, seg_params.train_width),
-        seg_params.batch_size, workers, device, shuffle_seed=None,
+        SteelSegDataset(test_dir, names, segmenter.height, segmenter.width),
+        segmenter.batch_size, workers, device, shuffle_seed=None,
     )
+    post = segmenter.post
     return predict(
-        model,
-        loader,
-        setup,
-        segmenter.pixel_thresholds,
-        segmenter.min_sizes,
-        seg_params.tta,
-        segmenter.min_areas,
+        model, loader, setup, post.pixel_thresholds, post.min_sizes, segmenter.tta, post.min_areas
     )
 
 

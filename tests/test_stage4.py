@@ -26,6 +26,13 @@ from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
+from stages.lib.seg.checkpoint import load_segmenter
+from stages.lib.seg.device import DeviceSetup, make_loader
+from stages.lib.seg.model import build_unet
+from stages.lib.seg.postprocess import remove_small
+from stages.lib.seg.predict import predict
+from stages.lib.seg.train import random_flip
+from stages.lib.seg.validate import pair_metrics
 from stages.lib.segdata import (
     SteelSegDataset,
     check_images,
@@ -37,18 +44,8 @@ from stages.lib.segdata import (
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv
-from stages.stage4_segmentation import (
-    DeviceSetup,
-    Params,
-    build_unet,
-    make_loader,
-    pair_metrics,
-    predict,
-    random_flip,
-    remove_small,
-    run,
-)
-from stages.stage6_inference import load_segmenter, segment
+from stages.stage4_segmentation import Params, run
+from stages.stage6_inference import segment
 from stages.synth import SynthDataset, generate
 from tests.stage_params import (
     assert_refused,
@@ -242,7 +239,7 @@ def test_outputs_and_formats(learned: TrainedRun) -> None:
         SteelSegDataset(folder, names, LEARN_PARAMS.train_height, LEARN_PARAMS.train_width),
         4, 0, cpu, shuffle_seed=None,
     )
-    setup = DeviceSetup.create(LEARN_PARAMS, cpu)
+    setup = DeviceSetup.create(cpu, LEARN_PARAMS.amp)
     again = predict(model, loader, setup, LEARN_PARAMS.pixel_threshold, LEARN_PARAMS.min_size)
     written = read_submission(working / "submission.csv").frame
     expected = dict(zip(names, again, strict=True))
