@@ -315,7 +315,7 @@ def run(params: Params, layout: Layout) -> None:
     sweep = threshold_sweep(scores["allMissing"].to_numpy(), positive)
     chosen: dict[str, object] = dict(choose_threshold(sweep, params.rule, min_recall=params.min_recall))
     chosen["images"] = int(scores.shape[0])
-    chosen["class_thresholds"] = ""
+    chosen["class_thresholds"] = []
     if not params.image_gate:
         chosen["swept_threshold"] = chosen["threshold"]
         chosen["threshold"] = 1.0
@@ -331,7 +331,7 @@ def run(params: Params, layout: Layout) -> None:
         classes = choose_class_thresholds(sweeps, params.class_rule, params.min_recall)
         chosen["class_rule"] = params.class_rule
         chosen["classes"] = classes
-        chosen["class_thresholds"] = ",".join(f"{float(classes[str(c)]['threshold']):.3f}" for c in CLASS_IDS)
+        chosen["class_thresholds"] = [float(classes[str(c)]["threshold"]) for c in CLASS_IDS]
         written = sweeps.copy()
         written["threshold"] = [f"{t:.3f}" for t in sweeps["threshold"]]
         written[["class", *SWEEP_COLUMNS]].to_csv(

@@ -145,7 +145,8 @@ def test_notebook_is_valid_and_self_contained(stage: int) -> None:
 def test_parameters_cell(stage: int) -> None:
     kernel = render_one(stage)
     lines = parameter_lines(notebook_of(kernel))
-    assert lines == {p.name: (p.value, p.source) for p in kernel.params}
+    as_written = {p.name: (list(p.value) if isinstance(p.value, tuple) else p.value, p.source) for p in kernel.params}
+    assert lines == as_written
     assert all(source == "default" for _, source in lines.values())
 
 
@@ -154,16 +155,16 @@ def test_parameters_cell_stage5_values_and_labels() -> None:
     kernel = render_one(5, config=config)
     assert parameter_lines(notebook_of(kernel)) == {
         "threshold": (0.5, "kernelgen.toml"),
-        "class_thresholds": ("", "default"),
+        "class_thresholds": ([], "default"),
     }
     kernel = render_one(5, config=config, sets=["stage5.threshold=0.25"])
     assert parameter_lines(notebook_of(kernel)) == {
         "threshold": (0.25, "--set"),
-        "class_thresholds": ("", "default"),
+        "class_thresholds": ([], "default"),
     }
     assert parameter_lines(notebook_of(render_one(5))) == {
         "threshold": (0.947, "default"),
-        "class_thresholds": ("", "default"),
+        "class_thresholds": ([], "default"),
     }
 
 
@@ -182,7 +183,7 @@ def test_last_cell_runs_the_stage(stage: int) -> None:
     assert ast.unparse(layout_call) == "Layout.kaggle()"
     assert isinstance(params_call, ast.Call) and ast.unparse(params_call.func) == "Params"
     assert [(k.arg, ast.unparse(k.value)) for k in params_call.keywords] == [
-        (p.name, p.name) for p in kernel.params
+        (p.name, f"tuple({p.name})" if isinstance(p.value, tuple) else p.name) for p in kernel.params
     ]
 
 
@@ -212,6 +213,8 @@ def test_cell_order_title_provenance_parameters_libraries_stage_run() -> None:
             "read_scores",
             "read_submission",
             "blank_confident_images",
+            "Params",
+            "run",
         )
     }
     assert (
@@ -219,9 +222,11 @@ def test_cell_order_title_provenance_parameters_libraries_stage_run() -> None:
         < where["Layout"]
         < where["read_submission"]
         < where["blank_confident_images"]
+        < where["Params"]
+        < where["run"]
+        < len(cells) - 1
     )
-    assert where["read_scores"] < where["blank_confident_images"]
-    assert where["blank_confident_images"] < len(cells) - 1
+    assert where["read_scores"] < where["Params"]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
