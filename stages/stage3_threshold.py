@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import InputError, Layout
+from stages.lib.metrics import write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, read_score_table
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.traincsv import read_train_csv
@@ -339,6 +340,8 @@ def run(params: Params, layout: Layout) -> None:
         )
         _plot_classes(sweeps, classes, working / "class_threshold_sweep.png")
     (working / "threshold.json").write_text(json.dumps(chosen, indent=2) + "\n")
+    swept = float(chosen.get("swept_threshold", chosen["threshold"]))
+    write_metrics(working, {"threshold": swept, "f1": float(chosen["f1"])})
     _plot_metrics(sweep, chosen, working / "threshold_sweep.png")
     _plot_counts(sweep, chosen, working / "threshold_counts.png")
 

@@ -23,10 +23,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from kernelgen.runtime import Layout
+from stages.lib.metrics import write_metrics
 from stages.lib.seg.checkpoint import record_prediction
 from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
 from stages.lib.seg.inputs import read_competition
@@ -37,6 +39,7 @@ from stages.lib.seg.predict import predict
 from stages.lib.seg.train import fit
 from stages.lib.seg.tune import describe, tune_on_split
 from stages.lib.segdata import SteelSegDataset, stratified_split
+from stages.lib.severstal import CLASS_IDS
 from stages.lib.submission import fill_submission, write_submission
 from stages.lib.traincsv import defect_count_per_image
 
@@ -255,6 +258,11 @@ def run(params: Params, layout: Layout) -> None:
         model, test_loader, setup, post.pixel_thresholds, post.min_sizes, params.tta, post.min_areas
     )
     record_prediction(checkpoint, post, cpu_state(model) if averaged else None, averaged)
+    best_epoch = trained.history.loc[trained.history["val_loss"].idxmin()]
+    figures = {"val_dice": float(best_epoch["dice"])}
+    if params.tune_postprocess:
+        figures["tuned_dice"] = float(np.mean([chosen[str(c)]["dice"] for c in CLASS_IDS]))
+    write_metrics(working, figures)
     submission = fill_submission(data.sample, data.test_names, encoded)
     write_submission(submission, working / "submission.csv")
     filled = int((submission.frame["EncodedPixels"] != "").sum())

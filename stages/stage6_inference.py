@@ -28,6 +28,7 @@ from stages.lib.classifier import (
     predict_scores,
 )
 from stages.lib.gates import blank_confident_classes, blank_confident_images
+from stages.lib.metrics import write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
 from stages.lib.seg.checkpoint import Segmenter, load_segmenter
 from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
@@ -149,6 +150,7 @@ def run(params: Params, layout: Layout) -> None:
             )
         result, _ = blank_confident_classes(result, scores[list(CLASS_SCORE_COLUMNS)], gates)
     write_submission(result, layout.working / "submission.csv")
+    write_metrics(layout.working, {"images_per_second": len(names) / total})
     filled = int((result.frame["EncodedPixels"] != "").sum())
     print(
         f"stage 6 on {device.type}: {len(names)} test images in {total:.1f} s "

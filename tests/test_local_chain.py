@@ -84,3 +84,35 @@ def test_stage6_predicts_the_test_images_itself_and_matches_stage5_row_for_row(
     assert pip.count('"install"') == 1 and '"--no-index"' in pip
     log = (work / "outputs" / "stage6" / "severstal-stage6-inference.log").read_text()
     assert re.search(r"stage 6 on cpu: \d+ test images in [\d.]+ s \([\d.]+ images/s", log)
+    assert json.loads((work / "outputs" / "stage6" / "metrics.json").read_text())["images_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_a_second_chain_with_other_epochs_is_a_second_run_in_the_ledger(
+    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger of the bundled pipeline: stage 4 retrained with 3 epochs is the newest run,
+    beside the session chain's first one, with the parameter changed and stage 4's
+    validation Dice of each."""
+    work = tmp_path / "work"
+    shutil.copytree(local_chain.workdir, work, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+
+    def runs() -> list[dict]:
+        return json.loads(CliRunner().invoke(main, ["runs", "--json", "--workdir", str(work)]).output)
+
+    before = len(runs())
+    again = CliRunner().invoke(main, ["chain", "--local", "--workdir", str(work), "--set", "stage4.epochs=3"])
+    assert again.exit_code == 0, again.output
+    listed = runs()
+    newest, first = listed[0], listed[-1]
+    assert (newest["id"], first["id"], len(listed)) == (before + 1, 1, before + 1)
+    assert (first["params"]["stage4.epochs"], newest["params"]["stage4.epochs"]) == (6, 3)
+    assert newest["stages"]["4"] == "complete" and newest["stages"]["1"] == "unchanged"
+    for run in (first, newest):
+        assert isinstance(run["metrics"]["stage4.val_dice"], float)
+    assert {"stage1.val_auc", "stage1.val_accuracy", "stage3.threshold", "stage3.f1"} <= set(first["metrics"])
+    diff = CliRunner().invoke(main, ["runs", "diff", "1", str(newest["id"]), "--workdir", str(work)])
+    assert diff.exit_code == 0 and "stage4.epochs" in diff.output
+    html = (work / "report.html").read_text()
+    assert '<section id="panel-runs">' in html and 'alt="Metrics across runs: ' in html

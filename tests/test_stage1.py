@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import asdict
@@ -213,6 +214,9 @@ def test_a_run_writes_every_output(trained: tuple[SynthDataset, Params]) -> None
         if name.endswith(".png"):
             with Image.open(working / name) as image:
                 assert image.format == "PNG"
+    metrics = json.loads((working / "metrics.json").read_text())
+    assert set(metrics) == {"val_auc", "val_accuracy"}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
     assert not list(working.glob("*.partial"))
 
 

@@ -132,6 +132,7 @@ def test_consistency_rule_picks_where_metrics_agree(tmp_path: Path, capsys) -> N
         "images": 8,
         "class_thresholds": [],
     }
+    assert json.loads((root / "working" / "metrics.json").read_text()) == {"f1": 0.75, "threshold": 0.601}
     out = capsys.readouterr().out
     assert "8 held-out train images, 4 with defects" in out and "threshold 0.601" in out
     assert {"threshold_sweep.png", "threshold_counts.png"} <= set(outputs(root))

@@ -214,6 +214,8 @@ def test_outputs_and_formats(learned: TrainedRun) -> None:
     working = learned.working
     history = pd.read_csv(working / "history.csv")
     assert list(history["epoch"]) == list(range(1, LEARN_PARAMS.epochs + 1))
+    best_dice = float(history.loc[history["val_loss"].idxmin(), "dice"])
+    assert json.loads((working / "metrics.json").read_text()) == {"val_dice": pytest.approx(best_dice)}
     for column in ("lr", "train_loss", "val_loss", "dice", "dice_pos", "dice_neg", "iou"):
         assert column in history.columns
     assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
