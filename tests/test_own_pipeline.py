@@ -137,7 +137,7 @@ def test_render_run_push_and_chain_from_the_project_folder(tmp_path: Path, tiny:
     submission = tiny / "work" / "outputs" / "stage2" / "submission.csv"
     assert out.strip().splitlines()[-2:] == [f"report: {tiny / 'work' / 'report.html'}", f"submission: {submission}"]
     sections = re.findall(r'<section id="([\w-]+)">', (tiny / "work" / "report.html").read_text())
-    assert sections == ["stages", "panel-changes", "panel-parameters"]  # the tool's panels; tinypipe has no hook
+    assert sections == ["stages", "panel-changes", "panel-runs", "panel-parameters"]  # the tool's panels; tinypipe has no hook
     # the smoke profile doubles: mean 2 * 3 = 6 over the 5 generated rows
     assert submission.read_text().splitlines() == ["id,prediction", "r1,-5.0", "r2,-4.0", "r3,-3.0", "r4,-2.0", "r5,-1.0"]
     stage2 = json.loads((tiny / "work" / "kernels" / "stage2" / "stage2.ipynb").read_text())
