@@ -53,6 +53,9 @@ KERNEL_BACKOFF = Backoff(initial=10.0, factor=1.5, maximum=120.0)
 DATASET_BACKOFF = Backoff(initial=5.0, factor=1.5, maximum=30.0)
 """Dataset versions: a few minutes of processing."""
 
+SCORE_BACKOFF = Backoff(initial=30.0, factor=1.5, maximum=300.0)
+"""Submissions: Kaggle reruns the kernel on the hidden test set before scoring it."""
+
 LOCAL_BACKOFF = Backoff(initial=1.0, factor=1.5, maximum=5.0)
 """Runs on this machine report their state from files: asking often costs nothing."""
 

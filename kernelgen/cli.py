@@ -391,7 +391,12 @@ def report(out: Path | None, workdir: Path, project: Project) -> None:
 @click.option("--from", "first", type=int, help="First stage to run (earlier ones must be complete in WORKDIR).")
 @click.option("--to", "last", type=int, help="Last stage to run (default: the pipeline's [chain] last, else the last stage).")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
-@click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
+@click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end and wait for its score.")
+@click.option(
+    "--score-timeout",
+    type=click.FloatRange(min=0),
+    help="With --submit: seconds to wait for the score (default: 6 hours).",
+)
 @click.option(
     "--accelerator",
     "accelerators",
@@ -416,6 +421,7 @@ def chain(
     last: int | None,
     jobs: int,
     submit: bool,
+    score_timeout: float | None,
     accelerators: tuple[str, ...],
     ignore_quota: bool,
     jupyter_kernel: str | None,
@@ -431,7 +437,6 @@ def chain(
     GPU quota left before anything is pushed. At the end, or when a stage fails, it
     writes the run's report to WORKDIR/report.html.
     """
-    from kernelgen.errors import ChainError, KernelFailedError
     from kernelgen.report import write_report
     from kernelgen.run.commands import run_chain
     from kernelgen.run.progress import make_reporter
@@ -448,6 +453,7 @@ def chain(
             last=last,
             jobs=jobs,
             submit=submit,
+            score_timeout=score_timeout,
             accelerators=accelerators,
             ignore_quota=ignore_quota,
             jupyter_kernel=kernel,
@@ -459,14 +465,100 @@ def chain(
             write_report=lambda folder: write_report(project, folder),
             say=click.echo,
         )
-    except (KernelFailedError, ChainError):
-        click.echo(f"report: {paths.report}")
+    except KernelgenError:
+        if paths.report.is_file():
+            click.echo(f"report: {paths.report}")
         raise
     click.echo(f"report: {done.report}")
     if done.result.submission is not None:
         click.echo(f"submission: {done.result.submission}")
     else:
         click.echo(f"done: stages {', '.join(map(str, done.selected))} complete; outputs in {paths.outputs_root}")
+
+
+competition_option = click.option(
+    "--competition", help="Competition slug (default: the config's, else the one the stages read)."
+)
+
+
+@main.command()
+@click.option(
+    "--stage",
+    type=int,
+    help="Stage whose collected version to submit (default: the last with a submission.csv).",
+)
+@click.option("--no-wait", is_flag=True, help="Submit and return without waiting for the score.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=6 * 3600.0,
+    show_default=True,
+    help="Seconds to wait for the score.",
+)
+@competition_option
+@workdir_option
+@local_option
+@with_project
+def submit(
+    stage: int | None,
+    no_wait: bool,
+    timeout: float,
+    competition: str | None,
+    workdir: Path,
+    local: bool,
+    project: Project,
+) -> None:
+    """Submit a stage's collected kernel version to its code competition, then wait until
+    Kaggle scores it and print the public score (and the private one once the competition
+    has ended). The score is kept in the work folder's state and ledger."""
+    from kernelgen.run.commands import submit_stage
+
+    submit_stage(
+        project,
+        workdir,
+        stage=stage,
+        competition=competition,
+        local=local,
+        wait=not no_wait,
+        timeout=timeout,
+        timing=_timing(),
+        say=click.echo,
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@competition_option
+@workdir_option
+@local_option
+@with_project
+def submissions(
+    as_json: bool, competition: str | None, workdir: Path, local: bool, project: Project
+) -> None:
+    """The account's submissions to the competition, newest first: date, kernel version,
+    status, public and private score."""
+    import dataclasses
+
+    from kernelgen.run.commands import list_submissions
+
+    comp, found = list_submissions(
+        project, competition, local=local, workdir=workdir, timing=_timing()
+    )
+    if as_json:
+        rows = [{**dataclasses.asdict(item), "status": item.status.value} for item in found]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not found:
+        click.echo(f"no submissions to {comp}")
+        return
+    for item in found:
+        public = "-" if item.public_score is None else f"{item.public_score:.5f}"
+        private = "-" if item.private_score is None else f"{item.private_score:.5f}"
+        note = f"  {item.message}" if item.message else ""
+        click.echo(
+            f"{item.ref}  {item.date or '-'}  {item.status.value:<8}  public {public}  private {private}  "
+            f"{item.description}{note}"
+        )
 
 
 def _short(value: object) -> str:

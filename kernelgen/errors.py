@@ -186,6 +186,10 @@ class KernelFailedError(BackendError):
         super().__init__(prefix + message)
 
 
+class SubmissionFailedError(BackendError):
+    """Kaggle could not score a submission."""
+
+
 class DatasetFailedError(BackendError):
     """A dataset version failed to process."""
 

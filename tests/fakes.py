@@ -20,6 +20,9 @@ from kernelgen.backends.base import (
     PublishResult,
     PushResult,
     RunStatus,
+    SubmissionState,
+    SubmissionStatus,
+    Submitted,
 )
 from kernelgen.backoff import Backoff
 from kernelgen.clock import Timing
@@ -214,9 +217,39 @@ class FakeBackend:
     def dataset_version(self, dataset: str) -> int | None:
         return len(self.dataset_versions.get("/".join(dataset.split("/")[:2]), [])) or None
 
-    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
+    def submit(
+        self, competition: str, kernel: str, version: int, file_name: str, message: str
+    ) -> Submitted:
         self.submissions.append((competition, kernel, version, file_name))
-        return f"submitted {kernel} version {version}"
+        return Submitted(len(self.submissions), f"submitted {kernel} version {version}")
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        return SubmissionState(ref, SubmissionStatus.COMPLETE, public_score=0.5)
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        return [self.submission(competition, ref) for ref in range(len(self.submissions), 0, -1)]
+
+    def publish_model(self, folder: Path) -> PublishResult:
+        model = json.loads((folder / "model-metadata.json").read_text())
+        instance = json.loads((folder / "model-instance-metadata.json").read_text())
+        handle = f"{model['ownerSlug']}/{model['slug']}/{instance['framework']}/{instance['instanceSlug']}"
+        files = {
+            p.name: p.read_bytes()
+            for p in sorted(folder.iterdir())
+            if not p.name.endswith("metadata.json")
+        }
+        self.published.append((self.clock(), handle, files))
+        versions = self.dataset_versions.setdefault(handle, [])
+        versions.append(self.clock())
+        return PublishResult(handle, created=len(versions) == 1)
+
+    def model_version(self, instance: str) -> int | None:
+        ready = [
+            at
+            for at in self.dataset_versions.get(instance, [])
+            if self.clock() - at >= self.dataset_delay
+        ]
+        return len(ready) or None
 
     def quota(self) -> GpuQuota | None:
         return self.gpu_quota

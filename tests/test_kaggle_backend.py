@@ -346,9 +346,12 @@ def test_submit_a_code_competition_version(
     standin: KaggleStandIn, backend: KaggleBackend, tmp_path: Path
 ) -> None:
     complete_kernel(backend, tmp_path)
-    message = backend.submit("severstal-steel-defect-detection", KERNEL, 1, "submission.csv", "v1")
-    assert "successfully" in message
+    submitted = backend.submit(
+        "severstal-steel-defect-detection", KERNEL, 1, "submission.csv", "v1"
+    )
+    assert "successfully" in submitted.message
     [submission] = standin.submissions
+    assert submitted.ref == submission.ref == 1
     assert (submission.kernel, submission.version, submission.file_name) == (
         KERNEL,
         1,

@@ -392,7 +392,31 @@ def test_a_dataset_may_be_read_through_its_producing_kernel(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ('[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\n', "via must be 'dataset' or 'kernel'"),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "bucket"\n',
+            "via must be 'dataset' or 'kernel' or 'model'",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\n',
+            "a model needs 'framework', one of PyTorch",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\nframework = "Caffe"\n',
+            "got 'Caffe'",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\nframework = "PyTorch"\n'
+            'variation = "Big One"\n',
+            "variation 'Big One' must be lowercase letters and digits",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nframework = "PyTorch"\n',
+            "'framework' is for via = \"model\" only",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv", "stage2/b.csv"]\nvia = "model"\nframework = "Keras"\n',
+            "must come from one stage",
+        ),
         (
             '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv", "stage2/b.csv"]\nvia = "kernel"\n',
             "must come from one stage, not stages [1, 2]",

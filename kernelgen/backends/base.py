@@ -71,6 +71,35 @@ class PublishResult:
     url: str = ""
 
 
+class SubmissionStatus(str, Enum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submission made: its reference (None where the backend gives none) and message."""
+
+    ref: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class SubmissionState:
+    """A submission as the competition sees it; scores are None until scored (the private
+    one until the competition ends)."""
+
+    ref: int | None
+    status: SubmissionStatus
+    public_score: float | None = None
+    private_score: float | None = None
+    message: str = ""
+    date: str = ""
+    description: str = ""
+    file_name: str = ""
+
+
 @dataclass(frozen=True)
 class GpuQuota:
     """The week's GPU time in hours: used, held by running sessions, allowed; and when
@@ -129,8 +158,29 @@ class Backend(Protocol):
         """The newest version number of dataset `owner/slug`, None when it does not exist."""
         ...
 
-    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
-        """Submit a code-competition kernel version; returns the backend's message."""
+    def publish_model(self, folder: Path) -> PublishResult:
+        """Add a version to the model instance in `folder` (model-metadata.json,
+        model-instance-metadata.json and the files), making the model and the instance,
+        private, the first time. `dataset` of the result is `owner/model/framework/variation`."""
+        ...
+
+    def model_version(self, instance: str) -> int | None:
+        """The newest available version of model instance `owner/model/framework/variation`,
+        None when the instance does not exist or has none available yet."""
+        ...
+
+    def submit(
+        self, competition: str, kernel: str, version: int, file_name: str, message: str
+    ) -> Submitted:
+        """Submit a code-competition kernel version."""
+        ...
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        """Where submission `ref` stands: pending, scored, or failed."""
+        ...
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        """The account's submissions to `competition`, newest first."""
         ...
 
     def quota(self) -> GpuQuota | None:

@@ -43,6 +43,9 @@ from kernelgen.backends.base import (
     PublishResult,
     PushResult,
     RunStatus,
+    SubmissionState,
+    SubmissionStatus,
+    Submitted,
 )
 from kernelgen.backends.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
 from kernelgen.errors import AuthError, BackendError, KernelgenError, UnreachableError
@@ -56,6 +59,8 @@ _log = logging.getLogger(__name__)
 
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
+MODEL_METADATA = "model-metadata.json"
+MODEL_INSTANCE_METADATA = "model-instance-metadata.json"
 WEB = "https://www.kaggle.com"
 
 NO_CREDENTIALS = (
@@ -283,6 +288,7 @@ class KaggleBackend:
             *response.invalid_dataset_sources,
             *response.invalid_competition_sources,
             *response.invalid_kernel_sources,
+            *response.invalid_model_sources,
         ]
         if rejected:
             raise BackendError(
@@ -306,14 +312,9 @@ class KaggleBackend:
             request = ApiGetKernelRequest()
             request.user_name = owner
             request.kernel_slug = slug
-            try:
-                with api.build_kaggle_client() as client:
-                    response = client.kernels.kernels_api_client.get_kernel(request)
-            except Exception as exc:
-                if _http_status(exc) in (403, 404):  # Kaggle answers 403 for unknown kernels too
-                    return None
-                raise
-            metadata = response.metadata
+            with api.build_kaggle_client() as client:
+                response = _unless_absent(lambda: client.kernels.kernels_api_client.get_kernel(request))
+            metadata = None if response is None else response.metadata
             return metadata.current_version_number if metadata is not None else None
 
         return self._call(f"look up kernel {owner}/{slug}", lookup)
@@ -433,12 +434,9 @@ class KaggleBackend:
         api = self._client()
 
         def lookup() -> dict[str, Any] | None:
-            try:
-                raw = api.dataset_status(ref, format="json(status,current_version_number)")
-            except Exception as exc:
-                if _http_status(exc) in (403, 404):
-                    return None
-                raise
+            raw = _unless_absent(lambda: api.dataset_status(ref, format="json(status,current_version_number)"))
+            if raw is None:
+                return None
             info = json.loads(raw)
             return info if isinstance(info, dict) else None
 
@@ -464,7 +462,7 @@ class KaggleBackend:
 
     def submit(
         self, competition: str, kernel: str, version: int, file_name: str, message: str
-    ) -> str:
+    ) -> Submitted:
         """Submit ``file_name`` from version ``version`` of ``kernel`` to a code competition.
 
         A submission is not retried after a failure that may have reached the
@@ -480,7 +478,101 @@ class KaggleBackend:
             ),
             idempotent=False,
         )
-        return self._redact(response.message or f"submitted {owner_slug} version {version}")
+        ref = getattr(response, "ref", None)
+        text = self._redact(response.message or f"submitted {owner_slug} version {version}")
+        return Submitted(int(ref) if ref else None, text)
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        """Where submission ``ref`` stands (Kaggle scores it a while after it is made)."""
+        api = self._client()
+        found = self._call(f"submission {ref} to {competition}", lambda: api.get_submission(ref))
+        return self._submission_state(found)
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        """The account's submissions to ``competition``, newest first (the first page)."""
+        api = self._client()
+        found = self._call(
+            f"submissions to {competition}", lambda: api.competition_submissions(competition)
+        )
+        return [self._submission_state(item) for item in found or [] if item is not None]
+
+    def _submission_state(self, item: Any) -> SubmissionState:
+        name = getattr(item.status, "name", str(item.status or "PENDING")).upper()
+        status = {"COMPLETE": SubmissionStatus.COMPLETE, "ERROR": SubmissionStatus.ERROR}.get(
+            name, SubmissionStatus.PENDING
+        )
+        date = item.date.isoformat(timespec="seconds") if getattr(item, "date", None) else ""
+        return SubmissionState(
+            ref=item.ref or None,
+            status=status,
+            public_score=_score(item.public_score),
+            private_score=_score(item.private_score),
+            message=self._redact(item.error_description or ""),
+            date=date,
+            description=self._redact(item.description or ""),
+            file_name=item.file_name or "",
+        )
+
+    # -- models -------------------------------------------------------------------------
+
+    def model_version(self, instance: str) -> int | None:
+        """The newest available version of ``owner/model/framework/variation``; None
+        while the instance does not exist or has no version available."""
+        found = self._model_instance(instance)
+        return None if found is None else found.version_number or None
+
+    def _model_instance(self, instance: str) -> Any:
+        """The instance as Kaggle describes it, None when it does not exist."""
+        api = self._client()
+        return self._call(f"look up model {instance}", lambda: _unless_absent(lambda: api.model_instance_get(instance)))
+
+    def _model_exists(self, model: str) -> bool:
+        api = self._client()
+        return self._call(f"look up model {model}", lambda: _unless_absent(lambda: api.model_get(model))) is not None
+
+    def publish_model(self, folder: Path) -> PublishResult:
+        """Add a version to the model instance in ``folder``: the model is made (private)
+        when it does not exist, and the instance, whose files are its first version, when
+        it does not. Kaggle then processes the version before kernels can mount it."""
+        folder = Path(folder)
+        model = _read_metadata(folder / MODEL_METADATA)
+        instance_meta = _read_metadata(folder / MODEL_INSTANCE_METADATA)
+        ref = f"{model.get('ownerSlug')}/{model.get('slug')}"
+        instance = f"{ref}/{instance_meta.get('framework')}/{instance_meta.get('instanceSlug')}"
+        api = self._client()
+        if not self._model_exists(ref):
+            response = self._call(
+                f"create model {ref}", lambda: api.model_create_new(str(folder)), idempotent=False
+            )
+            if response.error:
+                raise BackendError(
+                    f"create model {ref}: Kaggle refused it: {self._redact(response.error)}"
+                )
+        before = self.model_version(instance)
+        if before is None and self._model_instance(instance) is None:
+            what = f"create model instance {instance}"
+
+            def publish_once() -> Any:
+                return api.model_instance_create(str(folder), quiet=True)
+
+        else:
+            what = f"new version of model {instance}"
+
+            def publish_once() -> Any:
+                return api.model_instance_version_create(
+                    instance, str(folder), self._version_notes, quiet=True
+                )
+
+        def landed() -> Any:
+            now = self.model_version(instance)
+            return now if now is not None and (before is None or now > before) else None
+
+        response = self._call(what, publish_once, idempotent=False, recover=landed)
+        if getattr(response, "error", ""):
+            raise BackendError(f"{what}: Kaggle refused it: {self._redact(response.error)}")
+        return PublishResult(
+            dataset=instance, created=before is None, url=f"{WEB}/models/{instance}"
+        )
 
 
     # -- quota --------------------------------------------------------------------------
@@ -504,6 +596,14 @@ class KaggleBackend:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _score(text: str | None) -> float | None:
+    """A score as Kaggle sends it (text, empty until scored)."""
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _hours(duration: timedelta | None) -> float:
@@ -570,6 +670,17 @@ def _response(exc: BaseException) -> Any:
         if isinstance(getattr(response, "status_code", None), int):
             return response
     return None
+
+
+def _unless_absent(fetch: Callable[[], T]) -> T | None:
+    """What `fetch` returns, None when Kaggle answers that it does not exist (404, or 403,
+    which Kaggle also answers for another account's private or unknown items)."""
+    try:
+        return fetch()
+    except Exception as exc:
+        if _http_status(exc) in (403, 404):
+            return None
+        raise
 
 
 def _http_status(exc: BaseException) -> int | None:

@@ -11,10 +11,18 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from kernelgen.build.metadata import DATASET_METADATA_FILE, dataset_metadata, metadata_bytes
+from kernelgen.build.metadata import (
+    DATASET_METADATA_FILE,
+    MODEL_INSTANCE_METADATA_FILE,
+    MODEL_METADATA_FILE,
+    dataset_metadata,
+    metadata_bytes,
+    model_instance_metadata,
+    model_metadata,
+)
 from kernelgen.errors import MissingOutputError
 from kernelgen.files import staged_dir
-from kernelgen.spec.pipeline import DatasetFile, DatasetSpec
+from kernelgen.spec.pipeline import DatasetFile, DatasetSpec, Via
 
 OutputsOf = Callable[[int], Path]
 """The folder holding a stage's outputs, by stage number."""
@@ -40,14 +48,26 @@ def files_digest(spec: DatasetSpec, outputs_of: OutputsOf) -> str:
 
 
 def build_dataset(spec: DatasetSpec, outputs_of: OutputsOf, dest: Path, *, username: str) -> Path:
-    """Write `dest/<slug>/` with dataset-metadata.json and the declared files, whole or not at all."""
+    """Write `dest/<slug>/` with the declared files and their metadata, whole or not at all:
+    dataset-metadata.json, or for a model (`via = "model"`) model-metadata.json and
+    model-instance-metadata.json."""
     absent = missing_files(spec, outputs_of)
     if absent:
         raise MissingOutputError(f"dataset {spec.slug}: missing stage outputs: {', '.join(map(str, absent))}")
-    meta = dataset_metadata(dataset_id=f"{username}/{spec.slug}", title=spec.title, where=f"dataset {spec.slug}")
+    where = f"dataset {spec.slug}"
+    if spec.via is Via.MODEL:
+        metadata = {
+            MODEL_METADATA_FILE: model_metadata(owner=username, slug=spec.slug, title=spec.title, where=where),
+            MODEL_INSTANCE_METADATA_FILE: model_instance_metadata(
+                owner=username, model=spec.slug, framework=spec.framework, variation=spec.variation
+            ),
+        }
+    else:
+        metadata = {DATASET_METADATA_FILE: dataset_metadata(dataset_id=f"{username}/{spec.slug}", title=spec.title, where=where)}
     target = dest / spec.slug
     with staged_dir(target) as scratch:
-        (scratch / DATASET_METADATA_FILE).write_bytes(metadata_bytes(meta))
+        for name, meta in metadata.items():
+            (scratch / name).write_bytes(metadata_bytes(meta))
         for item in spec.files:
             shutil.copy2(file_path(item, outputs_of), scratch / item.name)
     return target

@@ -94,12 +94,29 @@ def kernel_inputs(
     return found
 
 
+def model_inputs(
+    pipeline: Pipeline, spec: StageSpec, username: str, versions: Mapping[str, int] | None = None
+) -> dict[str, str]:
+    """The stage's `via = "model"` inputs: dataset slug -> the model version it reads,
+    `owner/model/framework/variation/version` (without the version when none is known:
+    what `kernelgen render` shows outside a work folder)."""
+    found = {}
+    for slug in spec.dataset_sources:
+        dataset = pipeline.datasets[slug]
+        if dataset.via is Via.MODEL:
+            instance = dataset.model_instance(username)
+            version = (versions or {}).get(slug)
+            found[slug] = f"{instance}/{version}" if version is not None else instance
+    return found
+
+
 def _cells(
     pipeline: Pipeline,
     spec: StageSpec,
     params: list[ParamValue],
     profile: str,
     aliases: Mapping[str, str],
+    models: Mapping[str, str],
 ) -> list[nbformat.NotebookNode]:
     modules = collect_modules(spec.module, root=pipeline.root, packages=pipeline.packages, stage=spec.number)
     taken = set(modules.main.names) | {MODULES_VARIABLE}
@@ -136,7 +153,15 @@ def _cells(
         cells.extend(_module_cells(module))
     cells.extend(main_cells)
     cells.append(
-        nb.code_cell(render_template("run.py.j2", stage=spec.number, params=params, aliases=sorted(aliases.items())))
+        nb.code_cell(
+            render_template(
+                "run.py.j2",
+                stage=spec.number,
+                params=params,
+                aliases=sorted(aliases.items()),
+                models=sorted(models.items()),
+            )
+        )
     )
     return cells
 
@@ -151,13 +176,15 @@ def render_stage(
     session: Session | None = None,
     kernel_versions: Mapping[int, int] | None = None,
     wheel_versions: Mapping[str, int] | None = None,
+    model_versions: Mapping[str, int] | None = None,
 ) -> RenderedKernel:
     """Render one stage in memory and validate it as the Kaggle client would.
 
     `session` replaces the stage's declared session settings (another accelerator);
     `kernel_versions` gives the output version of each stage whose kernel a
-    `via = "kernel"` input reads, and `wheel_versions` that of each wheel house
-    (by slug) an internet-off stage installs from.
+    `via = "kernel"` input reads, `wheel_versions` that of each wheel house
+    (by slug) an internet-off stage installs from, and `model_versions` the version
+    of each `via = "model"` input (by dataset slug).
     """
     spec = pipeline.stage(number)
     check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
@@ -165,7 +192,9 @@ def render_stage(
     code_file = f"{spec.name}.ipynb"
     through_kernels = kernel_inputs(pipeline, spec, username, kernel_versions)
     aliases = {slug: ref.split("/")[1] for slug, ref in through_kernels.items()}
-    notebook = nb.assemble(_cells(pipeline, spec, params, profile, aliases), prefix=spec.name)
+    models = model_inputs(pipeline, spec, username, model_versions)
+    mounted = {slug: ref for slug, ref in models.items() if ref.count("/") == 4}
+    notebook = nb.assemble(_cells(pipeline, spec, params, profile, aliases, mounted), prefix=spec.name)
     try:
         nbformat.validate(notebook)
     except nbformat.ValidationError as exc:
@@ -181,9 +210,12 @@ def render_stage(
         language=spec.language,
         kernel_type=spec.kernel_type,
         is_private=spec.is_private,
-        dataset_sources=[f"{username}/{slug}" for slug in spec.dataset_sources if slug not in through_kernels],
+        dataset_sources=[
+            f"{username}/{slug}" for slug in spec.dataset_sources if slug not in through_kernels and slug not in models
+        ],
         competition_sources=spec.competition_sources,
         kernel_sources=[*through_kernels.values(), *_wheels_source(pipeline, spec, username, wheel_versions)],
+        model_sources=list(models.values()),
         where=f"stage {number} {METADATA_FILE}",
     )
     files = {METADATA_FILE: metadata_bytes(meta), code_file: code}
@@ -239,13 +271,15 @@ def render_stages(
     accelerators: Mapping[int, str] | None = None,
     kernel_versions: Mapping[int, int] | None = None,
     wheel_versions: Mapping[str, int] | None = None,
+    model_versions: Mapping[str, int] | None = None,
 ) -> list[RenderedKernel]:
     """Render stages in memory; every problem is raised before anything is written.
 
     `overrides` are the `--set` values routed to their stages (`Project.overrides`),
     `extra` the values other stages' outputs give, `accelerators` the machine shapes
     that replace declared ones; `kernel_versions` names the output version each
-    `via = "kernel"` input reads, `wheel_versions` that of each wheel house (by slug).
+    `via = "kernel"` input reads, `wheel_versions` that of each wheel house (by slug),
+    `model_versions` that of each `via = "model"` input (by dataset slug).
     """
     chosen = project.profile(profile)
     return [
@@ -263,6 +297,7 @@ def render_stages(
             session=project.session(number, (accelerators or {}).get(number)),
             kernel_versions=kernel_versions,
             wheel_versions=wheel_versions,
+            model_versions=model_versions,
         )
         for number in stages
     ]

@@ -31,10 +31,18 @@ def check_username(username: str, *, where: str) -> None:
         raise MetadataError(f"Kaggle username {username!r} is not valid (letters, digits, '-' and '_')", where=where)
 
 
+_REF_FORMS = {
+    2: "owner/slug",
+    3: "owner/slug/version",
+    4: "owner/model/framework/variation",
+    5: "owner/model/framework/variation/version",
+}
+
+
 def _check_ref(ref: object, parts_allowed: tuple[int, ...], what: str, where: str) -> None:
     parts = ref.split("/") if isinstance(ref, str) else []
     if len(parts) not in parts_allowed or not all(parts):
-        forms = " or ".join(["owner/slug", "owner/slug/version"][: max(parts_allowed) - 1])
+        forms = " or ".join(_REF_FORMS[n] for n in parts_allowed)
         raise MetadataError(f"{what} {ref!r} must have the form {forms}", where=where)
 
 
@@ -66,6 +74,8 @@ def validate_kernel_metadata(meta: Mapping[str, Any], files: Mapping[str, bytes]
         _check_ref(source, (2, 3), "dataset source", where)
     for source in meta.get("kernel_sources", []):
         _check_ref(source, (2, 3), "kernel source", where)
+    for source in meta.get("model_sources", []):
+        _check_ref(source, (4, 5), "model source", where)
     for source in meta.get("competition_sources", []):
         if not isinstance(source, str) or not source or "/" in source:
             raise MetadataError(f"competition source {source!r} must be a competition slug", where=where)
@@ -120,3 +130,17 @@ def validate_dataset_metadata(meta: Mapping[str, Any], *, where: str) -> None:
         or not licenses[0].get("name")
     ):
         raise MetadataError("a dataset needs exactly one license", where=where)
+
+
+_MODEL_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+def validate_model_metadata(meta: Mapping[str, Any], *, where: str) -> None:
+    """What `kaggle models create` refuses: a slug of lowercase letters, digits and single
+    dashes; a title of 5 to 50 characters."""
+    slug = meta.get("slug")
+    if not isinstance(slug, str) or not _MODEL_SLUG.match(slug):
+        raise MetadataError(f"model slug {slug!r} must be lowercase letters and digits joined by single dashes", where=where)
+    title = meta.get("title")
+    if not isinstance(title, str) or not 5 <= len(title) <= 50:
+        raise MetadataError(f"model title {title!r} must have 5 to 50 characters", where=where)

@@ -15,16 +15,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kernelgen.backends.base import GpuQuota, KernelState, PushResult, RunStatus
+from kernelgen.backends.base import GpuQuota, KernelState, PushResult, RunStatus, SubmissionState
 from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL
 from kernelgen.build.kernel import RenderedKernel, render_stages, write_kernels
 from kernelgen.clock import Timing, format_elapsed
 from kernelgen.errors import (
     BackendError,
-    ChainError,
+    ConfigError,
     KernelFailedError,
     KernelgenError,
     LedgerError,
+    MissingOutputError,
 )
 from kernelgen.files import log_tail
 from kernelgen.run.ledger import RunSummary, read_runs
@@ -32,7 +33,7 @@ from kernelgen.run.livelog import latest
 from kernelgen.run.progress import Reporter
 from kernelgen.run.recording import RunRecorder
 from kernelgen.run.scheduler import LOCAL_OPTIONS, Chain, ChainOptions, ChainResult
-from kernelgen.run.state import Phase
+from kernelgen.run.state import Phase, SubmissionRecord
 from kernelgen.run.steps import Steps
 from kernelgen.run.workspace import Access, BackendKind, WorkPaths, Workspace
 from kernelgen.spec.config import resolve_username
@@ -258,6 +259,7 @@ def run_chain(
     last: int | None = None,
     jobs: int = 2,
     submit: bool = False,
+    score_timeout: float | None = None,
     accelerators: Iterable[str] = (),
     ignore_quota: bool = False,
     jupyter_kernel: str = DEFAULT_JUPYTER_KERNEL,
@@ -284,6 +286,8 @@ def run_chain(
     chosen = run_profile(project, profile, local=local)
     name = username(project, user, local=local)
     options = replace(LOCAL_OPTIONS if local else ChainOptions(), jobs=jobs, ignore_quota=ignore_quota)
+    if score_timeout is not None:
+        options = replace(options, score_timeout=score_timeout)
     failure: KernelgenError | None = None
     result: ChainResult | None = None
     with Workspace.open(
@@ -296,7 +300,7 @@ def run_chain(
             result = Chain(steps, options=options, reporter=reporter, recorder=recorder).run(
                 selected, submit=submit, competition=project.config.competition
             )
-        except (KernelFailedError, ChainError) as exc:
+        except KernelgenError as exc:  # stages that ran still get their report
             failure = exc
         finally:
             reporter.close()
@@ -366,3 +370,92 @@ def changed_params(runs: Sequence[RunSummary]) -> dict[int, dict[str, tuple[Any,
             if name in before.params and name in after.params
         }
     return found
+
+
+def competition_of(project: Project, competition: str | None, stage: int) -> str:
+    """`--competition`, else the config's, else the first competition stage `stage` reads."""
+    chosen = competition or project.config.competition
+    if chosen:
+        return chosen
+    sources = project.pipeline.stage(stage).competition_sources
+    if not sources:
+        raise ConfigError(
+            f"stage {stage} reads no competition: pass --competition or set competition in kernelgen.toml"
+        )
+    return sources[0]
+
+
+def submitted_stage(project: Project, paths: WorkPaths, stage: int | None) -> int:
+    """The stage to submit: `stage`, else the last stage with a submission.csv collected."""
+    if stage is not None:
+        return project.pipeline.stage(stage).number
+    found = [n for n in project.pipeline.stages if paths.submission(n).is_file()]
+    if not found:
+        raise MissingOutputError(
+            f"no stage in {paths.root} has a submission.csv to submit; run the chain first"
+        )
+    return found[-1]
+
+
+def submit_stage(
+    project: Project,
+    workdir: Path,
+    *,
+    stage: int | None = None,
+    competition: str | None = None,
+    local: bool = False,
+    wait: bool = True,
+    timeout: float = 6 * 3600.0,
+    timing: Timing | None = None,
+    say: Say = print,
+    warn: Say = warn_on_stderr,
+) -> SubmissionRecord:
+    """`kernelgen submit`: submit a stage's collected version (the last stage that left a
+    submission.csv by default), then follow it until Kaggle scores it (unless not `wait`);
+    the score is kept in the work folder's state and ledger. Returns the submission."""
+    with Workspace.open(
+        project, workdir, backend=backend_kind(local), command="submit", timing=timing, notify=say
+    ) as ws:
+        number = submitted_stage(project, ws.paths, stage)
+        comp = competition_of(project, competition, number)
+        steps = Steps(ws, username=LOCAL_USER)
+        recorder = RunRecorder(steps, "submit", warn)
+        recorder.started()
+        recorder.stage_ended(number, Phase.UNCHANGED)
+        try:
+            entry = steps.submit_for_score(
+                number, comp, timeout=timeout if wait else None, say=say, recorded=recorder.submitted
+            )
+        except KernelgenError:
+            recorder.ended("failed")
+            raise
+        recorder.ended("complete")
+        return entry
+
+
+def list_submissions(
+    project: Project,
+    competition: str | None,
+    *,
+    local: bool,
+    workdir: Path,
+    timing: Timing | None = None,
+) -> tuple[str, list[SubmissionState]]:
+    """`kernelgen submissions`: the account's submissions to the competition, newest first,
+    as the backend lists them. Returns the competition and the list."""
+    stage = list(project.pipeline.stages)[-1]
+    comp = competition_of(project, competition, stage)
+    if local:
+        with Workspace.open(
+            project,
+            workdir,
+            backend=BackendKind.LOCAL,
+            command="submissions",
+            access=Access.READ,
+            timing=timing,
+        ) as ws:
+            return comp, ws.backend.submissions(comp)
+    from kernelgen.backends.kaggle import KaggleBackend
+
+    timing = timing or Timing()
+    return comp, KaggleBackend(sleep=timing.sleep, clock=timing.clock).submissions(comp)

@@ -18,7 +18,7 @@ from kernelgen.run.ledger import (
     git_state,
     read_metrics,
 )
-from kernelgen.run.state import Phase
+from kernelgen.run.state import Phase, SubmissionRecord
 from kernelgen.run.steps import Steps
 from kernelgen.spec.machine import AcceleratorKind
 
@@ -72,13 +72,14 @@ class RunRecorder:
         except LedgerError as exc:
             self._fail(exc)
 
-    def submitted(self, kernel: str, version: int | None, status: str, public: float | None = None,
-                  private: float | None = None) -> None:
+    def submitted(self, entry: SubmissionRecord) -> None:
         if self._ledger is None:
             return
+        kernel, version = entry.kernel, entry.version
         ref = f"{kernel}/{version}" if version is not None else kernel
+        row = SubmissionEntry(kernel, version, ref, entry.status.value, entry.public_score, entry.private_score)
         try:
-            self._ledger.submission(SubmissionEntry(kernel, version, ref, status, public, private), seen=self._now())
+            self._ledger.submission(row, seen=self._now())
         except LedgerError as exc:
             self._fail(exc)
 

@@ -21,12 +21,18 @@ from typing import Protocol
 from kernelgen.backends.base import DatasetStatus, KernelState, RunStatus
 from kernelgen.backoff import DATASET_BACKOFF, KERNEL_BACKOFF, LOCAL_BACKOFF, Backoff
 from kernelgen.build.wheels import WheelHouse
-from kernelgen.errors import ChainError, KernelFailedError, MissingOutputError, UnreachableError
+from kernelgen.errors import (
+    ChainError,
+    KernelFailedError,
+    KernelgenError,
+    MissingOutputError,
+    UnreachableError,
+)
 from kernelgen.files import log_tail
 from kernelgen.run.livelog import latest
 from kernelgen.run.progress import Reporter, StageRow
 from kernelgen.run.quota import check_quota, describe_quota, estimate_gpu_hours
-from kernelgen.run.state import Phase
+from kernelgen.run.state import Phase, SubmissionRecord
 from kernelgen.run.steps import Adopted, Steps
 from kernelgen.run.workspace import SUBMISSION_FILE
 from kernelgen.spec.machine import QUEUE_ALLOWANCE_SECONDS, AcceleratorKind
@@ -65,9 +71,10 @@ class ChainOptions:
     """How a chain runs: kernels at once, poll intervals, and how long things may take.
 
     A stage is given up on after its session time limit plus `queue_allowance` (or
-    after `stage_timeout` when set), a dataset after `dataset_timeout` of processing.
-    Polls of running work ride out a lost connection for `network_grace` seconds: the
-    kernels go on running on Kaggle meanwhile.
+    after `stage_timeout` when set), a dataset or model version after `dataset_timeout`
+    of processing, a submission after `score_timeout` without a score. Polls of running
+    work ride out a lost connection for `network_grace` seconds: the kernels go on
+    running on Kaggle meanwhile.
     """
 
     jobs: int = 2
@@ -77,6 +84,7 @@ class ChainOptions:
     queue_allowance: float = QUEUE_ALLOWANCE_SECONDS
     dataset_timeout: float = 3600.0
     network_grace: float = 1800.0
+    score_timeout: float = 6 * 3600.0
     ignore_quota: bool = False
 
     def __post_init__(self) -> None:
@@ -114,7 +122,7 @@ class Recorder(Protocol):
 
     def stage_ended(self, number: int, phase: Phase) -> None: ...
 
-    def submitted(self, kernel: str, version: int | None, status: str) -> None: ...
+    def submitted(self, entry: SubmissionRecord) -> None: ...
 
     def ended(self, outcome: str) -> None: ...
 
@@ -283,7 +291,7 @@ class Chain:
         self._report(self.timing.clock())
         try:
             result = self._finish(selected, submit=submit, competition=competition)
-        except (KernelFailedError, ChainError):
+        except KernelgenError:
             self._record_end("failed")
             raise
         self._record_end("complete")
@@ -390,7 +398,10 @@ class Chain:
         published = self.steps.publish(slug)
         if published is not None:
             verb = "created" if published.created else "new version of"
-            self._note(f"dataset {slug}: {verb} {published.dataset}")
+            kind = "model" if spec.via is Via.MODEL else "dataset"
+            version = self.state.datasets[slug].version
+            number = f" version {version}" if spec.via is Via.MODEL and version is not None else ""
+            self._note(f"dataset {slug}: {verb} {kind} {published.dataset}{number}")
         if self.state.datasets[slug].status is DatasetStatus.READY:
             task.phase = Phase.COMPLETE
             return True
@@ -480,11 +491,24 @@ class Chain:
             task.phase, task.ended = Phase.COMPLETE, now
             self._note(f"dataset {slug}: ready")
             return True
-        dataset = self.state.datasets[slug].dataset
+        record = self.state.datasets[slug]
+        limit = self.options.dataset_timeout
         if status is DatasetStatus.ERROR:
-            self._fail(task, now, Phase.ERROR, f"dataset {dataset} failed to process on {self.steps.backend.name}")
-        elif task.started is not None and now - task.started > self.options.dataset_timeout:
-            self._fail(task, now, Phase.ERROR, f"dataset {dataset} still processing after {self.options.dataset_timeout:.0f} s")
+            self._fail(
+                task,
+                now,
+                Phase.ERROR,
+                f"dataset {record.dataset} failed to process on {self.steps.backend.name}",
+            )
+        elif task.started is not None and now - task.started > limit:
+            if self.pipeline.datasets[slug].via is Via.MODEL:
+                note = (
+                    f"model {record.dataset} version {record.version} is not available after {limit:.0f} s: "
+                    "Kaggle reports no processing state for models, so it may have failed to process"
+                )
+            else:
+                note = f"dataset {record.dataset} still processing after {limit:.0f} s"
+            self._fail(task, now, Phase.ERROR, note)
         else:
             self._schedule(task, now)
         return False
@@ -560,11 +584,14 @@ class Chain:
         if submit:
             if result.submission is None:
                 raise ChainError(f"stage {last} left no {SUBMISSION_FILE} to submit")
-            record = self.state.stage(last)
-            if record.version is None:
-                raise ChainError(f"stage {last} has no backend version to submit")
             comp = competition or self.pipeline.stage(last).competition_sources[0]
-            self._note(self.steps.backend.submit(comp, record.kernel, record.version, SUBMISSION_FILE, "kernelgen chain"))
-            if self.recorder is not None:
-                self.recorder.submitted(record.kernel, record.version, "pending")
+            recorder = self.recorder
+            self.steps.submit_for_score(
+                last,
+                comp,
+                timeout=self.options.score_timeout,
+                say=self._note,
+                recorded=recorder.submitted if recorder is not None else lambda _: None,
+            )
         return result
+

@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from kernelgen.backends.base import DatasetStatus, RunStatus
+from kernelgen.backends.base import DatasetStatus, RunStatus, SubmissionStatus
 from kernelgen.errors import WorkFolderError
 from kernelgen.files import write_atomic, write_json_atomic
 
@@ -146,6 +146,33 @@ class DatasetRecord:
 
 
 @dataclass
+class SubmissionRecord:
+    """A submission made from this work folder and what became of it."""
+
+    competition: str
+    kernel: str
+    version: int | None
+    ref: int | None
+    submitted: str
+    status: SubmissionStatus = SubmissionStatus.PENDING
+    public_score: float | None = None
+    private_score: float | None = None
+    message: str = ""
+
+    def describe(self) -> str:
+        """Its outcome in one line: the public score, and the private one once the
+        competition has ended."""
+        public = "no public score" if self.public_score is None else f"public score {self.public_score:.5f}"
+        private = "" if self.private_score is None else f", private score {self.private_score:.5f}"
+        note = f" ({self.message})" if self.message else ""
+        return f"submission {self.ref}: {self.status.value}, {public}{private}{note}"
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> SubmissionRecord:
+        return cls(**{**raw, "status": SubmissionStatus(raw.get("status", SubmissionStatus.PENDING.value))})
+
+
+@dataclass
 class ChainState:
     """The state file's content. `frozen` state belongs to a command that only reads the
     work folder (it does not hold it): what it learns is shown, never saved."""
@@ -155,6 +182,7 @@ class ChainState:
     stages: dict[int, StageRecord] = field(default_factory=dict)
     datasets: dict[str, DatasetRecord] = field(default_factory=dict)
     wheels: dict[str, StageRecord] = field(default_factory=dict)
+    submissions: list[SubmissionRecord] = field(default_factory=list)
     frozen: bool = False
 
     @classmethod
@@ -172,6 +200,7 @@ class ChainState:
                 stages={int(k): StageRecord.from_json(v) for k, v in raw["stages"].items()},
                 datasets={k: DatasetRecord.from_json(v) for k, v in raw["datasets"].items()},
                 wheels={k: StageRecord.from_json(v) for k, v in raw.get("wheels", {}).items()},
+                submissions=[SubmissionRecord.from_json(v) for v in raw.get("submissions", [])],
                 frozen=frozen,
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -210,5 +239,6 @@ class ChainState:
                 "stages": {str(k): asdict(v) for k, v in sorted(self.stages.items())},
                 "datasets": {k: asdict(v) for k, v in sorted(self.datasets.items())},
                 "wheels": {k: asdict(v) for k, v in sorted(self.wheels.items())},
+                "submissions": [asdict(v) for v in self.submissions],
             },
         )

@@ -23,8 +23,10 @@ from kernelgen.backends.base import (
     PublishResult,
     PushResult,
     RunStatus,
+    SubmissionState,
+    SubmissionStatus,
 )
-from kernelgen.backoff import DATASET_BACKOFF, KERNEL_BACKOFF, Backoff, poll_until
+from kernelgen.backoff import DATASET_BACKOFF, KERNEL_BACKOFF, SCORE_BACKOFF, Backoff, poll_until
 from kernelgen.build.datasets import build_dataset, files_digest, missing_files
 from kernelgen.build.kernel import RenderedKernel, kernel_digest, render_stages, write_kernels
 from kernelgen.build.wheels import WheelHouse, render_wheels, wheel_houses
@@ -33,12 +35,13 @@ from kernelgen.errors import (
     DatasetFailedError,
     MissingOutputError,
     NotPushedError,
+    SubmissionFailedError,
     UnknownDatasetError,
 )
 from kernelgen.files import staged_dir
 from kernelgen.run.livelog import LogFollower
-from kernelgen.run.state import DatasetRecord, Intent, StageRecord
-from kernelgen.run.workspace import Workspace
+from kernelgen.run.state import DatasetRecord, Intent, StageRecord, SubmissionRecord
+from kernelgen.run.workspace import SUBMISSION_FILE, Workspace
 from kernelgen.spec.machine import Session
 from kernelgen.spec.params import ParamValue
 from kernelgen.spec.pipeline import DatasetSpec, Via
@@ -144,6 +147,20 @@ class Steps:
             if record.version is not None and record.status is RunStatus.COMPLETE
         }
 
+    def model_versions(self, number: int) -> dict[str, int]:
+        """The published version of each `via = "model"` input of stage `number`, by
+        dataset slug: what its kernel pins in `model_sources`."""
+        versions = {}
+        for slug in self.pipeline.stage(number).dataset_sources:
+            record = self.state.datasets.get(slug)
+            if (
+                self.pipeline.datasets[slug].via is Via.MODEL
+                and record is not None
+                and record.version is not None
+            ):
+                versions[slug] = record.version
+        return versions
+
     def render(self, number: int, *, required: bool = True) -> RenderedKernel:
         return render_stages(
             self.project,
@@ -155,6 +172,7 @@ class Steps:
             accelerators=self.accelerators,
             kernel_versions=self.kernel_versions(number, required=required),
             wheel_versions=self.wheel_versions(),
+            model_versions=self.model_versions(number),
         )[0]
 
     def key(self, kernel: RenderedKernel) -> str:
@@ -218,6 +236,17 @@ class Steps:
 
     def push(self, kernel: RenderedKernel) -> PushResult:
         """Write the kernel folder, push it, and record the run as the one to follow."""
+        unpinned = [
+            slug
+            for slug in self.pipeline.stage(kernel.stage).dataset_sources
+            if self.pipeline.datasets[slug].via is Via.MODEL
+            and slug not in self.model_versions(kernel.stage)
+        ]
+        if unpinned:
+            raise MissingOutputError(
+                f"stage {kernel.stage} reads {unpinned[0]} as a Kaggle Model, which has no version published from "
+                f"{self.paths.root}; publish it first (kernelgen publish {unpinned[0]}, or run the chain)"
+            )
         folder = write_kernels([kernel], self.paths.kernels)[0]
         record = self.record(kernel.stage)
         pushed = self._push(f"stage{kernel.stage}", record, key=self.key(kernel), kernel_id=kernel.kernel_id, folder=folder)
@@ -381,7 +410,10 @@ class Steps:
         record = self.state.datasets.get(slug)
         if record is None or record.intent is not Intent.PUBLISH:
             return None
-        latest = self.backend.dataset_version(record.dataset)
+        spec = self.pipeline.datasets[slug]
+        latest = (
+            self.backend.model_version if spec.via is Via.MODEL else self.backend.dataset_version
+        )(record.dataset)
         if latest is not None and (record.prior_version is None or latest > record.prior_version):
             record.mark_published(digest=record.intent_digest, dataset=record.dataset, version=latest)
             self.state.save()
@@ -399,23 +431,49 @@ class Steps:
                 "there is nothing to publish"
             )
         digest = files_digest(spec, self.paths.outputs)
+        target = (
+            spec.model_instance(self.username)
+            if spec.via is Via.MODEL
+            else f"{self.username}/{slug}"
+        )
         record = self.state.dataset(slug)
-        if record.digest == digest and record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING):
+        held = record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING)
+        if (record.digest, record.dataset) == (digest, target) and held:
             return None
         folder = build_dataset(spec, self.paths.outputs, self.paths.datasets, username=self.username)
-        dataset = f"{self.username}/{slug}"
-        record.mark_publishing(digest=digest, dataset=dataset, prior_version=self.backend.dataset_version(dataset))
-        self.state.save()
-        published = self.backend.publish(folder)
-        record.mark_published(
-            digest=digest, dataset=published.dataset, version=self.backend.dataset_version(published.dataset)
-        )
+        if spec.via is Via.MODEL:
+            prior = self.backend.model_version(target)
+            record.mark_publishing(digest=digest, dataset=target, prior_version=prior)
+            self.state.save()
+            published = self.backend.publish_model(folder)
+            # the version the request made, once Kaggle has processed it
+            record.mark_published(
+                digest=digest, dataset=published.dataset, version=(prior or 0) + 1
+            )
+        else:
+            record.mark_publishing(
+                digest=digest, dataset=target, prior_version=self.backend.dataset_version(target)
+            )
+            self.state.save()
+            published = self.backend.publish(folder)
+            record.mark_published(
+                digest=digest,
+                dataset=published.dataset,
+                version=self.backend.dataset_version(published.dataset),
+            )
         self.state.save()
         return published
 
     def poll_dataset(self, slug: str) -> DatasetStatus:
+        """The processing state of dataset `slug`'s latest version; a model version is ready
+        once Kaggle lists it as the instance's current one (the API reports no state for it)."""
         record = self.state.datasets[slug]
-        status = self.backend.dataset_status(record.dataset)
+        if self.pipeline.datasets[slug].via is Via.MODEL:
+            current = self.backend.model_version(record.dataset)
+            ready = current is not None and record.version is not None and current >= record.version
+            status = DatasetStatus.READY if ready else DatasetStatus.PROCESSING
+        else:
+            status = self.backend.dataset_status(record.dataset)
         if status is not record.status:
             record.status = status
             self.state.save()
@@ -437,3 +495,84 @@ class Steps:
         if status is DatasetStatus.ERROR:
             raise DatasetFailedError(f"dataset {record.dataset}: processing of its latest version failed")
         return status
+
+    # -- submissions ----------------------------------------------------------------------
+    def submit(self, number: int, competition: str, message: str) -> tuple[SubmissionRecord, str]:
+        """Submit stage `number`'s collected version to `competition`; the submission is
+        recorded in the state with that version. Returns it and the backend's message."""
+        record = self.pushed(number)
+        if record.status is not RunStatus.COMPLETE or not self.paths.submission(number).is_file():
+            raise MissingOutputError(
+                f"stage {number} has no complete run with a {SUBMISSION_FILE} in {self.paths.root} to submit"
+            )
+        submitted = self.backend.submit(
+            competition, record.kernel, record.version or 0, SUBMISSION_FILE, message
+        )
+        entry = SubmissionRecord(
+            competition, record.kernel, record.version, submitted.ref, self._now()
+        )
+        self.state.submissions.append(entry)
+        self.state.save()
+        return entry, submitted.message
+
+    def submit_for_score(
+        self,
+        number: int,
+        competition: str,
+        *,
+        timeout: float | None,
+        say: Callable[[str], None],
+        recorded: Callable[[SubmissionRecord], None],
+    ) -> SubmissionRecord:
+        """Submit stage `number`'s collected version, then wait up to `timeout` seconds for
+        its score (not at all when None). `say` gets each line to show; `recorded` gets the
+        submission when it is made and again once it is scored or has failed."""
+        record = self.pushed(number)
+        entry, message = self.submit(number, competition, f"kernelgen: {record.kernel} version {record.version}")
+        say(message)
+        recorded(entry)
+        if timeout is None or entry.ref is None:
+            return entry
+        say(f"submission {entry.ref}: waiting for its score (up to {timeout:.0f} s)")
+        try:
+            self.wait_score(entry, timeout=timeout)
+        finally:
+            if entry.status is not SubmissionStatus.PENDING:
+                recorded(entry)
+        say(entry.describe())
+        return entry
+
+    def wait_score(
+        self,
+        entry: SubmissionRecord,
+        *,
+        timeout: float,
+        backoff: Backoff = SCORE_BACKOFF,
+        on_poll: Callable[[SubmissionState, float], None] | None = None,
+    ) -> SubmissionState:
+        """Poll the submission until Kaggle scores it or reports an error; what it ends as
+        is recorded. SubmissionFailedError when it failed, PollTimeoutError past `timeout`."""
+        if entry.ref is None:
+            raise SubmissionFailedError(
+                f"the backend gave submission of {entry.kernel} no reference to follow"
+            )
+        ref = entry.ref
+        final = poll_until(
+            lambda: self.backend.submission(entry.competition, ref),
+            lambda state: state.status is not SubmissionStatus.PENDING,
+            timeout=timeout,
+            backoff=backoff,
+            clock=self.timing.clock,
+            sleep=self.timing.sleep,
+            on_poll=on_poll,
+            what=f"submission {ref} ({entry.kernel} version {entry.version})",
+            describe=lambda state: state.status.value,
+        )
+        entry.status, entry.public_score, entry.private_score = final.status, final.public_score, final.private_score
+        entry.message = final.message
+        self.state.save()
+        if final.status is SubmissionStatus.ERROR:
+            raise SubmissionFailedError(
+                f"submission {ref} ({entry.kernel} version {entry.version}) failed: {final.message or 'no reason given'}"
+            )
+        return final

@@ -106,19 +106,39 @@ class DatasetFile:
 
 
 class Via(str, Enum):
-    """How consumers read a dataset: a published Kaggle dataset, or the producing kernel's
-    output version itself (`kernel_sources`), which needs no upload and no processing wait."""
+    """How consumers read a dataset: a published Kaggle dataset; the producing kernel's
+    output version itself (`kernel_sources`), which needs no upload and no processing
+    wait; or a version of a Kaggle Model instance (`model_sources`)."""
 
     DATASET = "dataset"
     KERNEL = "kernel"
+    MODEL = "model"
+
+
+MODEL_FRAMEWORKS = {
+    name.lower(): name
+    for name in (
+        "PyTorch", "TensorFlow1", "TensorFlow2", "TfLite", "TfJs", "Keras", "Jax", "Flax",
+        "ScikitLearn", "Transformers", "Onnx", "MxNet", "Gguf", "Ggml", "Coral", "Other",
+    )
+}
+"""Kaggle's model frameworks a kernelgen model may be, by the lower-case name Kaggle's
+model handles and mount paths use."""
+
+_INSTANCE_SLUG = re.compile(r"^[a-z0-9]+(?:[_-][a-z0-9]+)*$")
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A set of stage outputs that later stages read. `framework` and `variation` are a
+    model's (`via = "model"`): the model instance its versions belong to."""
+
     slug: str
     title: str
     files: tuple[DatasetFile, ...]
     via: Via = Via.DATASET
+    framework: str = ""
+    variation: str = "default"
 
     @property
     def stages(self) -> tuple[int, ...]:
@@ -126,8 +146,13 @@ class DatasetSpec:
 
     @property
     def producer(self) -> int:
-        """The one stage whose kernel output a `via = "kernel"` dataset is."""
+        """The one stage whose kernel output a `via = "kernel"` dataset (or a model) is."""
         return self.stages[0]
+
+    def model_instance(self, owner: str) -> str:
+        """`owner/model/framework/variation`: the model instance a `via = "model"` entry
+        publishes versions of (a reader names one as `.../<version>`)."""
+        return f"{owner}/{self.slug}/{self.framework}/{self.variation}"
 
 
 @dataclass(frozen=True)
@@ -327,14 +352,21 @@ def _parse_stage(path: Path, number: int) -> StageSpec:
     )
 
 
+_DATASET_KEYS = {"title", "files", "via", "framework", "variation"}
+
+
 def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
     if not path.is_file():
         return {}
     raw = _load_toml(path)
     datasets = {}
     for slug, body in raw.items():
-        if not isinstance(body, dict) or not {"title", "files"} <= set(body) <= {"title", "files", "via"}:
-            raise MetadataError(f"dataset {slug!r} needs 'title' and 'files', and takes 'via'", where=path)
+        if not isinstance(body, dict) or not {"title", "files"} <= set(body) <= _DATASET_KEYS:
+            raise MetadataError(
+                f"dataset {slug!r} needs 'title' and 'files', and takes 'via' (and for a model, "
+                "'framework' and 'variation')",
+                where=path,
+            )
         if not _SLUG.match(slug):
             raise MetadataError(f"dataset slug {slug!r} must be lowercase letters, digits and dashes", where=path)
         files = []
@@ -349,15 +381,47 @@ def _parse_datasets(path: Path) -> dict[str, DatasetSpec]:
         if via not in {v.value for v in Via}:
             known = " or ".join(repr(v.value) for v in Via)
             raise MetadataError(f"dataset {slug!r}: via must be {known}, got {via!r}", where=path)
-        spec = DatasetSpec(slug=slug, title=str(body["title"]), files=tuple(files), via=Via(via))
-        if spec.via is Via.KERNEL and len(spec.stages) != 1:
+        spec = DatasetSpec(
+            slug=slug,
+            title=str(body["title"]),
+            files=tuple(files),
+            via=Via(via),
+            **_model_fields(slug, body, path),
+        )
+        if spec.via is not Via.DATASET and len(spec.stages) != 1:
             raise MetadataError(
-                f"dataset {slug!r} is read through a kernel's output (via = \"kernel\"), so its files "
-                f"must come from one stage, not stages {list(spec.stages)}",
+                f'dataset {slug!r} is read through a kernel\'s output or a model (via = "{via}"), so '
+                f"its files must come from one stage, not stages {list(spec.stages)}",
                 where=path,
             )
         datasets[slug] = spec
     return datasets
+
+
+def _model_fields(slug: str, body: Mapping[str, Any], path: Path) -> dict[str, str]:
+    """`framework` (required) and `variation` of a `via = "model"` entry, checked."""
+    if body.get("via") != Via.MODEL.value:
+        extra = sorted({"framework", "variation"} & set(body))
+        if extra:
+            raise MetadataError(
+                f'dataset {slug!r}: {extra[0]!r} is for via = "model" only', where=path
+            )
+        return {}
+    framework = body.get("framework")
+    if not isinstance(framework, str) or framework.lower() not in MODEL_FRAMEWORKS:
+        known = ", ".join(MODEL_FRAMEWORKS.values())
+        raise MetadataError(
+            f"dataset {slug!r}: a model needs 'framework', one of {known}; got {framework!r}",
+            where=path,
+        )
+    variation = body.get("variation", "default")
+    if not isinstance(variation, str) or not _INSTANCE_SLUG.match(variation):
+        raise MetadataError(
+            f"dataset {slug!r}: variation {variation!r} must be lowercase letters and digits, "
+            "joined by single dashes or underscores",
+            where=path,
+        )
+    return {"framework": framework.lower(), "variation": variation}
 
 
 def _check_graph(stages: Mapping[int, StageSpec], datasets: Mapping[str, DatasetSpec], where: Path) -> None:
