@@ -13,7 +13,7 @@ kernel-metadata/stage4.toml at the bench's small size, no pretrained weights) an
 predicts the unseen test images. Stage 1 then trains twice on the same images and split,
 once per head (`image`, `class`); stage 2 scores the train images and marks the ones
 stage 1 held out; stage 3 chooses the gates on those. Each gate is applied to stage 4's
-masks with stage 5's own functions and scored with the competition metric (mean Dice
+masks with stage 5's own functions (stages/lib/gates.py) and scored with the competition metric (mean Dice
 over (image, class) pairs, 1 for empty-empty) against the hidden truth:
 
 - no gate: stage 4's masks as they are;
@@ -49,6 +49,7 @@ import segmentation_models_pytorch  # noqa: E402, F401  (torchvision before Tens
 from bench_profiles import profile  # noqa: E402
 
 from kernelgen.runtime import Layout  # noqa: E402
+from stages.lib.gates import blank_confident_classes, blank_confident_images  # noqa: E402
 from stages.lib.metrics import mean_dice_rle  # noqa: E402
 from stages.lib.scores import (  # noqa: E402
     CLASS_SCORE_COLUMNS,
@@ -73,7 +74,6 @@ from stages.stage3_threshold import (  # noqa: E402
 from stages.stage3_threshold import run as run_stage3  # noqa: E402
 from stages.stage4_segmentation import Params as SegParams  # noqa: E402
 from stages.stage4_segmentation import run as run_stage4  # noqa: E402
-from stages.stage5_submission import blank_confident_classes, blank_confident_images  # noqa: E402
 from stages.synth import generate  # noqa: E402
 
 # Stage 3's rules tried, with the recall each `recall` rule keeps.
@@ -190,7 +190,7 @@ def main() -> None:
                 both, _ = blank_confident_classes(gated, classes, gates)
                 alone, _ = blank_confident_classes(masks, classes, gates)
                 name = f"per-class gates, {rule}" + (f" {recall}" if rule == "recall" else "")
-                shown = ",".join(f"{g:.3f}" for g in gates)
+                shown = [round(g, 3) for g in gates]
                 print(f"{name:>44}: {score(alone):.4f} alone, {score(both):.4f} after the image gate  (gates {shown})")
 
 

@@ -29,7 +29,7 @@ import io
 import sys
 import tempfile
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent)]
 
 from kernelgen.runtime import Layout  # noqa: E402
+from kernelgen.spec.params import coerce_value, parse_text, read_param_fields  # noqa: E402
 from stages.lib.metrics import mean_dice_rle  # noqa: E402
 from stages.lib.submission import read_submission  # noqa: E402
 from stages.lib.traincsv import read_train_csv  # noqa: E402
@@ -50,30 +51,26 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 TOML = HERE.parent / "kernel-metadata" / "stage4.toml"
+FIELDS = {f.name: f for f in read_param_fields(HERE.parent / "stages" / "stage4_segmentation.py", 4)}
 
 
 def profile(name: str) -> dict:
+    """The profile's values as `Params` takes them (TOML arrays become tuples)."""
     if name == "full":
         return {}
     with TOML.open("rb") as handle:
-        return dict(tomllib.load(handle)["profiles"][name])
+        table = tomllib.load(handle)["profiles"][name]
+    return {key: coerce_value(value, FIELDS[key].type, name=key, stage=4) for key, value in table.items()}
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
+    """`name:key=value;key=value`, each value read as `--set` reads it (lists as `[2, 2, 1, 1.5]`)."""
     name, _, body = text.partition(":")
-    types = {f.name: f.type for f in fields(Params)}
     values: dict = {}
     for item in filter(None, (part.strip() for part in body.split(";"))):
         key, _, raw = item.partition("=")
-        kind = types[key.strip()]
-        if kind in (bool, "bool"):
-            values[key.strip()] = raw.strip().lower() == "true"
-        elif kind in (int, "int"):
-            values[key.strip()] = int(raw)
-        elif kind in (float, "float"):
-            values[key.strip()] = float(raw)
-        else:
-            values[key.strip()] = raw.strip()
+        field = FIELDS[key.strip()]
+        values[field.name] = parse_text(raw.strip(), field.type, name=field.name, stage=4)
     return name, values
 
 

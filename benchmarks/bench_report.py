@@ -19,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kernelgen.project import Project  # noqa: E402
 from kernelgen.report import write_report  # noqa: E402
+from kernelgen.spec.project import Project  # noqa: E402
 from tests.browser import Chromium, find_chromium  # noqa: E402
 
 

@@ -43,22 +43,22 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from _timing import best_of  # noqa: E402
 
+from stages.lib.seg.device import (  # noqa: E402
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceSetup,
+    grad_scaler,
+    make_loader,
+)
+from stages.lib.seg.model import build_unet  # noqa: E402
+from stages.lib.seg.train import train_epoch  # noqa: E402
 from stages.lib.segdata import (  # noqa: E402
     SteelSegDataset,
     defects_by_image,
     list_images,
 )
 from stages.lib.traincsv import read_train_csv  # noqa: E402
-from stages.stage4_segmentation import (  # noqa: E402
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DeviceSetup,
-    Params,
-    build_unet,
-    grad_scaler,
-    make_loader,
-    train_epoch,
-)
+from stages.stage4_segmentation import Params  # noqa: E402
 from stages.synth import generate  # noqa: E402
 
 
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         train_height=args.height, train_width=args.width, batch_size=args.batch_size,
         accumulate_to=args.accumulate_to, pretrained=False, workers=args.workers,
     )
-    setup = DeviceSetup.create(params, device)
+    setup = DeviceSetup.create(device, params.amp, params.batch_size, params.accumulate_to)
     items = (args.warmup + args.steps) * args.batch_size
 
     with tempfile.TemporaryDirectory(prefix="bench-stage4-") as tmp:

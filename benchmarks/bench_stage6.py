@@ -22,8 +22,10 @@ import segmentation_models_pytorch  # noqa: E402,F401  (torchvision before Tenso
 import torch  # noqa: E402
 
 from stages.lib.classifier import build_classifier  # noqa: E402
+from stages.lib.seg.checkpoint import Segmenter  # noqa: E402
+from stages.lib.seg.model import build_unet  # noqa: E402
+from stages.lib.seg.postprocess import PostProcess  # noqa: E402
 from stages.stage4_segmentation import Params as SegParams  # noqa: E402
-from stages.stage4_segmentation import build_unet  # noqa: E402
 from stages.stage6_inference import classify, segment  # noqa: E402
 from stages.synth import generate  # noqa: E402
 
@@ -49,19 +51,29 @@ def main() -> None:
         names = sorted(p.name for p in test_dir.iterdir())
         seg_params = SegParams(batch_size=8, pretrained=False, workers=0)  # full size: 256x1600
         device = torch.device("cpu")
+        post = PostProcess(
+            (seg_params.pixel_threshold,) * 4, (seg_params.min_size,) * 4, (seg_params.min_area,) * 4
+        )
+
+        def segmenter(model: torch.nn.Module) -> Segmenter:
+            return Segmenter(
+                model, seg_params.train_height, seg_params.train_width, seg_params.batch_size,
+                seg_params.tta, seg_params.amp, post,
+            )
+
         model = build_unet(pretrained=False).eval()
         classifier_path = Path(tmp) / "model.h5"
         build_classifier(256, pretrained=False).save(classifier_path)
         seg_best = cls_best = cpu_best = float("inf")
         for _ in range(args.repeat):
             start = time.perf_counter()
-            segment(model, seg_params, test_dir, names, 0, device)
+            segment(segmenter(model), test_dir, names, 0, device)
             middle = time.perf_counter()
-            classify(classifier_path, test_dir, names, 32)
+            classify(classifier_path, test_dir, names, 32, "none")
             seg_best = min(seg_best, middle - start)
             cls_best = min(cls_best, time.perf_counter() - middle)
             start = time.perf_counter()
-            segment(AllDefect(), seg_params, test_dir, names, 0, device)
+            segment(segmenter(AllDefect()), test_dir, names, 0, device)
             cpu_best = min(cpu_best, time.perf_counter() - start)
     n = len(names)
     print(f"{n} images of 256x1600 on CPU, {args.threads} threads (best of {args.repeat}):")

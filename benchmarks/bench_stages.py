@@ -28,13 +28,13 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 from _timing import best_of  # noqa: E402
 
 from kernelgen.runtime.layout import Layout  # noqa: E402
+from stages.lib.gates import blank_confident_images  # noqa: E402
 from stages.lib.severstal import COMPETITION, IMAGE_SHAPE  # noqa: E402
 from stages.lib.submission import Submission, write_submission  # noqa: E402
 from stages.stage3_threshold import Params as Stage3Params  # noqa: E402
 from stages.stage3_threshold import choose_threshold, threshold_sweep  # noqa: E402
 from stages.stage3_threshold import run as run_stage3  # noqa: E402
 from stages.stage5_submission import Params as Stage5Params  # noqa: E402
-from stages.stage5_submission import blank_confident_images  # noqa: E402
 from stages.stage5_submission import run as run_stage5  # noqa: E402
 
 TRAIN_IMAGES = 12_568

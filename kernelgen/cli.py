@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from kernelgen.errors import KernelgenError
-from kernelgen.project import Project
+from kernelgen.spec.project import Project
 
 if TYPE_CHECKING:
-    from kernelgen.backends.base import KernelState
-    from kernelgen.polling import Timing
-    from kernelgen.steps import Steps
+    from kernelgen.clock import Timing
+    from kernelgen.run.ledger import RunSummary
 
 
 class _Group(click.Group):
@@ -104,11 +104,12 @@ def render(
 
     Everything is validated as the Kaggle client would before anything is written.
     """
+    from kernelgen.run.commands import render_kernels
+
     if all_stages == bool(stages):
         raise click.UsageError("give --stage N (repeatable) or --all")
-    chosen = list(project.pipeline.stages) if all_stages else list(stages)
-    kernels = project.render(chosen, username=user, profile=profile, sets=sets)
-    for folder, kernel in zip(project.write(kernels, out), kernels, strict=True):
+    chosen = list(project.pipeline.stages) if all_stages else [project.pipeline.stage(n).number for n in stages]
+    for folder, kernel in render_kernels(project, chosen, out, user=user, profile=profile, sets=sets):
         click.echo(f"stage {kernel.stage}: {folder}/{kernel.code_file} ({kernel.kernel_id})")
 
 
@@ -137,9 +138,12 @@ def run(
     project: Project,
 ) -> None:
     """Run one stage here against a Kaggle-shaped folder."""
+    from kernelgen.run.local import run_stage
+
     kernel = _jupyter_kernel(jupyter_kernel, allowed=notebook, needs="--notebook")
-    working = project.run(
-        stage,
+    working = run_stage(
+        project,
+        project.pipeline.stage(stage).number,
         root,
         profile=profile,
         sets=sets,
@@ -165,8 +169,8 @@ def synth(out: Path, sets: tuple[str, ...], project: Project) -> None:
 
     The generator and its default options are declared in kernel-metadata/pipeline.toml.
     """
-    from kernelgen.localdata import generate_data
-    from kernelgen.params import parse_overrides
+    from kernelgen.run.localdata import generate_data
+    from kernelgen.spec.params import parse_overrides
 
     texts = {}
     for item in parse_overrides(sets):
@@ -216,7 +220,7 @@ user_option = click.option("--user", help="Kaggle username (default: config, KAG
 
 def _jupyter_kernel(name: str | None, *, allowed: bool, needs: str) -> str:
     """The kernelspec to run notebooks in, checked to exist before anything runs."""
-    from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, check_jupyter_kernel
+    from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, check_jupyter_kernel
 
     if name is None:
         return DEFAULT_JUPYTER_KERNEL
@@ -226,48 +230,13 @@ def _jupyter_kernel(name: str | None, *, allowed: bool, needs: str) -> str:
     return name
 
 
-def _username(project: Project, user: str | None, local: bool) -> str:
-    from kernelgen.config import resolve_username
-
-    if local and not (user or project.config.username):
-        return "local"
-    return resolve_username(user, project.config)
-
-
 def _timing() -> Timing:
     """The clock and sleep to wait with: real ones unless the caller handed others in
     (`main(obj=Timing(...))`), as tests do."""
-    from kernelgen.polling import Timing
+    from kernelgen.clock import Timing
 
     found = click.get_current_context().find_object(Timing)
     return found if found is not None else Timing()
-
-
-def _steps(
-    project: Project,
-    workdir: Path,
-    *,
-    local: bool,
-    user: str | None = None,
-    profile: str | None = None,
-    accelerators: dict[int, str] | None = None,
-) -> Steps:
-    """The work folder's steps on the chosen backend."""
-    from kernelgen import operations as ops
-    from kernelgen.steps import Steps
-
-    timing = _timing()
-    backend = ops.open_backend(project, workdir, local=local, timing=timing)
-    return Steps(
-        project,
-        backend,
-        workdir,
-        username=_username(project, user, local),
-        profile=ops.run_profile(project, profile, local=local),
-        accelerators=accelerators,
-        clock=timing.clock,
-        sleep=timing.sleep,
-    )
 
 
 @main.command()
@@ -308,42 +277,22 @@ def push(
     download its outputs and whole log when it ends. With --local it runs here, with
     the smoke profile unless --profile names another.
     """
-    from kernelgen import operations as ops
-    from kernelgen.backends.base import RunStatus
-    from kernelgen.errors import KernelFailedError
-    from kernelgen.livelog import latest
-    from kernelgen.progress import format_elapsed
+    from kernelgen.run.commands import push_stage
 
-    number = project.pipeline.stage(stage).number
-    accelerators = project.accelerators([accelerator] if accelerator else [], [number])
-    chosen = ops.run_profile(project, profile, local=local)
-    project.render(
-        [stage], username=_username(project, user, local), profile=chosen, sets=sets, accelerators=accelerators
+    push_stage(
+        project,
+        workdir,
+        stage,
+        local=local,
+        user=user,
+        profile=profile,
+        sets=sets,
+        accelerator=accelerator,
+        wait=wait,
+        timeout=timeout,
+        timing=_timing(),
+        say=click.echo,
     )
-    steps = _steps(project, workdir, local=local, user=user, profile=profile, accelerators=accelerators)
-    pushed = ops.push_stage(steps, stage, sets)
-    click.echo(f"stage {stage}: pushed {pushed.kernel} version {pushed.version}")
-    click.echo(pushed.url)
-    if not wait:
-        return
-    seen: list[RunStatus] = []
-
-    def on_poll(state: KernelState, elapsed: float) -> None:
-        line = latest(steps.log_lines(stage))
-        if not seen or seen[-1] is not state.status or line:
-            seen.append(state.status)
-            shown = f" - {line}" if line else ""
-            click.echo(f"stage {stage}: {state.status.value} [{format_elapsed(elapsed)}]{shown}")
-
-    limit = timeout if timeout is not None else steps.session(stage).wait_seconds()
-    final = steps.wait(stage, timeout=limit, on_poll=on_poll)
-    dest, output = steps.collect(stage)
-    click.echo(f"stage {stage}: {len(output.files)} output files and the log in {dest}")
-    if final.status is not RunStatus.COMPLETE:
-        tail = "\n".join(output.log.rstrip().splitlines()[-20:])
-        raise KernelFailedError(
-            f"ended in {final.status.value}: {final.message}", stage=stage, status=final.status.value, log_tail=tail
-        )
 
 
 @main.command()
@@ -353,26 +302,27 @@ def push(
 @local_option
 @with_project
 def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, project: Project) -> None:
-    """A table of stages with their backend status and version."""
+    """A table of stages with their backend status and version. It only reads the work
+    folder, so it works while a chain runs there."""
     import dataclasses
     import json
 
-    from kernelgen import operations as ops
+    from kernelgen.run.commands import stage_status
 
     chosen = [project.pipeline.stage(n).number for n in stages] or list(project.pipeline.stages)
-    steps = _steps(project, workdir, local=local)
-    rows = ops.stage_status(steps, chosen)
+    backend, rows = stage_status(project, workdir, chosen, local=local, timing=_timing())
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"kernelgen status ({steps.backend.name}, {workdir})")
+    table = Table(title=f"kernelgen status ({backend}, {workdir})")
     for column in ("stage", "title", "kernel", "version", "status", "message"):
         table.add_column(column)
     for row in rows:
-        table.add_row(str(row.stage), row.title, row.kernel, "" if row.version is None else str(row.version), row.status, row.message)
+        version = "" if row.version is None else str(row.version)
+        table.add_row(str(row.stage), row.title, row.kernel, version, row.status, row.message)
     Console().print(table)
 
 
@@ -384,9 +334,10 @@ def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, p
 @with_project
 def output(stage: int, out: Path | None, workdir: Path, local: bool, project: Project) -> None:
     """Download a stage's output files and its whole log."""
-    project.pipeline.stage(stage)
-    dest, fetched = _steps(project, workdir, local=local).collect(stage, out)
-    click.echo(f"stage {stage}: {len(fetched.files)} files and the log in {dest}")
+    from kernelgen.run.commands import collect_output
+
+    dest, count = collect_output(project, workdir, stage, out, local=local, timing=_timing())
+    click.echo(f"stage {stage}: {count} files and the log in {dest}")
 
 
 @main.command()
@@ -402,16 +353,19 @@ def publish(
 ) -> None:
     """Build DATASET (as kernel-metadata/datasets.toml declares it) from the stages' outputs
     and create or version it; nothing is uploaded when it already holds these files."""
-    steps = _steps(project, workdir, local=local, user=user)
-    slug = dataset.lower()
-    result = steps.publish(slug)
-    if result is None:
-        record = steps.state.datasets[slug]
-        click.echo(f"{record.dataset} already holds these files ({record.status.value if record.status else 'unknown'})")
-    else:
-        click.echo(f"{'created' if result.created else 'new version of'} {result.dataset} {result.url}")
-    if not no_wait:
-        click.echo(f"{slug}: {steps.wait_dataset(slug, timeout=timeout).value}")
+    from kernelgen.run.commands import publish_dataset
+
+    publish_dataset(
+        project,
+        workdir,
+        dataset,
+        local=local,
+        user=user,
+        wait=not no_wait,
+        timeout=timeout,
+        timing=_timing(),
+        say=click.echo,
+    )
 
 
 @main.command()
@@ -425,7 +379,8 @@ def publish(
 def report(out: Path | None, workdir: Path, project: Project) -> None:
     """Write one self-contained HTML page on the work folder's run: each stage's status,
     times and parameters, learning curves, what changed since the previous run, and the
-    pipeline's own panels. It opens in any browser with no server or network."""
+    pipeline's own panels. It opens in any browser with no server or network, and can be
+    written while a chain runs in the folder."""
     from kernelgen.report import write_report
 
     click.echo(f"report: {write_report(project, workdir, out)}")
@@ -436,7 +391,12 @@ def report(out: Path | None, workdir: Path, project: Project) -> None:
 @click.option("--from", "first", type=int, help="First stage to run (earlier ones must be complete in WORKDIR).")
 @click.option("--to", "last", type=int, help="Last stage to run (default: the pipeline's [chain] last, else the last stage).")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True, help="Kernels running at once.")
-@click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end.")
+@click.option("--submit", is_flag=True, help="Submit the last stage's version to the competition at the end and wait for its score.")
+@click.option(
+    "--score-timeout",
+    type=click.FloatRange(min=0),
+    help="With --submit: seconds to wait for the score (default: 6 hours).",
+)
 @click.option(
     "--accelerator",
     "accelerators",
@@ -461,6 +421,7 @@ def chain(
     last: int | None,
     jobs: int,
     submit: bool,
+    score_timeout: float | None,
     accelerators: tuple[str, ...],
     ignore_quota: bool,
     jupyter_kernel: str | None,
@@ -476,65 +437,211 @@ def chain(
     GPU quota left before anything is pushed. At the end, or when a stage fails, it
     writes the run's report to WORKDIR/report.html.
     """
-    from kernelgen import operations as ops
-    from kernelgen.chain import LOCAL_POLL_POLICY, Chain
-    from kernelgen.errors import KernelFailedError
-    from kernelgen.progress import make_reporter
     from kernelgen.report import write_report
+    from kernelgen.run.commands import run_chain
+    from kernelgen.run.progress import make_reporter
+    from kernelgen.run.workspace import WorkPaths
 
-    numbers = list(project.pipeline.stages)
-    lo = project.pipeline.stage(first).number if first is not None else numbers[0]
-    hi = project.pipeline.stage(last).number if last is not None else project.pipeline.default_stages[-1]
-    selected = [n for n in numbers if lo <= n <= hi]
-    machines = project.accelerators(accelerators, selected)
     kernel = _jupyter_kernel(jupyter_kernel, allowed=local, needs="--local")
-    profile = ops.run_profile(project, profile, local=local)
-    username = _username(project, user, local)
-    timing = _timing()
-    backend = ops.open_backend(project, workdir, local=local, jobs=jobs, timing=timing, jupyter_kernel=kernel)
-    reporter = make_reporter()
-    failed: KernelFailedError | None = None
+    paths = WorkPaths(workdir.resolve())
     try:
-        result = Chain(
+        done = run_chain(
             project,
-            backend,
             workdir,
-            username=username,
+            local=local,
+            first=first,
+            last=last,
+            jobs=jobs,
+            submit=submit,
+            score_timeout=score_timeout,
+            accelerators=accelerators,
+            ignore_quota=ignore_quota,
+            jupyter_kernel=kernel,
+            user=user,
             profile=profile,
             sets=sets,
-            jobs=jobs,
-            reporter=reporter,
-            policy=LOCAL_POLL_POLICY if local else None,
-            accelerators=machines,
-            ignore_quota=ignore_quota,
-            clock=timing.clock,
-            sleep=timing.sleep,
-        ).run(selected, submit=submit, competition=project.config.competition)
-    except KernelFailedError as exc:
-        failed = exc
-    finally:
-        reporter.close()
-        close = getattr(backend, "close", None)
-        if close:
-            close()
-    click.echo(f"report: {write_report(project, workdir)}")
-    if failed is not None:
-        raise failed
-    if result.submission is not None:
-        click.echo(f"submission: {result.submission}")
+            timing=_timing(),
+            reporter=make_reporter(),
+            write_report=lambda folder: write_report(project, folder),
+            say=click.echo,
+        )
+    except KernelgenError:
+        if paths.report.is_file():
+            click.echo(f"report: {paths.report}")
+        raise
+    click.echo(f"report: {done.report}")
+    if done.result.submission is not None:
+        click.echo(f"submission: {done.result.submission}")
     else:
-        click.echo(f"done: stages {', '.join(map(str, selected))} complete; outputs in {workdir / 'outputs'}")
+        click.echo(f"done: stages {', '.join(map(str, done.selected))} complete; outputs in {paths.outputs_root}")
+
+
+competition_option = click.option(
+    "--competition", help="Competition slug (default: the config's, else the one the stages read)."
+)
+
+
+@main.command()
+@click.option(
+    "--stage",
+    type=int,
+    help="Stage whose collected version to submit (default: the last with a submission.csv).",
+)
+@click.option("--no-wait", is_flag=True, help="Submit and return without waiting for the score.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=6 * 3600.0,
+    show_default=True,
+    help="Seconds to wait for the score.",
+)
+@competition_option
+@workdir_option
+@local_option
+@with_project
+def submit(
+    stage: int | None,
+    no_wait: bool,
+    timeout: float,
+    competition: str | None,
+    workdir: Path,
+    local: bool,
+    project: Project,
+) -> None:
+    """Submit a stage's collected kernel version to its code competition, then wait until
+    Kaggle scores it and print the public score (and the private one once the competition
+    has ended). The score is kept in the work folder's state and ledger."""
+    from kernelgen.run.commands import submit_stage
+
+    submit_stage(
+        project,
+        workdir,
+        stage=stage,
+        competition=competition,
+        local=local,
+        wait=not no_wait,
+        timeout=timeout,
+        timing=_timing(),
+        say=click.echo,
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@competition_option
+@workdir_option
+@local_option
+@with_project
+def submissions(
+    as_json: bool, competition: str | None, workdir: Path, local: bool, project: Project
+) -> None:
+    """The account's submissions to the competition, newest first: date, kernel version,
+    status, public and private score."""
+    import dataclasses
+
+    from kernelgen.run.commands import list_submissions
+
+    comp, found = list_submissions(
+        project, competition, local=local, workdir=workdir, timing=_timing()
+    )
+    if as_json:
+        rows = [{**dataclasses.asdict(item), "status": item.status.value} for item in found]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not found:
+        click.echo(f"no submissions to {comp}")
+        return
+    for item in found:
+        public = "-" if item.public_score is None else f"{item.public_score:.5f}"
+        private = "-" if item.private_score is None else f"{item.private_score:.5f}"
+        note = f"  {item.message}" if item.message else ""
+        click.echo(
+            f"{item.ref}  {item.date or '-'}  {item.status.value:<8}  public {public}  private {private}  "
+            f"{item.description}{note}"
+        )
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--last", type=click.IntRange(min=1), help="Only the last N runs.")
+@workdir_option
+@click.pass_context
+def runs(ctx: click.Context, as_json: bool, last: int | None, workdir: Path) -> None:
+    """Every chain run and `push --wait` made from the work folder, newest first: when,
+    backend, stages run, parameters changed against the run before, metrics, GPU hours
+    and the submission's scores. It reads the ledger only, so it works while a chain runs."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kernelgen.run.commands import changed_params, list_runs
+
+    found = list_runs(workdir, last)
+    if as_json:
+        click.echo(json.dumps([run.as_json() for run in found], indent=2))
+        return
+    changes = changed_params(list_runs(workdir))
+    for run in found:
+        for line in _run_lines(run, changes.get(run.id, {})):
+            click.echo(line)
+
+
+def _run_lines(run: RunSummary, changed: dict[str, tuple[object, object]]) -> list[str]:
+    """A run as a few lines: what, when and how it ended, then stages, changes, metrics, score."""
+    when = run.started.replace("T", " ")[:16]
+    ended = run.outcome or "did not end"
+    lines = [f"run {run.id}  {when}  {run.command}  {run.backend}  {run.profile}  {ended}  GPU {run.gpu_hours:.2f} h"]
+    by_phase: dict[str, list[str]] = {}
+    for number, phase in run.stages.items():
+        by_phase.setdefault(phase, []).append(str(number))
+    lines.append("  stages: " + "; ".join(f"{', '.join(n)} {phase}" for phase, n in by_phase.items()))
+    if changed:
+        lines.append("  changed: " + "; ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in changed.items()))
+    if run.metrics:
+        lines.append("  metrics: " + "; ".join(f"{k} {v:.4g}" for k, v in run.metrics.items()))
+    if run.submission:
+        public = "" if run.public_score is None else f", public score {run.public_score:.5f}"
+        private = run.submission.get("private_score")
+        private_text = "" if private is None else f", private score {private:.5f}"
+        lines.append(f"  submission: {run.submission['ref']} {run.submission['status']}{public}{private_text}")
+    return lines
+
+
+@runs.command("diff")
+@click.argument("first", type=int)
+@click.argument("second", type=int)
+@workdir_option
+def runs_diff(first: int, second: int, workdir: Path) -> None:
+    """The parameters, inputs and metrics that differ between runs FIRST and SECOND."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from kernelgen.run.commands import diff_runs
+
+    found = diff_runs(workdir, first, second)
+    table = Table(title=f"run {first} against run {second}")
+    for column in ("", "name", f"run {first}", f"run {second}"):
+        table.add_column(column)
+    for kind, rows in (("parameter", found.params), ("input", found.inputs), ("metric", found.metrics)):
+        for name, (a, b) in rows.items():
+            table.add_row(kind, name, "(none)" if a is None else _short(a), "(none)" if b is None else _short(b))
+    if not (found.params or found.inputs or found.metrics):
+        click.echo(f"runs {first} and {second} ran with the same parameters and inputs and measured the same")
+        return
+    Console(width=160).print(table)
 
 
 @main.command()
 def quota() -> None:
     """The week's Kaggle GPU quota: used, reserved by running sessions, allowed, left,
     and when it refreshes."""
-    from kernelgen.backends.kaggle import KaggleBackend
-    from kernelgen.quota import when
+    from kernelgen.run.commands import gpu_quota
+    from kernelgen.run.quota import when
 
-    timing = _timing()
-    figures = KaggleBackend(sleep=timing.sleep, clock=timing.clock).quota()
+    figures = gpu_quota(_timing())
     if figures is None:
         click.echo("Kaggle reports no GPU quota for this account")
         return

@@ -208,7 +208,7 @@ def probe_kernel(env: Path, *, ml: bool) -> bool:
     sys.path.insert(0, str(REPO))
     import nbformat
 
-    from kernelgen.execute import execute_notebook
+    from kernelgen.backends.execute import execute_notebook
 
     # torch before TensorFlow: the other order crashes in one process (tests/conftest.py).
     pinned = dict(FRAMEWORK_FREE_PINS, **(FRAMEWORK_PINS if ml else {}))

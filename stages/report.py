@@ -53,6 +53,14 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def _gates(value: object) -> object:
+    """Per-class gates as a list of floats, so a chained list and stage 3's compare equal;
+    an empty or missing value is [], anything else is kept as it is."""
+    if isinstance(value, (list, tuple)):
+        return [float(v) for v in value]
+    return value if value else []
+
+
 def _guarded(key: str, title: str, build: Callable[[ReportContext], Panel], context: ReportContext) -> Panel:
     try:
         return build(context)
@@ -128,8 +136,8 @@ def threshold_panel(context: ReportContext) -> Panel:
             )
         )
         used_gates = context.params(SUBMISSION).get("class_thresholds")
-        if used_gates is not None and str(used_gates) != str(chosen.get("class_thresholds", "")):
-            blocks.append(Note(f"Stage 5 last ran with class_thresholds {used_gates!r}, not these gates.", "missing"))
+        if used_gates is not None and _gates(used_gates) != _gates(chosen.get("class_thresholds")):
+            blocks.append(Note(f"Stage 5 last ran with class_thresholds {_gates(used_gates)}, not these gates.", "missing"))
     why = RULES.get(rule, f"by rule {rule!r}")
     images = chosen.get("images")
     held_out = f"the {images} train images stage 1 held out of training" if images else "held-out train images"
@@ -208,10 +216,10 @@ def submission_panel(context: ReportContext) -> Panel:
         for c in CLASS_IDS
     ]
     blocks.append(Table.of(("class", "masks before the gate", "masks in the final submission", "images"), rows))
-    gates = str(context.params(SUBMISSION).get("class_thresholds") or "")
+    gates = _gates(context.params(SUBMISSION).get("class_thresholds"))
     per_class = (
         f" With per-class gates {gates} (classes 1 to 4) it also blanks each class whose own score is above its gate."
-        if gates.strip()
+        if gates
         else ""
     )
     return Panel(

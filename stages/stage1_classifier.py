@@ -41,6 +41,7 @@ from stages.lib.classifier import (
     load_classifier,
     predict_scores,
 )
+from stages.lib.metrics import roc_auc, write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table, write_table
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
@@ -356,6 +357,13 @@ def run(params: Params, layout: Layout) -> None:
     result = score_table([p.name for p in test_paths], predict_scores(best, test_data, params.tta))
     target = out / "test_missing_count.csv"
     write_table(result, target)
+    held_out = classifier_image_dataset(val_paths, params.image_size, params.batch_size)
+    val_scores = score_table([Path(p).name for p in val_paths], predict_scores(best, held_out, params.tta))
+    val_missing = val_scores["allMissing"].to_numpy()
+    write_metrics(out, {
+        "val_auc": roc_auc(val_missing, labels[is_val]),
+        "val_accuracy": float(((val_missing > 0.5) == (labels[is_val] == 1.0)).mean()),
+    })
     pick = min if mode == "min" else max
     print(
         f"best {monitor} {pick(r[monitor] for r in log.rows):.4f}; "

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from kernelgen.runtime import InputError, Layout
+from stages.lib.metrics import write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, read_score_table
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.traincsv import read_train_csv
@@ -315,7 +316,7 @@ def run(params: Params, layout: Layout) -> None:
     sweep = threshold_sweep(scores["allMissing"].to_numpy(), positive)
     chosen: dict[str, object] = dict(choose_threshold(sweep, params.rule, min_recall=params.min_recall))
     chosen["images"] = int(scores.shape[0])
-    chosen["class_thresholds"] = ""
+    chosen["class_thresholds"] = []
     if not params.image_gate:
         chosen["swept_threshold"] = chosen["threshold"]
         chosen["threshold"] = 1.0
@@ -331,7 +332,7 @@ def run(params: Params, layout: Layout) -> None:
         classes = choose_class_thresholds(sweeps, params.class_rule, params.min_recall)
         chosen["class_rule"] = params.class_rule
         chosen["classes"] = classes
-        chosen["class_thresholds"] = ",".join(f"{float(classes[str(c)]['threshold']):.3f}" for c in CLASS_IDS)
+        chosen["class_thresholds"] = [float(classes[str(c)]["threshold"]) for c in CLASS_IDS]
         written = sweeps.copy()
         written["threshold"] = [f"{t:.3f}" for t in sweeps["threshold"]]
         written[["class", *SWEEP_COLUMNS]].to_csv(
@@ -339,6 +340,8 @@ def run(params: Params, layout: Layout) -> None:
         )
         _plot_classes(sweeps, classes, working / "class_threshold_sweep.png")
     (working / "threshold.json").write_text(json.dumps(chosen, indent=2) + "\n")
+    swept = float(chosen.get("swept_threshold", chosen["threshold"]))
+    write_metrics(working, {"threshold": swept, "f1": float(chosen["f1"])})
     _plot_metrics(sweep, chosen, working / "threshold_sweep.png")
     _plot_counts(sweep, chosen, working / "threshold_counts.png")
 

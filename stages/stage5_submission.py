@@ -11,13 +11,10 @@
 # %%
 from dataclasses import dataclass
 
-import numpy as np
-import pandas as pd
-
 from kernelgen.runtime import Layout
+from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.scores import CLASS_SCORE_COLUMNS, CLASS_SCORES_HINT, read_score_table
-from stages.lib.severstal import CLASS_IDS
-from stages.lib.submission import Submission, read_submission, write_submission
+from stages.lib.submission import read_submission, write_submission
 
 # Per-class gates: one threshold for each of the four defect classes.
 CLASS_COUNT = 4
@@ -28,79 +25,25 @@ class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
     (stage 3 chooses it in a chain run). It must lie in [0, 1], as the scores do;
     1 blanks no image. `class_thresholds`: empty (no per-class gate), or four
-    comma-separated values in [0, 1], one per class: blank class c of an image
+    values in [0, 1], one per class: blank class c of an image
     when its `missing<c>` score is strictly above the c-th (stage 3 chooses them
     when stage 1 has the per-class head)."""
 
     threshold: float = 0.947
-    class_thresholds: str = ""
+    class_thresholds: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
-        self.class_gates()
-
-    def class_gates(self) -> tuple[float, ...]:
-        """The per-class thresholds, or () when there is no per-class gate."""
-        if not self.class_thresholds.strip():
-            return ()
-        parts = self.class_thresholds.split(",")
-        try:
-            values = tuple(float(part) for part in parts)
-        except ValueError:
-            values = ()
-        if len(parts) != CLASS_COUNT or len(values) != CLASS_COUNT or not all(0.0 <= v <= 1.0 for v in values):
+        gates = self.class_thresholds
+        numbers = isinstance(gates, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in gates
+        )
+        if gates and not (numbers and len(gates) == CLASS_COUNT and all(0.0 <= v <= 1.0 for v in gates)):
+            shown = list(gates) if isinstance(gates, (tuple, list)) else gates
             raise ValueError(
-                f"class_thresholds must be empty or {CLASS_COUNT} comma-separated values "
-                f"between 0 and 1, got {self.class_thresholds!r}"
+                f"class_thresholds must be empty or {CLASS_COUNT} values between 0 and 1, one per class, got {shown!r}"
             )
-        return values
-
-
-# %% [markdown]
-# ## Blanking
-# Scores are mapped onto the submission's rows in one lookup and the blanked
-# rows are cleared in one masked assignment.
-
-
-# %%
-def blank_confident_images(
-    sub: Submission, scores: pd.Series, threshold: float
-) -> tuple[Submission, int]:
-    """A copy of `sub` with every class of each image scored above `threshold` made empty.
-
-    Returns the new submission and how many images were blanked. Every image
-    of `sub` must have a score.
-    """
-    frame = sub.frame.copy()
-    row_scores = frame["ImageId"].map(scores).to_numpy(dtype=float)
-    blank = row_scores > threshold
-    frame.loc[blank, "EncodedPixels"] = ""
-    blanked_images = int(frame.loc[blank, "ImageId"].nunique())
-    return Submission(frame=frame, fmt=sub.fmt), blanked_images
-
-
-def blank_confident_classes(
-    sub: Submission, class_scores: pd.DataFrame, thresholds: tuple[float, ...]
-) -> tuple[Submission, int]:
-    """A copy of `sub` with class c of each image made empty where `missing<c>` is above
-    the c-th threshold. Returns it and how many non-empty masks were cleared.
-
-    `class_scores` has the columns `missing1`..`missing4`, indexed by ImageId, and
-    covers every image of `sub`.
-    """
-    if len(thresholds) != len(CLASS_IDS):
-        raise ValueError(f"{len(thresholds)} class thresholds for {len(CLASS_IDS)} classes")
-    frame = sub.frame.copy()
-    position = frame["ClassId"].astype(int).map({c: i for i, c in enumerate(CLASS_IDS)}).to_numpy()
-    rows = class_scores.index.get_indexer(frame["ImageId"])
-    if (rows < 0).any():
-        raise ValueError(f"no class scores for image {frame['ImageId'].iloc[int((rows < 0).argmax())]}")
-    row_scores = class_scores.to_numpy(dtype=float)[rows, position]
-    blank = row_scores > np.asarray(thresholds, dtype=float)[position]
-    cleared = int((blank & (frame["EncodedPixels"] != "").to_numpy()).sum())
-    frame.loc[blank, "EncodedPixels"] = ""
-    return Submission(frame=frame, fmt=sub.fmt), cleared
 
 
 # %% [markdown]
@@ -112,7 +55,7 @@ def run(params: Params, layout: Layout) -> None:
     sub_path = layout.input_file("stage4", "submission.csv")
     score_path = layout.input_file("stage2", "test_missing_count.csv")
     sub = read_submission(sub_path)
-    gates = params.class_gates()
+    gates = tuple(params.class_thresholds)
     scores = read_score_table(
         score_path,
         ("allMissing", *CLASS_SCORE_COLUMNS) if gates else ("allMissing",),
@@ -134,4 +77,4 @@ def run(params: Params, layout: Layout) -> None:
         f"{cleared} non-empty masks removed; {sub.fmt}-format submission.csv written"
     )
     if gates:
-        print(f"per-class gates {params.class_thresholds}: {by_class} more masks removed")
+        print(f"per-class gates {list(gates)}: {by_class} more masks removed")

@@ -3,11 +3,11 @@
 # In a code competition Kaggle reruns the submission kernel with the hidden test
 # set swapped into the competition input, internet off. So this kernel predicts
 # every image of `test_images/` itself: stage 4's segmenter (`model.pth`, the
-# weights stage 4 predicted with) with stage 4's own `predict` and the
-# post-processing the checkpoint records (tuned or fixed), then stage 5's
-# `blank_confident_images` gate with stage 1's classifier (`model.h5`) and
-# stage 3's threshold, and with a per-class classifier stage 5's
-# `blank_confident_classes` gates. On the same models, thresholds and images its
+# weights stage 4 predicted with) through the prediction stage 4 uses
+# (`stages/lib/seg/`) and the post-processing the checkpoint records (tuned or
+# fixed), then stage 5's gates (`stages/lib/gates.py`): the image gate with stage
+# 1's classifier (`model.h5`) and stage 3's threshold, and with a per-class
+# classifier the per-class gates. On the same models, thresholds and images its
 # submission is stage 5's, row for row.
 
 # %%
@@ -27,22 +27,15 @@ from stages.lib.classifier import (
     load_classifier,
     predict_scores,
 )
+from stages.lib.gates import blank_confident_classes, blank_confident_images
+from stages.lib.metrics import write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
+from stages.lib.seg.checkpoint import Segmenter, load_segmenter
+from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
+from stages.lib.seg.predict import predict
 from stages.lib.segdata import SteelSegDataset, check_images, sample_test_names
 from stages.lib.severstal import COMPETITION
 from stages.lib.submission import fill_submission, write_submission
-from stages.stage4_segmentation import (
-    DeviceSetup,
-    build_unet,
-    class_min_areas,
-    class_min_sizes,
-    class_pixel_thresholds,
-    make_loader,
-    pick_device,
-    predict,
-)
-from stages.stage4_segmentation import Params as SegParams
-from stages.stage5_submission import blank_confident_classes, blank_confident_images
 
 # Per-class gates: one threshold for each of the four defect classes.
 CLASS_COUNT = 4
@@ -54,7 +47,7 @@ TTAS = ("none", "h", "hv")
 class Params:
     """`threshold`: blank an image when its allMissing score is strictly above it
     (stage 3 chooses it in a chain run); `class_thresholds`: empty, or four
-    comma-separated per-class gates as stage 5 takes them; `classifier_tta`: the
+    per-class gates as stage 5 takes them; `classifier_tta`: the
     flips averaged into each classifier score, as stage 1's `tta` (the thresholds
     were chosen on scores made that way); `classifier_batch_size`: images per
     classifier batch; `workers`: data-loader processes for the segmenter (0 loads
@@ -63,7 +56,7 @@ class Params:
     and predicted with, read from the checkpoint, so the post-processing is stage 4's."""
 
     threshold: float = 0.947
-    class_thresholds: str = ""
+    class_thresholds: tuple[float, ...] = ()
     classifier_tta: str = "none"
     classifier_batch_size: int = 32
     workers: int = 2
@@ -73,27 +66,19 @@ class Params:
             raise ValueError(f"threshold must be between 0 and 1, got {self.threshold}")
         if self.classifier_tta not in TTAS:
             raise ValueError(f"classifier_tta must be one of {', '.join(TTAS)}, got {self.classifier_tta!r}")
-        self.class_gates()
+        gates = self.class_thresholds
+        numbers = isinstance(gates, (tuple, list)) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in gates
+        )
+        if gates and not (numbers and len(gates) == CLASS_COUNT and all(0.0 <= v <= 1.0 for v in gates)):
+            shown = list(gates) if isinstance(gates, (tuple, list)) else gates
+            raise ValueError(
+                f"class_thresholds must be empty or {CLASS_COUNT} values between 0 and 1, one per class, got {shown!r}"
+            )
         if self.classifier_batch_size < 1:
             raise ValueError(f"classifier_batch_size must be at least 1, got {self.classifier_batch_size}")
         if self.workers < 0:
             raise ValueError(f"workers must be at least 0, got {self.workers}")
-
-    def class_gates(self) -> tuple[float, ...]:
-        """The per-class thresholds, or () when there is no per-class gate."""
-        if not self.class_thresholds.strip():
-            return ()
-        parts = self.class_thresholds.split(",")
-        try:
-            values = tuple(float(part) for part in parts)
-        except ValueError:
-            values = ()
-        if len(parts) != CLASS_COUNT or len(values) != CLASS_COUNT or not all(0.0 <= v <= 1.0 for v in values):
-            raise ValueError(
-                f"class_thresholds must be empty or {CLASS_COUNT} comma-separated values "
-                f"between 0 and 1, got {self.class_thresholds!r}"
-            )
-        return values
 
 
 # %% [markdown]
@@ -103,65 +88,19 @@ class Params:
 
 
 # %%
-@dataclass(frozen=True)
-class Segmenter:
-    """Stage 4's network as it predicted, with the parameters and post-processing it used."""
-
-    model: torch.nn.Module
-    params: SegParams
-    pixel_thresholds: tuple[float, ...]
-    min_sizes: tuple[int, ...]
-    min_areas: tuple[int, ...]
-
-
-def load_segmenter(path: Path, device: torch.device) -> Segmenter:
-    """The weights stage 4 predicted with in a fresh network, and how it post-processed.
-
-    A checkpoint without a `postprocess` record (stage 4 stopped before predicting)
-    falls back to the post-processing its parameters name.
-    """
-    if not path.is_file():
-        raise InputError(f"{path}: model file not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        seg_params = SegParams(**checkpoint["params"])
-        model = build_unet(False, seg_params.encoder, seg_params.decoder)
-        model.load_state_dict(checkpoint["state_dict"])
-        post = checkpoint.get("postprocess") or {
-            "pixel_thresholds": class_pixel_thresholds(seg_params),
-            "min_sizes": class_min_sizes(seg_params),
-            "min_areas": class_min_areas(seg_params),
-        }
-        thresholds = tuple(float(v) for v in post["pixel_thresholds"])
-        min_sizes = tuple(int(v) for v in post["min_sizes"])
-        min_areas = tuple(int(v) for v in post.get("min_areas", class_min_areas(seg_params)))
-    except InputError:
-        raise
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise InputError(f"{path}: not a stage 4 checkpoint ({type(exc).__name__}: {first})") from None
-    return Segmenter(model.to(device).eval(), seg_params, thresholds, min_sizes, min_areas)
-
-
 def segment(
     segmenter: Segmenter, test_dir: Path, names: list[str], workers: int, device: torch.device
 ) -> list[list[str]]:
     """Per image of `names`, the RLE of each class, exactly as stage 4 predicts."""
-    seg_params = segmenter.params
-    setup = DeviceSetup.create(seg_params, device)
+    setup = DeviceSetup.create(device, segmenter.amp)
     model = segmenter.model.to(memory_format=setup.memory_format)
     loader = make_loader(
-        SteelSegDataset(test_dir, names, seg_params.train_height, seg_params.train_width),
-        seg_params.batch_size, workers, device, shuffle_seed=None,
+        SteelSegDataset(test_dir, names, segmenter.height, segmenter.width),
+        segmenter.batch_size, workers, device, shuffle_seed=None,
     )
+    post = segmenter.post
     return predict(
-        model,
-        loader,
-        setup,
-        segmenter.pixel_thresholds,
-        segmenter.min_sizes,
-        seg_params.tta,
-        segmenter.min_areas,
+        model, loader, setup, post.pixel_thresholds, post.min_sizes, segmenter.tta, post.min_areas
     )
 
 
@@ -202,7 +141,7 @@ def run(params: Params, layout: Layout) -> None:
     result, blanked = blank_confident_images(
         fill_submission(sample, names, encoded), scores["allMissing"], params.threshold
     )
-    gates = params.class_gates()
+    gates = tuple(params.class_thresholds)
     if gates:
         if CLASS_SCORE_COLUMNS[0] not in scores:
             raise InputError(
@@ -211,6 +150,7 @@ def run(params: Params, layout: Layout) -> None:
             )
         result, _ = blank_confident_classes(result, scores[list(CLASS_SCORE_COLUMNS)], gates)
     write_submission(result, layout.working / "submission.csv")
+    write_metrics(layout.working, {"images_per_second": len(names) / total})
     filled = int((result.frame["EncodedPixels"] != "").sum())
     print(
         f"stage 6 on {device.type}: {len(names)} test images in {total:.1f} s "

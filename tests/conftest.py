@@ -26,6 +26,48 @@ with contextlib.suppress(ImportError):
     import torchvision  # noqa: F401
 
 
+# Test files that share a module or session fixture must run on one worker, so the fixture
+# runs once. They are also the suite's long poles, so they are spread over the workers by
+# what they cost: seconds of one core for the whole unit, measured with
+# `pytest --durations=0` on the 2-core CI machine. Longest first onto the least loaded
+# worker ("lane"); every other test is handed out as workers come free.
+SHARED_FIXTURE_UNITS: dict[str, tuple[tuple[str, ...], float]] = {
+    "stage4": (("test_stage4.py",), 185.0),
+    "stage1": (("test_stage1.py",), 155.0),
+    "stage1-class": (("test_stage1_learning.py",), 130.0),
+    "local-chain": (("test_local_chain.py", "test_report_browser.py"), 120.0),
+    "synth": (("test_synth.py",), 10.0),
+}
+
+
+def lanes(workers: int) -> dict[str, int]:
+    """Each shared-fixture unit's worker: longest first onto the least loaded one."""
+    load = [0.0] * workers
+    chosen = {}
+    for name, (_, seconds) in sorted(SHARED_FIXTURE_UNITS.items(), key=lambda kv: -kv[1][1]):
+        lane = min(range(workers), key=lambda index: (load[index], index))
+        load[lane] += seconds
+        chosen[name] = lane
+    return chosen
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker turns groups into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's `loadgroup`, put each shared-fixture unit in its worker's group."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 2:
+        return
+    lane_of = {
+        file: lane
+        for name, lane in lanes(workers).items()
+        for file in SHARED_FIXTURE_UNITS[name][0]
+    }
+    for item in items:
+        lane = lane_of.get(item.path.name)
+        if lane is not None:
+            item.add_marker(pytest.mark.xdist_group(f"lane{lane}"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     home = tmp_path_factory.mktemp("home")

@@ -1,15 +1,18 @@
 """In-memory stand-ins for the chain's collaborators: a clock that only moves when slept on,
-and a backend whose kernels take scripted times and leave scripted outputs."""
+and a backend whose kernels take scripted times and leave outputs derived from what the
+pipeline declares (tests/fixtures/chainpipe by default)."""
 
 from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kernelgen.backends.base import (
+    Backend,
     DatasetStatus,
     GpuQuota,
     KernelOutput,
@@ -17,7 +20,18 @@ from kernelgen.backends.base import (
     PublishResult,
     PushResult,
     RunStatus,
+    SubmissionState,
+    SubmissionStatus,
+    Submitted,
 )
+from kernelgen.backoff import Backoff
+from kernelgen.clock import Timing
+from kernelgen.run.progress import Reporter
+from kernelgen.run.scheduler import Chain, ChainOptions, ChainResult
+from kernelgen.run.steps import Steps
+from kernelgen.run.workspace import Workspace
+from kernelgen.spec.pipeline import Pipeline, load_pipeline
+from kernelgen.spec.project import Project
 
 
 class FakeClock:
@@ -51,36 +65,58 @@ def notebook_params(text: str) -> dict:
     return params
 
 
+WHEELS = 0
+"""The stage number the fakes give a wheel-house kernel (its slug names no stage)."""
+
+
 def stage_of(ref: str) -> int:
-    """The stage number in a kernel slug such as `severstal-stage3-threshold`."""
+    """The stage number in a kernel slug such as `chain-pipe-stage3-pick`; WHEELS for a
+    wheel house's `...-wheels-<hash>`."""
     slug = ref.split("/")[1] if "/" in ref else ref
-    return int(slug.split("-")[1].removeprefix("stage"))
+    match = re.search(r"(?:^|-)stage(\d+)(?:-|$)", slug)
+    if match is not None:
+        return int(match.group(1))
+    if "-wheels-" in slug:
+        return WHEELS
+    raise ValueError(f"no stage number in kernel slug {slug!r}")
 
 
-def default_outputs(stage: int, params: dict) -> dict[str, bytes]:
-    """Small but well-formed outputs for each Severstal stage."""
-    ids = ["a.jpg", "b.jpg"]
-    if stage == 1:
-        return {
-            "model.h5": b"fake model",
-            "split.csv": b"ImageId,validation\nt1.jpg,1\nt2.jpg,0\n",
-            "test_missing_count.csv": b"ImageId,allMissing\na.jpg,0.99\nb.jpg,0.1\n",
-        }
-    if stage == 2:
-        return {"train_missing_count.csv": b"ImageId,allMissing,validation\nt1.jpg,0.9,1\nt2.jpg,0.2,0\n"}
-    if stage == 3:
-        chosen = {"threshold": 0.5, "rule": "consistency", "class_thresholds": ""}
-        return {"threshold.json": json.dumps(chosen).encode()}
-    if stage == 4:
-        length = params.get("epochs", 3)  # a different model leaves a different submission
-        rows = "".join(f"{i},1 {length},{c}\n" for i in ids for c in (1, 2, 3, 4))
-        return {
-            "submission.csv": ("ImageId,EncodedPixels,ClassId\n" + rows).encode(),
-            "model.pth": f"fake segmenter, {length} epochs".encode(),
-        }
-    if stage in (5, 6):
-        return {"submission.csv": f"threshold={params.get('threshold')}\n".encode()}
-    return {}
+CHAINPIPE = Path(__file__).parent / "fixtures" / "chainpipe"
+CHOSEN: dict[str, object] = {"threshold": 0.5, "class_thresholds": []}
+"""What a fake stage writes for the keys later stages take parameters from."""
+
+Outputs = Callable[[int, dict], dict[str, bytes]]
+
+
+def declared_outputs(pipeline: Pipeline, chosen: Mapping[str, object] = CHOSEN) -> Outputs:
+    """Small outputs for each stage of `pipeline`, derived from its declarations: the files
+    its datasets take from the stage (their content depends on the run's parameters, so a
+    changed parameter changes them), the JSON files other stages take parameters from
+    (holding `chosen`), and for a stage no other reads from, a `submission.csv` naming the
+    threshold it ran with."""
+
+    def outputs(stage: int, params: dict) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        for dataset in pipeline.datasets.values():
+            for item in dataset.files:
+                if item.stage == stage:
+                    text = f"{item.name} of stage {stage} with {json.dumps(params, sort_keys=True)}\n"
+                    files[item.name] = text.encode()
+        for spec in pipeline.stages.values():
+            for ref in spec.params_from.values():
+                if ref.stage == stage:
+                    values = json.loads(files.get(ref.file, b"{}"))
+                    values[ref.key] = chosen.get(ref.key, 0.5)
+                    files[ref.file] = json.dumps(values).encode()
+        if not files:  # a stage no other stage reads from: the end of a chain
+            files["submission.csv"] = f"threshold={params.get('threshold')}\n".encode()
+        return files
+
+    return outputs
+
+
+default_outputs: Outputs = declared_outputs(load_pipeline(CHAINPIPE))
+"""Outputs of the engine's fixture pipeline, tests/fixtures/chainpipe."""
 
 
 @dataclass
@@ -102,6 +138,7 @@ class FakeBackend:
     outputs: Callable[[int, dict], dict[str, bytes]] = default_outputs
     name: str = "fake"
     gpu_quota: GpuQuota | None = None
+    draws_quota: bool = True
 
     def __post_init__(self) -> None:
         self.runs: dict[str, list[_Run]] = {}
@@ -137,11 +174,15 @@ class FakeBackend:
             return KernelState(RunStatus.ERROR, "Traceback: ValueError: boom")
         return KernelState(RunStatus.COMPLETE)
 
+    def latest_version(self, kernel: str) -> int | None:
+        runs = self.runs.get("/".join(kernel.split("/")[:2]), [])
+        return len(runs) or None
+
     def output(self, kernel: str, dest: Path) -> KernelOutput:
         run = self._latest(kernel)
         dest.mkdir(parents=True, exist_ok=True)
         files = []
-        if run.stage not in self.fail:
+        if run.stage not in self.fail and run.stage != WHEELS:
             for name, data in self.outputs(run.stage, run.params).items():
                 (dest / name).write_bytes(data)
                 files.append(dest / name)
@@ -173,26 +214,102 @@ class FakeBackend:
             return DatasetStatus.PROCESSING
         return DatasetStatus.READY
 
-    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
+    def dataset_version(self, dataset: str) -> int | None:
+        return len(self.dataset_versions.get("/".join(dataset.split("/")[:2]), [])) or None
+
+    def submit(
+        self, competition: str, kernel: str, version: int, file_name: str, message: str
+    ) -> Submitted:
         self.submissions.append((competition, kernel, version, file_name))
-        return f"submitted {kernel} version {version}"
+        return Submitted(len(self.submissions), f"submitted {kernel} version {version}")
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        return SubmissionState(ref, SubmissionStatus.COMPLETE, public_score=0.5)
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        return [self.submission(competition, ref) for ref in range(len(self.submissions), 0, -1)]
+
+    def publish_model(self, folder: Path) -> PublishResult:
+        model = json.loads((folder / "model-metadata.json").read_text())
+        instance = json.loads((folder / "model-instance-metadata.json").read_text())
+        handle = f"{model['ownerSlug']}/{model['slug']}/{instance['framework']}/{instance['instanceSlug']}"
+        files = {
+            p.name: p.read_bytes()
+            for p in sorted(folder.iterdir())
+            if not p.name.endswith("metadata.json")
+        }
+        self.published.append((self.clock(), handle, files))
+        versions = self.dataset_versions.setdefault(handle, [])
+        versions.append(self.clock())
+        return PublishResult(handle, created=len(versions) == 1)
+
+    def model_version(self, instance: str) -> int | None:
+        ready = [
+            at
+            for at in self.dataset_versions.get(instance, [])
+            if self.clock() - at >= self.dataset_delay
+        ]
+        return len(ready) or None
 
     def quota(self) -> GpuQuota | None:
         return self.gpu_quota
 
+    def close(self) -> None:
+        return None
 
-def quick_executor(failing: set[int]):
-    """A stand-in executor that completes at once with `default_outputs`, or fails the given stages."""
+
+def quick_executor(failing: set[int], outputs: Outputs = default_outputs):  # type: ignore[no-untyped-def]
+    """A stand-in executor that completes at once with `outputs` (the fixture pipeline's by
+    default), or fails the given stages."""
     from tests.kaggle_standin import ExecutedKernel, PushedKernel
 
     def execute(pushed: PushedKernel) -> ExecutedKernel:
         stage = stage_of(pushed.slug)
         out = pushed.scratch_dir / "out"
         out.mkdir(parents=True, exist_ok=True)
+        if stage == WHEELS:
+            (out / "requirements.txt").write_text("chainpipe-extras==1.0\n")
+            return ExecutedKernel(RunStatus.COMPLETE, out, "wheels done\n")
         if stage in failing:
             return ExecutedKernel(RunStatus.ERROR, out, f"stage {stage} starts\nValueError: broken input\n", "ValueError")
-        for name, data in default_outputs(stage, notebook_params(pushed.text)).items():
+        for name, data in outputs(stage, notebook_params(pushed.text)).items():
             (out / name).write_bytes(data)
         return ExecutedKernel(RunStatus.COMPLETE, out, f"stage {stage} done\n")
 
     return execute
+
+
+def open_workspace(project: Project, backend: Backend, workdir: Path, clock: FakeClock) -> Workspace:
+    """A work folder on `backend`, timed by `clock` (its wall clock too); close it after use."""
+    return Workspace.open(
+        project, workdir, backend=backend, command="test", timing=Timing(clock.clock, clock.sleep, clock.clock)
+    )
+
+
+def run_chain(
+    project: Project,
+    backend: Backend,
+    workdir: Path,
+    clock: FakeClock,
+    stages: Sequence[int],
+    *,
+    username: str = "alice",
+    profile: str | None = None,
+    sets: Sequence[str] = (),
+    accelerators: Mapping[int, str] | None = None,
+    options: ChainOptions | None = None,
+    reporter: Reporter | None = None,
+    submit: bool = False,
+    competition: str | None = None,
+) -> ChainResult:
+    """One chain run of `stages` on a work folder opened (and closed) around it."""
+    with open_workspace(project, backend, workdir, clock) as ws:
+        steps = Steps(
+            ws,
+            username=username,
+            profile=profile,
+            overrides=project.overrides(sets, list(project.pipeline.stages)),
+            accelerators=accelerators,
+        )
+        chain = Chain(steps, options=options or ChainOptions(backoff=Backoff(10, 1.5, 60)), reporter=reporter)
+        return chain.run(stages, submit=submit, competition=competition)

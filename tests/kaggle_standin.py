@@ -17,7 +17,15 @@ What it speaks (JSON bodies, camelCase field names as the client sends them):
 - ``blobs.BlobApiService/StartBlobUpload``, then ``PUT`` to the signed
   ``createUrl``; ``datasets.DatasetApiService``: ``CreateDataset``,
   ``CreateDatasetVersion``, ``GetDatasetStatus``, ``GetDataset``.
-- ``competitions.CompetitionApiService/CreateCodeSubmission``.
+- ``competitions.CompetitionApiService``: ``CreateCodeSubmission``, ``GetSubmission``
+  and ``ListSubmissions``; a submission is scored after ``SubmissionScript``'s pending
+  polls, or ends in an error.
+- ``models.ModelApiService``: ``GetModel`` and ``GetModelInstance`` (404 until
+  created), ``CreateModel``, ``CreateModelInstance`` (its files are version 1) and
+  ``CreateModelInstanceVersion``; a new version becomes the instance's current one
+  after ``ModelScript``'s processing polls, or never when it fails. Kernels read
+  versions through ``modelDataSources`` (unknown ones come back in
+  ``invalidModelSources``).
 - ``GET /api/v1/kernels/logs/stream/<owner>/<slug>?versionLabel=vN``: a running
   version's log as server-sent events (see ``KernelScript.running_log``), the
   saved log as a JSON list once it has finished.
@@ -89,6 +97,8 @@ class PushedKernel:
     kernel_sources: tuple[str, ...]
     scratch_dir: Path
     resolve_dataset: Callable[[str], Path] = field(repr=False, compare=False)
+    model_sources: tuple[str, ...] = ()
+    resolve_model: Callable[[str], Path] | None = field(default=None, repr=False, compare=False)
     machine_shape: str | None = None
     session_timeout_seconds: int | None = None
     docker_image_pinning_type: str | None = None
@@ -110,6 +120,11 @@ class PushedKernel:
         """The output folder of kernel source ``owner/slug/version`` (latest without one)."""
         assert self.resolve_kernel is not None
         return self.resolve_kernel(source)
+
+    def model_dir(self, source: str) -> Path:
+        """The files of model source ``owner/model/framework/variation/version``."""
+        assert self.resolve_model is not None
+        return self.resolve_model(source)
 
 
 @dataclass(frozen=True)
@@ -180,13 +195,36 @@ class DatasetScript:
 
 
 @dataclass(frozen=True)
+class ModelScript:
+    """A new model version stays processing (not the instance's current version) for this
+    many polls of the instance; with ``fail`` it never becomes available."""
+
+    processing_polls: int = 0
+    fail: bool = False
+
+
+@dataclass(frozen=True)
+class SubmissionScript:
+    """A submission answers PENDING for ``pending_polls`` polls, then COMPLETE with these
+    scores (``private_score`` None: the competition has not ended), or ERROR with
+    ``error``."""
+
+    pending_polls: int = 1
+    public_score: float = 0.88536
+    private_score: float | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Fault:
     """One injected failure of one request.
 
     ``status`` answers that HTTP status (with ``headers``); ``drop`` closes the
     socket without an answer. With ``after_processing`` the request takes effect
     first and only the answer is lost, the case where retrying naively does the
-    work twice. ``delay`` waits (really) before answering.
+    work twice. ``delay`` waits (really) before answering; ``hold`` waits (really)
+    after the work is done and before the answer, the window in which a client that
+    dies never learns what its request did.
     """
 
     status: int | None = None
@@ -195,6 +233,7 @@ class Fault:
     drop: bool = False
     after_processing: bool = False
     delay: float = 0.0
+    hold: float = 0.0
 
     @classmethod
     def http(cls, status: int, message: str = "injected fault", **kw: Any) -> Fault:
@@ -296,13 +335,42 @@ class DatasetRecord:
 
 
 @dataclass
+class ModelVersion:
+    number: int
+    folder: Path
+    script: ModelScript
+    polls: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.script.fail and self.polls > self.script.processing_polls
+
+
+@dataclass
+class ModelInstance:
+    framework: str
+    slug: str
+    license_name: str
+    versions: list[ModelVersion] = field(default_factory=list)
+
+
+@dataclass
+class ModelRecord:
+    owner: str
+    slug: str
+    title: str
+    is_private: bool
+    instances: dict[tuple[str, str], ModelInstance] = field(default_factory=dict)
+
+
+@dataclass
 class Blob:
     name: str
     content_length: int
     data: bytes | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
 class Submission:
     ref: int
     competition: str
@@ -310,6 +378,20 @@ class Submission:
     version: int | None
     file_name: str
     description: str
+    script: SubmissionScript = field(default_factory=SubmissionScript)
+    submitted_at: str = ""
+    polls: int = 0
+
+    def state(self, *, count: bool) -> tuple[str, float | None, float | None, str]:
+        """(status, public score, private score, error) as the next poll answers them."""
+        seen = self.polls
+        if count:
+            self.polls += 1
+        if seen < self.script.pending_polls:
+            return "PENDING", None, None, ""
+        if self.script.error:
+            return "ERROR", None, None, self.script.error
+        return "COMPLETE", self.script.public_score, self.script.private_score, ""
 
 
 class _Fail(Exception):
@@ -377,13 +459,16 @@ class KaggleStandIn:
         self.gpu_quota = gpu_quota or QuotaFigures()
         self.kernels: dict[str, KernelRecord] = {}
         self.datasets: dict[str, DatasetRecord] = {}
+        self.models: dict[str, ModelRecord] = {}
         self.submissions: list[Submission] = []
+        self.submission_script = SubmissionScript()
         self.requests: list[RequestRecord] = []
         self._blobs: dict[str, Blob] = {}
         self._signed: dict[str, Path] = {}
         self._faults: dict[str, deque[Fault]] = defaultdict(deque)
         self._kernel_scripts: dict[str, KernelScript] = {}
         self._dataset_scripts: dict[str, DatasetScript] = {}
+        self._model_scripts: dict[str, ModelScript] = {}
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -453,6 +538,22 @@ class KaggleStandIn:
         """Use ``script`` for versions of ``owner/slug`` pushed from now on."""
         with self._lock:
             self._kernel_scripts[ref] = script
+
+    def script_model(self, instance: str, script: ModelScript) -> None:
+        """Use ``script`` for versions of ``owner/model/framework/variation`` made from now on."""
+        with self._lock:
+            self._model_scripts[instance] = script
+
+    def model_dir(self, source: str) -> Path:
+        """The files of model version ``owner/model/framework/variation/version``."""
+        owner, model, framework, variation, number = source.split("/")
+        with self._lock:
+            record = self.models.get(f"{owner}/{model}")
+            instance = record.instances.get((framework, variation)) if record else None
+            for version in instance.versions if instance else []:
+                if str(version.number) == number and version.ready:
+                    return version.folder
+        raise KeyError(f"no available model version {source} on the stand-in")
 
     def script_dataset(self, ref: str, script: DatasetScript) -> None:
         """Use ``script`` for versions of dataset ``owner/slug`` created from now on."""
@@ -586,6 +687,8 @@ class KaggleStandIn:
         except _Fail as exc:
             self._record(method, verb, exc.status, user, payload)
             return _error_reply(exc.status, exc.message)
+        if fault is not None and fault.hold:
+            time.sleep(fault.hold)
         if fault is not None and (fault.drop or fault.status):
             return self._fault_reply(method, verb, user, payload, fault)
         reply = result if isinstance(result, _Reply) else _json_reply(result)
@@ -657,6 +760,8 @@ class KaggleStandIn:
             invalid = [s for s in dataset_sources if s not in self.datasets]
             kernel_sources = tuple(body.get("kernelDataSources") or ())
             invalid_kernels = [s for s in kernel_sources if self._finished_output(s) is None]
+            model_sources = tuple(body.get("modelDataSources") or ())
+            invalid_models = [s for s in model_sources if not self._model_available(s)]
             pushed = PushedKernel(
                 owner=owner,
                 slug=slug,
@@ -673,6 +778,8 @@ class KaggleStandIn:
                 scratch_dir=scratch,
                 resolve_dataset=self.dataset_dir,
                 resolve_kernel=self.kernel_output_dir,
+                model_sources=model_sources,
+                resolve_model=self.model_dir,
                 machine_shape=body.get("machineShape"),
                 session_timeout_seconds=None if timeout is None else int(timeout),
                 docker_image_pinning_type=body.get("dockerImagePinningType"),
@@ -686,6 +793,7 @@ class KaggleStandIn:
             "kernelId": record.kernel_id,
             "invalidDatasetSources": invalid,
             "invalidKernelSources": invalid_kernels,
+            "invalidModelSources": invalid_models,
         }
 
     def _kernel_version(self, body: dict[str, Any]) -> KernelVersion:
@@ -1017,9 +1125,185 @@ class KaggleStandIn:
                 version=version.number,
                 file_name=file_name,
                 description=str(body.get("submissionDescription") or ""),
+                script=self.submission_script,
+                submitted_at=datetime(2030, 1, 1, 12, len(self.submissions) % 60).isoformat() + "Z",
             )
             self.submissions.append(submission)
         return {"message": "Your submission was successfully saved", "ref": submission.ref}
+
+    def _submission_json(self, submission: Submission, *, count: bool) -> dict[str, Any]:
+        status, public, private, error = submission.state(count=count)
+        answer: dict[str, Any] = {
+            "ref": submission.ref,
+            "date": submission.submitted_at,
+            "description": submission.description,
+            "fileName": submission.file_name,
+            "status": status,
+            "submittedBy": submission.kernel.split("/")[0],
+            "url": f"{self.web_url}/code/{submission.kernel}?scriptVersionId={submission.version}",
+        }
+        if public is not None:
+            answer["publicScore"] = f"{public:.5f}"
+        if private is not None:
+            answer["privateScore"] = f"{private:.5f}"
+        if error:
+            answer["errorDescription"] = error
+        return answer
+
+    def _rpc_GetSubmission(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        ref = int(body.get("ref") or 0)
+        with self._lock:
+            for submission in self.submissions:
+                if submission.ref == ref:
+                    return self._submission_json(submission, count=True)
+        raise _Fail(404, f"Submission {ref} not found")
+
+    def _rpc_ListSubmissions(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        competition = str(body.get("competitionName") or "")
+        with self._lock:
+            mine = [s for s in self.submissions if s.competition == competition]
+            return {"submissions": [self._submission_json(s, count=False) for s in reversed(mine)]}
+
+    # -- models ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _framework(value: object) -> str:
+        """A framework as the client sends it (`MODEL_FRAMEWORK_PY_TORCH`), in handle form."""
+        text = str(value or "").upper().removeprefix("MODEL_FRAMEWORK_")
+        return text.replace("_", "").lower()
+
+    def _model_record(self, owner: str, slug: str) -> ModelRecord:
+        record = self.models.get(f"{owner}/{slug}")
+        if record is None:
+            raise _Fail(404, f"Model {owner}/{slug} not found")
+        return record
+
+    def _model_instance(self, body: dict[str, Any]) -> ModelInstance:
+        record = self._model_record(
+            str(body.get("ownerSlug") or ""), str(body.get("modelSlug") or "")
+        )
+        key = (self._framework(body.get("framework")), str(body.get("instanceSlug") or ""))
+        instance = record.instances.get(key)
+        if instance is None:
+            raise _Fail(
+                404, f"Model instance {record.owner}/{record.slug}/{key[0]}/{key[1]} not found"
+            )
+        return instance
+
+    def _model_available(self, source: str) -> bool:
+        try:
+            self.model_dir(source)
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    def _add_model_version(
+        self, record: ModelRecord, instance: ModelInstance, blobs: list[Blob]
+    ) -> None:
+        number = len(instance.versions) + 1
+        folder = (
+            self.root
+            / "models"
+            / record.owner
+            / record.slug
+            / instance.framework
+            / instance.slug
+            / str(number)
+        )
+        folder.mkdir(parents=True, exist_ok=True)
+        for blob in blobs:
+            assert blob.data is not None
+            (folder / blob.name).write_bytes(blob.data)
+        handle = f"{record.owner}/{record.slug}/{instance.framework}/{instance.slug}"
+        script = self._model_scripts.get(handle, ModelScript())
+        instance.versions.append(ModelVersion(number, folder, script))
+
+    def _rpc_GetModel(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            record = self._model_record(
+                str(body.get("ownerSlug") or ""), str(body.get("modelSlug") or "")
+            )
+            ref = f"{record.owner}/{record.slug}"
+            return {
+                "ref": ref,
+                "title": record.title,
+                "slug": record.slug,
+                "isPrivate": record.is_private,
+                "url": f"{self.web_url}/models/{ref}",
+            }
+
+    def _rpc_CreateModel(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        owner, slug, title = (
+            str(body.get("ownerSlug") or ""),
+            str(body.get("slug") or ""),
+            str(body.get("title") or ""),
+        )
+        if owner != user:
+            raise _Fail(403, f"Permission denied: {user} cannot create models for {owner}")
+        if not slug or not 5 <= len(title) <= 50:
+            raise _Fail(400, "a model needs a slug and a title of 5 to 50 characters")
+        ref = f"{owner}/{slug}"
+        with self._lock:
+            if ref in self.models:
+                return {"error": f"Model {ref} already exists"}
+            self.models[ref] = ModelRecord(owner, slug, title, bool(body.get("isPrivate")))
+        return {"ref": ref, "url": f"{self.web_url}/models/{ref}"}
+
+    def _rpc_GetModelInstance(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            instance = self._model_instance(body)
+            for version in instance.versions:
+                version.polls += 1
+            ready = [v.number for v in instance.versions if v.ready]
+            answer: dict[str, Any] = {
+                "slug": instance.slug,
+                "framework": body.get("framework"),
+                "licenseName": instance.license_name,
+            }
+            if ready:
+                answer["versionNumber"] = max(ready)
+            return answer
+
+    def _rpc_CreateModelInstance(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        inner = body.get("body") or {}
+        with self._lock:
+            record = self._model_record(
+                str(body.get("ownerSlug") or ""), str(body.get("modelSlug") or "")
+            )
+            if record.owner != user:
+                raise _Fail(
+                    403,
+                    f"Permission denied: {user} cannot add instances to {record.owner}/{record.slug}",
+                )
+            key = (self._framework(inner.get("framework")), str(inner.get("instanceSlug") or ""))
+            if not key[0] or not key[1]:
+                raise _Fail(400, "a model instance needs a framework and an instance slug")
+            if not inner.get("licenseName"):
+                raise _Fail(400, "a model instance needs a license")
+            if key in record.instances:
+                return {"error": f"Instance {key[1]} already exists"}
+            blobs = self._take_files(list(inner.get("files") or []))
+            instance = ModelInstance(key[0], key[1], str(inner["licenseName"]))
+            record.instances[key] = instance
+            self._add_model_version(record, instance, blobs)
+        ref = f"{record.owner}/{record.slug}/{key[0]}/{key[1]}"
+        return {"ref": ref, "url": f"{self.web_url}/models/{ref}"}
+
+    def _rpc_CreateModelInstanceVersion(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        inner = body.get("body") or {}
+        with self._lock:
+            record = self._model_record(
+                str(body.get("ownerSlug") or ""), str(body.get("modelSlug") or "")
+            )
+            if record.owner != user:
+                raise _Fail(
+                    403, f"Permission denied: {user} cannot version {record.owner}/{record.slug}"
+                )
+            instance = self._model_instance(body)
+            blobs = self._take_files(list(inner.get("files") or []))
+            self._add_model_version(record, instance, blobs)
+        ref = f"{record.owner}/{record.slug}/{instance.framework}/{instance.slug}"
+        return {"ref": ref, "url": f"{self.web_url}/models/{ref}"}
 
     def _rpc_GetAcceleratorQuotaStatistics(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
         figures = self.gpu_quota

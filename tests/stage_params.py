@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kernelgen.errors import ParameterError
-from kernelgen.params import check_values, params_class
+from kernelgen.spec.params import check_values, params_class
 
 if sys.version_info >= (3, 11):
     import tomllib

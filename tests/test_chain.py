@@ -1,4 +1,5 @@
-"""The chain engine against an in-memory backend and a clock that moves only when slept on."""
+"""The chain engine against an in-memory backend and a clock that moves only when slept on,
+on the engine's own fixture pipeline (tests/fixtures/chainpipe)."""
 
 from __future__ import annotations
 
@@ -11,36 +12,42 @@ from pathlib import Path
 import pytest
 
 from kernelgen.backends.base import GpuQuota
-from kernelgen.chain import Chain, PollPolicy
-from kernelgen.errors import KernelFailedError, KernelgenError
-from kernelgen.pipeline import Via
-from kernelgen.progress import PlainReporter
-from kernelgen.project import Project
-from kernelgen.quota import QuotaError
-from kernelgen.steps import Steps
-from tests.fakes import FakeBackend, FakeClock, default_outputs
+from kernelgen.backoff import Backoff
+from kernelgen.errors import KernelFailedError, KernelgenError, QuotaError
+from kernelgen.run.progress import PlainReporter
+from kernelgen.run.scheduler import ChainOptions
+from kernelgen.run.steps import Steps
+from kernelgen.spec.pipeline import Via
+from kernelgen.spec.project import Project
+from tests.fakes import (
+    CHAINPIPE,
+    FakeBackend,
+    FakeClock,
+    declared_outputs,
+    open_workspace,
+    run_chain,
+)
 
 HOURS = 3600.0
 SEED_DURATIONS = {1: 6 * HOURS, 2: 0.5 * HOURS, 3: 60.0, 4: 8 * HOURS, 5: 120.0}
 
 
-def make_chain(backend: FakeBackend, clock: FakeClock, workdir: Path, **options) -> Chain:
-    return Chain(
-        Project.load(),
-        backend,
-        workdir,
-        username="alice",
-        clock=clock,
-        sleep=clock.sleep,
-        policy=options.pop("policy", PollPolicy(initial=10, maximum=60, stage_timeout=24 * HOURS)),
-        **options,
-    )
+OPTIONS = ChainOptions(backoff=Backoff(initial=10, maximum=60), stage_timeout=24 * HOURS)
+PROJECT = Project.load(project_dir=CHAINPIPE)
+STAGES = [1, 2, 3, 4, 5]
+
+
+def chain_run(backend: FakeBackend, clock: FakeClock, workdir: Path, **kwargs):  # type: ignore[no-untyped-def]
+    kwargs.setdefault("options", OPTIONS)
+    project = kwargs.pop("project", PROJECT)
+    stages = kwargs.pop("stages", STAGES)
+    return run_chain(project, backend, workdir, clock, stages, **kwargs)
 
 
 def test_full_chain_runs_in_dependency_order_and_feeds_the_threshold(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS, dataset_delay=30.0)
-    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5], submit=True)
+    result = chain_run(backend, clock, tmp_path, submit=True)
 
     assert result.stages == dict.fromkeys(range(1, 6), "complete")
     first_push = {stage: at for at, stage in reversed(backend.pushes)}
@@ -49,16 +56,14 @@ def test_full_chain_runs_in_dependency_order_and_feeds_the_threshold(tmp_path: P
     assert first_push[3] >= first_push[2] + SEED_DURATIONS[2]
     assert first_push[5] >= max(first_push[3] + SEED_DURATIONS[3], SEED_DURATIONS[4])
     published = {ref: files for _, ref, files in backend.published}
-    assert set(published["alice/stage2"]) == {"train_missing_count.csv", "test_missing_count.csv"}
-    assert set(published["alice/stage1"]) == {"model.h5", "split.csv"}
-    stage5 = backend.runs["alice/severstal-stage5-submission"][-1]
+    assert set(published["alice/stage2"]) == {"train_scores.csv", "test_scores.csv"}
+    assert set(published["alice/stage1"]) == {"model.json", "split.csv"}
+    stage5 = backend.runs["alice/chain-pipe-stage5-submit"][-1]
     assert stage5.params["threshold"] == 0.5
     assert "threshold = 0.5  # from stage 3, version 1" in stage5.notebook.replace("\\n", "\n")
     assert result.submission == tmp_path / "outputs" / "stage5" / "submission.csv"
     assert result.submission.read_text() == "threshold=0.5\n"
-    assert backend.submissions == [
-        ("severstal-steel-defect-detection", "alice/severstal-stage5-submission", 1, "submission.csv")
-    ]
+    assert backend.submissions == [("chain-comp", "alice/chain-pipe-stage5-submit", 1, "submission.csv")]
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["stages"]["5"]["status"] == "complete"
     assert state["datasets"]["stage4"]["status"] == "ready"
@@ -67,9 +72,9 @@ def test_full_chain_runs_in_dependency_order_and_feeds_the_threshold(tmp_path: P
 def test_rerun_pushes_nothing_when_nothing_changed(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS)
-    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path)
     pushes, publishes = len(backend.pushes), len(backend.published)
-    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path)
     assert result.stages == dict.fromkeys(range(1, 6), "unchanged")
     assert (len(backend.pushes), len(backend.published)) == (pushes, publishes)
 
@@ -77,9 +82,9 @@ def test_rerun_pushes_nothing_when_nothing_changed(tmp_path: Path) -> None:
 def test_changing_one_parameter_reruns_only_that_stage_and_its_dependents(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS)
-    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path)
     before = len(backend.pushes)
-    result = make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"]).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path, sets=["stage4.epochs=30"])
     again = [stage for _, stage in backend.pushes[before:]]
     assert sorted(again) == [4, 5]
     assert result.stages[1] == result.stages[2] == result.stages[3] == "unchanged"
@@ -89,10 +94,10 @@ def test_a_failing_stage_stops_its_branch_and_a_rerun_picks_up(tmp_path: Path) -
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS, fail={2})
     with pytest.raises(KernelFailedError) as caught:
-        make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+        chain_run(backend, clock, tmp_path)
     assert caught.value.stage == 2
     assert "ValueError: boom" in caught.value.log_tail
-    assert (tmp_path / "outputs" / "stage2" / "severstal-stage2-scoring.log").is_file()
+    assert (tmp_path / "outputs" / "stage2" / "chain-pipe-stage2-score.log").is_file()
     pushed = [stage for _, stage in backend.pushes]
     assert 3 not in pushed and 5 not in pushed
     assert 4 in pushed  # the independent branch finished
@@ -101,7 +106,7 @@ def test_a_failing_stage_stops_its_branch_and_a_rerun_picks_up(tmp_path: Path) -
 
     backend.fail.clear()
     before = len(backend.pushes)
-    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path)
     assert sorted(stage for _, stage in backend.pushes[before:]) == [2, 3, 5]
     assert result.stages[1] == result.stages[4] == "unchanged"
 
@@ -120,10 +125,10 @@ def test_a_crash_after_push_resumes_polling_without_pushing_again(tmp_path: Path
 
     backend.status = crash  # type: ignore[method-assign]
     with pytest.raises(_Crash):
-        make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+        chain_run(backend, clock, tmp_path)
     assert sorted(stage for _, stage in backend.pushes) == [1, 4]
     backend.status = original  # type: ignore[method-assign]
-    result = make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path)
     assert result.stages == dict.fromkeys(range(1, 6), "complete")
     assert sorted(stage for _, stage in backend.pushes) == [1, 2, 3, 4, 5]
 
@@ -131,15 +136,15 @@ def test_a_crash_after_push_resumes_polling_without_pushing_again(tmp_path: Path
 def test_a_stuck_kernel_times_out_and_a_rerun_resumes_it(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS, stuck={4})
-    policy = PollPolicy(initial=10, maximum=60, stage_timeout=10 * HOURS)
+    options = ChainOptions(backoff=Backoff(initial=10, maximum=60), stage_timeout=10 * HOURS)
     with pytest.raises(KernelFailedError) as caught:
-        make_chain(backend, clock, tmp_path, policy=policy).run([1, 2, 3, 4, 5])
+        chain_run(backend, clock, tmp_path, options=options)
     assert caught.value.stage == 4
     assert "still running" in str(caught.value)
     assert backend.status_calls[4] <= 10 * HOURS / 60 + 20  # backoff keeps polling bounded
     backend.stuck.clear()
     before = len(backend.pushes)
-    result = make_chain(backend, clock, tmp_path, policy=policy).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path, options=options)
     assert [stage for _, stage in backend.pushes[before:]] == [5]
     assert result.stages[4] == "complete"
 
@@ -148,12 +153,12 @@ def test_later_stages_alone_need_earlier_ones_complete(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock)
     with pytest.raises(Exception, match="stage 2 needs stage 1"):
-        make_chain(backend, clock, tmp_path).run([2, 3])
+        chain_run(backend, clock, tmp_path, stages=[2, 3])
 
 
 def test_each_run_records_its_push_and_the_poll_that_saw_it_end(tmp_path: Path) -> None:
     clock = FakeClock()
-    make_chain(FakeBackend(clock, durations=SEED_DURATIONS), clock, tmp_path, now=clock).run([1, 2, 3, 4, 5])
+    chain_run(FakeBackend(clock, durations=SEED_DURATIONS), clock, tmp_path)
     stages = json.loads((tmp_path / "state.json").read_text())["stages"]
     assert stages["1"]["started"] == stages["4"]["started"] == "1970-01-01T00:00:00+00:00"
     for number, duration in SEED_DURATIONS.items():
@@ -166,36 +171,31 @@ def test_each_run_records_its_push_and_the_poll_that_saw_it_end(tmp_path: Path) 
     }
 
 
-def test_stage_3s_per_class_gates_reach_stages_5_and_6(tmp_path: Path) -> None:
-    gates = "0.800,0.850,0.900,0.700"
-
-    def outputs(stage: int, params: dict) -> dict[str, bytes]:
-        if stage == 3:
-            chosen = {"threshold": 1.0, "rule": "consistency", "class_thresholds": gates}
-            return {"threshold.json": json.dumps(chosen).encode()}
-        return default_outputs(stage, params)
-
+def test_stage_3s_list_of_gates_reaches_stages_5_and_6(tmp_path: Path) -> None:
+    gates = [0.8, 0.85, 0.9, 0.7]
     clock = FakeClock()
+    outputs = declared_outputs(PROJECT.pipeline, {"threshold": 1.0, "class_thresholds": gates})
     backend = FakeBackend(clock, durations=SEED_DURATIONS, outputs=outputs)
-    chain = make_chain(backend, clock, tmp_path)
-    chain.run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path)
     params = json.loads((tmp_path / "state.json").read_text())["stages"]["5"]["params"]
     assert (params["threshold"], params["class_thresholds"]) == (1.0, gates)
-    # Stage 6 (not run here: the fake backend builds no wheel house) takes the same values.
-    chained = {p.name: p.value for p in chain.steps.chained_params(6, required=True)}
+    # Stage 6 (not run here) takes the same values.
+    with open_workspace(PROJECT, backend, tmp_path, clock) as ws:
+        chained = {p.name: p.value for p in Steps(ws, username="alice").chained_params(6, required=True)}
     assert chained == {"threshold": 1.0, "class_thresholds": gates}
     notebook = json.loads((tmp_path / "kernels" / "stage5" / "stage5.ipynb").read_text())
     text = "".join("".join(cell["source"]) for cell in notebook["cells"])
-    assert f"class_thresholds = '{gates}'  # from stage 3, version 1" in text
+    assert "class_thresholds = [0.8, 0.85, 0.9, 0.7]  # from stage 3, version 1" in text
+    assert "class_thresholds=tuple(class_thresholds)," in text
 
 
 def test_a_chain_run_keeps_the_state_it_started_from(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS)
-    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path)
     assert not (tmp_path / "state.previous.json").exists()
     first = (tmp_path / "state.json").read_text()
-    make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"]).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path, sets=["stage4.epochs=30"])
     assert (tmp_path / "state.previous.json").read_text() == first
     assert (tmp_path / "state.json").read_text() != first
 
@@ -204,7 +204,7 @@ def test_a_stuck_stage_is_given_up_after_its_session_limit_and_an_hour_of_queuei
     clock = FakeClock()
     backend = FakeBackend(clock, stuck={4})
     with pytest.raises(KernelFailedError, match="still running after 45000 s") as caught:
-        make_chain(backend, clock, tmp_path, policy=PollPolicy(initial=10, maximum=600)).run([4])
+        chain_run(backend, clock, tmp_path, stages=[4], options=ChainOptions(backoff=Backoff(initial=10, maximum=600)))
     assert caught.value.stage == 4
     assert 45000 < clock.now <= 45000 + 600
 
@@ -228,7 +228,7 @@ class Lines:
 def test_run_times_are_recorded_and_become_the_next_estimate(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS)
-    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path)
     stages = json.loads((tmp_path / "state.json").read_text())["stages"]
     for number in (1, 2, 4):
         assert abs(stages[str(number)]["run_seconds"] - SEED_DURATIONS[number]) <= 70
@@ -236,7 +236,7 @@ def test_run_times_are_recorded_and_become_the_next_estimate(tmp_path: Path) -> 
 
     backend.gpu_quota = GpuQuota(used=0, reserved=0, allowed=30)
     reporter = Lines()
-    make_chain(backend, clock, tmp_path, sets=["stage4.epochs=30"], reporter=reporter).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path, sets=["stage4.epochs=30"], reporter=reporter)
     assert reporter.lines[0] == "GPU quota: 0.00 h used, 0.00 h reserved, 30.00 h allowed, 30.00 h left"
     hours = stages["4"]["run_seconds"] / 3600
     assert reporter.lines[1] == f"GPU hours this run needs: about {hours:.2f} h (stage 4: {hours:.2f} h (last run))"
@@ -247,14 +247,14 @@ def test_not_enough_quota_refuses_before_any_push_unless_ignored(tmp_path: Path)
     backend = FakeBackend(clock, durations=SEED_DURATIONS, gpu_quota=GpuQuota(used=28, reserved=0, allowed=30))
     reporter = Lines()
     with pytest.raises(QuotaError, match=r"need about 7\.75 h but 2\.00 h of this week's GPU quota are left"):
-        make_chain(backend, clock, tmp_path, reporter=reporter).run([1, 2, 3, 4, 5])
+        chain_run(backend, clock, tmp_path, reporter=reporter)
     assert backend.pushes == []
     assert reporter.lines == [
         "GPU quota: 28.00 h used, 0.00 h reserved, 30.00 h allowed, 2.00 h left",
         "GPU hours this run needs: about 7.75 h (stage 1: 3.50 h (declared); stage 2: 0.25 h (declared); "
         "stage 4: 4.00 h (declared))",
     ]
-    result = make_chain(backend, clock, tmp_path, reporter=reporter, ignore_quota=True).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path, reporter=reporter, options=replace(OPTIONS, ignore_quota=True))
     assert result.stages == dict.fromkeys(range(1, 6), "complete")
     assert "more than the 2.00 h left; going ahead as --ignore-quota asks" in reporter.lines
 
@@ -262,11 +262,11 @@ def test_not_enough_quota_refuses_before_any_push_unless_ignored(tmp_path: Path)
 def test_only_gpu_stages_that_will_run_are_counted(tmp_path: Path) -> None:
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS)
-    make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5])
+    chain_run(backend, clock, tmp_path)
     backend.gpu_quota = GpuQuota(used=30, reserved=0, allowed=30)
-    assert make_chain(backend, clock, tmp_path).run([1, 2, 3, 4, 5]).stages == dict.fromkeys(range(1, 6), "unchanged")
+    assert chain_run(backend, clock, tmp_path).stages == dict.fromkeys(range(1, 6), "unchanged")
     reporter = Lines()
-    result = make_chain(backend, clock, tmp_path, reporter=reporter, sets=["stage5.threshold=0.5"]).run([1, 2, 3, 4, 5])
+    result = chain_run(backend, clock, tmp_path, reporter=reporter, sets=["stage5.threshold=0.5"])
     assert result.stages[5] == "complete"  # a CPU stage needs no GPU quota
     assert not any(line.startswith("GPU") for line in reporter.lines)
 
@@ -275,7 +275,7 @@ def test_plain_output_shows_each_running_stages_latest_log_line_once_per_poll_at
     clock = FakeClock()
     backend = FakeBackend(clock, durations=SEED_DURATIONS)
     out = io.StringIO()
-    make_chain(backend, clock, tmp_path, reporter=PlainReporter(out)).run([1, 4])
+    chain_run(backend, clock, tmp_path, reporter=PlainReporter(out), stages=[1, 4])
     lines = out.getvalue().splitlines()
     stage4 = [line for line in lines if line.startswith("stage 4 v1: running")]
     assert stage4[0] == "stage 4 v1: running [0:10]"  # nothing printed yet
@@ -286,31 +286,32 @@ def test_plain_output_shows_each_running_stages_latest_log_line_once_per_poll_at
 
 
 def test_datasets_read_through_kernels_skip_the_upload_and_the_processing_wait(tmp_path: Path) -> None:
-    bundled = Project.load()
-    datasets = dict(bundled.pipeline.datasets)
+    datasets = dict(PROJECT.pipeline.datasets)
     for slug in ("stage1", "stage4"):
         datasets[slug] = replace(datasets[slug], via=Via.KERNEL)
-    wired = replace(bundled, pipeline=replace(bundled.pipeline, datasets=datasets))
+    wired = replace(PROJECT, pipeline=replace(PROJECT.pipeline, datasets=datasets))
 
     def makespan(project: Project, folder: Path) -> tuple[float, FakeBackend]:
         clock = FakeClock()
         backend = FakeBackend(clock, durations=SEED_DURATIONS, dataset_delay=600.0)
-        chain = Chain(
-            project, backend, folder, username="alice", clock=clock, sleep=clock.sleep,
-            policy=PollPolicy(initial=10, maximum=60),
-        )
-        assert chain.run([1, 2, 3, 4, 5]).stages == dict.fromkeys(range(1, 6), "complete")
+        options = ChainOptions(backoff=Backoff(initial=10, maximum=60))
+        result = chain_run(backend, clock, folder, project=project, options=options)
+        assert result.stages == dict.fromkeys(range(1, 6), "complete")
         return clock.now, backend
 
-    early = Steps(wired, FakeBackend(FakeClock()), tmp_path / "early", username="alice")
-    with pytest.raises(KernelgenError, match="reads stage1 from stage 1's kernel output, which has no complete run"):
-        early.render(2)
-    through_datasets, _ = makespan(bundled, tmp_path / "datasets")
+    clock = FakeClock()
+    with open_workspace(wired, FakeBackend(clock), tmp_path / "early", clock) as ws:
+        early = Steps(ws, username="alice")
+        with pytest.raises(KernelgenError, match="reads stage1 from stage 1's kernel output, which has no complete run"):
+            early.render(2)
+    through_datasets, _ = makespan(PROJECT, tmp_path / "datasets")
     through_kernels, backend = makespan(wired, tmp_path / "kernels")
     assert [ref for _, ref, _ in backend.published] == ["alice/stage2"]
     assert through_kernels <= through_datasets - 600
-    stage5 = backend.runs["alice/severstal-stage5-submission"][-1]
-    assert "'stage4': 'severstal-stage4-segmentation'" in stage5.notebook
-    steps = Steps(wired, backend, tmp_path / "kernels", username="alice")
-    with pytest.raises(KernelgenError, match='read from stage 1\'s kernel output \\(via = "kernel"\\)'):
-        steps.publish("stage1")
+    stage5 = backend.runs["alice/chain-pipe-stage5-submit"][-1]
+    assert "'stage4': 'chain-pipe-stage4-segment'" in stage5.notebook
+    with (
+        open_workspace(wired, backend, tmp_path / "kernels", clock) as ws,
+        pytest.raises(KernelgenError, match='read from stage 1\'s kernel output \\(via = "kernel"\\)'),
+    ):
+        Steps(ws, username="alice").publish("stage1")

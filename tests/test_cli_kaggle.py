@@ -1,8 +1,10 @@
-"""push, status, output and publish from the command line, through the official client and the stand-in."""
+"""push, status, output and publish from the command line, through the official client and
+the stand-in, in a copy of the engine's fixture project (tests/fixtures/chainpipe)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -11,17 +13,18 @@ import pytest
 from click.testing import CliRunner, Result
 
 from kernelgen.cli import main
-from kernelgen.polling import Timing
-from tests.fakes import FakeClock, quick_executor
+from kernelgen.clock import Timing
+from tests.fakes import CHAINPIPE, FakeClock, quick_executor
 from tests.kaggle_standin import KaggleStandIn, KernelScript, QuotaFigures, use_standin
 
 USER = "cli-user"
 KEY = "cli-secret-key-0000"
-STAGE3 = f"{USER}/severstal-stage3-threshold"
+STAGE3 = f"{USER}/chain-pipe-stage3-pick"
 
 
 @pytest.fixture
 def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[KaggleStandIn]:
+    shutil.copytree(CHAINPIPE, tmp_path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.chdir(tmp_path)
     with KaggleStandIn(
         tmp_path / "server",
@@ -57,22 +60,22 @@ def test_push_status_and_output(kaggle: KaggleStandIn, tmp_path: Path) -> None:
 
     fetched = invoke("output", "--stage", "3", "--workdir", "work")
     assert fetched.exit_code == 0, fetched.output
-    assert json.loads((tmp_path / "work/outputs/stage3/threshold.json").read_text())["threshold"] == 0.5
-    assert (tmp_path / "work/outputs/stage3/severstal-stage3-threshold.log").is_file()
+    assert json.loads((tmp_path / "work/outputs/stage3/choice.json").read_text())["threshold"] == 0.5
+    assert (tmp_path / "work/outputs/stage3/chain-pipe-stage3-pick.log").is_file()
 
 
 def test_push_wait_downloads_and_a_failed_run_exits_non_zero(kaggle: KaggleStandIn, tmp_path: Path) -> None:
     done = invoke("push", "--stage", "3", "--wait", "--workdir", "work")
     assert done.exit_code == 0, done.output
     assert "stage 3: complete" in done.output
-    assert (tmp_path / "work/outputs/stage3/threshold.json").is_file()
+    assert (tmp_path / "work/outputs/stage3/choice.json").is_file()
 
     failed = invoke("push", "--stage", "5", "--wait", "--workdir", "work", "--set", "threshold=0.9")
     assert failed.exit_code != 0
     assert "kernelgen: error: stage 5: ended in error" in failed.stderr
     assert "ValueError: broken input" in failed.stderr
     params = json.loads((tmp_path / "work/state.json").read_text())["stages"]["5"]["params"]
-    assert params == {"threshold": 0.9, "class_thresholds": ""}
+    assert params == {"threshold": 0.9, "class_thresholds": []}
 
 
 def test_push_uses_the_threshold_stage_3_left(kaggle: KaggleStandIn, tmp_path: Path) -> None:
@@ -89,12 +92,12 @@ def test_publish_versions_an_existing_dataset(kaggle: KaggleStandIn, tmp_path: P
     assert "missing stage outputs" in missing.stderr
     outputs = tmp_path / "work/outputs/stage1"
     outputs.mkdir(parents=True)
-    (outputs / "model.h5").write_bytes(b"weights v1")
-    (outputs / "split.csv").write_text("ImageId,validation\na.jpg,1\n")
+    (outputs / "model.json").write_bytes(b"weights v1")
+    (outputs / "split.csv").write_text("id,validation\na,1\n")
     first = invoke("publish", "stage1", "--workdir", "work")
     assert first.exit_code == 0, first.output
     assert f"new version of {USER}/stage1" in first.output
-    (outputs / "model.h5").write_bytes(b"weights v2")
+    (outputs / "model.json").write_bytes(b"weights v2")
     second = invoke("publish", "Stage1", "--workdir", "work")
     assert second.exit_code == 0, second.output
     assert f"new version of {USER}/stage1" in second.output
@@ -115,29 +118,25 @@ def test_missing_credentials_are_one_clear_line(tmp_path: Path, monkeypatch: pyt
 def test_push_wait_then_chain_takes_that_version_as_its_own(kaggle: KaggleStandIn, tmp_path: Path) -> None:
     """A stage pushed and collected by `push --wait` is not pushed again by the chain."""
     from kernelgen.backends.kaggle import KaggleBackend
-    from kernelgen.chain import Chain, Phase, PollPolicy
-    from kernelgen.project import Project
-    from tests.fakes import FakeClock
+    from kernelgen.run.state import Phase
+    from kernelgen.spec.project import Project
+    from tests.fakes import run_chain
 
-    stage1 = f"{USER}/severstal-stage1-classifier"
+    stage1 = f"{USER}/chain-pipe-stage1-fit"
     pushed = invoke("push", "--stage", "1", "--wait", "--workdir", "work")
     assert pushed.exit_code == 0, pushed.output
     assert len(kaggle.kernel_versions(stage1)) == 1
 
     clock = FakeClock()
     backend = KaggleBackend(sleep=clock.sleep, clock=clock, rng=lambda: 0.5)
-    chain = Chain(
-        Project.load(), backend, tmp_path / "work", username=USER, clock=clock, sleep=clock.sleep,
-        policy=PollPolicy(initial=10, maximum=60, stage_timeout=3600),
-    )
-    result = chain.run([1, 2, 3, 4])
+    result = run_chain(Project.load(), backend, tmp_path / "work", clock, [1, 2, 3, 4], username=USER)
     assert result.stages[1] is Phase.UNCHANGED
     assert result.stages[2] is result.stages[3] is result.stages[4] is Phase.COMPLETE
     assert len(kaggle.kernel_versions(stage1)) == 1
-    assert len(kaggle.kernel_versions(f"{USER}/severstal-stage4-segmentation")) == 1
+    assert len(kaggle.kernel_versions(f"{USER}/chain-pipe-stage4-segment")) == 1
 
 
-STAGE4 = f"{USER}/severstal-stage4-segmentation"
+STAGE4 = f"{USER}/chain-pipe-stage4-segment"
 
 
 def pushed_session(kaggle: KaggleStandIn) -> dict:
@@ -241,5 +240,5 @@ def test_push_wait_shows_the_running_kernels_latest_log_line(kaggle: KaggleStand
     ]
     assert "stage 3: complete [0:47]" in done.output
     assert kaggle.count("LogStream") == 3 and clock.sleeps == [10.0, 15.0, 22.5]
-    log = (tmp_path / "work/outputs/stage3/severstal-stage3-threshold.log").read_text()
+    log = (tmp_path / "work/outputs/stage3/chain-pipe-stage3-pick.log").read_text()
     assert log.startswith("".join(f"{line}\n" for line in epochs))

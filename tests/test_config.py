@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.config import Config, kaggle_config_dir, load_config, resolve_username
 from kernelgen.errors import ConfigError
+from kernelgen.spec.config import Config, kaggle_config_dir, load_config, resolve_username
 
 FULL = """
 username = "me"

@@ -15,18 +15,23 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from kernelgen import execute
-from kernelgen.backends import local
+from kernelgen.backends import execute, local
 from kernelgen.backends.base import RunStatus
+from kernelgen.backends.execute import (
+    ExecutionResult,
+    check_jupyter_kernel,
+    execute_notebook,
+    kernel_env,
+)
 from kernelgen.backends.local import LocalBackend
-from kernelgen.config import Config
+from kernelgen.build.kernel import RenderedKernel
+from kernelgen.build.validate import kernel_slug
 from kernelgen.errors import ConfigError, StageRunError
-from kernelgen.execute import ExecutionResult, check_jupyter_kernel, execute_notebook, kernel_env
-from kernelgen.pipeline import load_pipeline
-from kernelgen.project import Project
-from kernelgen.render import RenderedKernel
-from kernelgen.runner import run_module, run_notebook
-from kernelgen.validate import kernel_slug
+from kernelgen.files import log_tail
+from kernelgen.run.local import run_module, run_notebook, run_stage
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
 
 COMPETITION = "severstal-steel-defect-detection"
 
@@ -76,7 +81,7 @@ def test_execute_notebook_outputs_log_and_files(tmp_path: Path) -> None:
     assert "twice 42\n" in result.log
     assert "to stderr\n" in result.log
     assert (working / "out.txt").read_text() == str(working)
-    assert result.tail(1) == "to stderr"
+    assert log_tail(result.log, 1) == "to stderr"
 
 
 @pytest.mark.slow
@@ -210,9 +215,9 @@ def test_notebook_runs_pass_the_kernel_on(tmp_path: Path, monkeypatch: pytest.Mo
         names.append(kwargs["kernel_name"])
         return ExecutionResult(True, "")
 
-    monkeypatch.setattr("kernelgen.runner.execute_notebook", fake_execute)
+    monkeypatch.setattr("kernelgen.run.local.execute_notebook", fake_execute)
     monkeypatch.setattr(local, "execute_notebook", fake_execute)
-    project().run(5, tmp_path / "root", notebook=True, jupyter_kernel="pinned")
+    run_stage(project(), 5, tmp_path / "root", notebook=True, jupyter_kernel="pinned")
 
     folder = tmp_path / "kernel"
     folder.mkdir()
@@ -325,7 +330,7 @@ def test_failing_notebook_run_leaves_working_untouched(tmp_path: Path) -> None:
     (root / "working").mkdir()
     (root / "working" / "submission.csv").write_text("previous")
     with pytest.raises(StageRunError) as info:
-        project().run(5, root, notebook=True, timeout=120)
+        run_stage(project(), 5, root, notebook=True, timeout=120)
     assert info.value.stage == 5
     assert str(info.value).startswith("stage 5 failed: InputError: ")
     assert "submission.csv" in str(info.value)
@@ -343,8 +348,8 @@ def compare_runs(
     monkeypatch.chdir(tmp_path)
     by_module = make_root(tmp_path / "module")
     by_notebook = make_root(tmp_path / "notebook")
-    module_out = Project.load().run(stage, by_module)
-    notebook_out = Project.load().run(stage, by_notebook, notebook=True, timeout=300)
+    module_out = run_stage(Project.load(), stage, by_module)
+    notebook_out = run_stage(Project.load(), stage, by_notebook, notebook=True, timeout=300)
     slug = kernel_slug(load_pipeline().stage(stage).title)
     log = notebook_out / f"{slug}.log"
     assert log.is_file()

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.config import Config
-from kernelgen.pipeline import load_pipeline
-from kernelgen.project import Project
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
+from tests.rendering import render
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 REGENERATE = os.environ.get("KERNELGEN_REGEN_GOLDEN") == "1"
@@ -44,7 +45,7 @@ def first_difference(expected: bytes, actual: bytes, name: str) -> str:
 @pytest.mark.parametrize("stage", [5])
 def test_rendered_kernel_matches_golden(stage: int) -> None:
     project = Project(pipeline=load_pipeline(), config=Config())
-    (kernel,) = project.render([stage], username="golden-user", profile="full")
+    (kernel,) = render(project, [stage], username="golden-user", profile="full")
     folder = GOLDEN / f"stage{stage}"
     assert set(kernel.files) == {"kernel-metadata.json", f"stage{stage}.ipynb"}
     if REGENERATE:

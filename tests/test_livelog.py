@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from kernelgen.livelog import LogFollower, latest
+from kernelgen.run.livelog import LogFollower, latest
 
 
 class Server:

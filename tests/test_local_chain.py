@@ -15,8 +15,7 @@ from kernelgen.cli import main
 from stages.lib.submission import read_submission
 from tests.conftest import LocalChain
 
-# Tests reading the session's one local chain share a worker, so it runs once.
-pytestmark = pytest.mark.xdist_group("local-chain")
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
@@ -57,19 +56,30 @@ def test_local_chain_ends_in_a_valid_submission_and_reruns_nothing(
 
 
 @pytest.mark.slow
-def test_stage6_predicts_the_test_images_itself_and_matches_stage5_row_for_row(
+def test_stage6_reads_stage4_as_a_kaggle_model_and_matches_stage5_row_for_row(
     local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`chain --local --to 6` on a copy of the session's chain: stages 1-5 are unchanged, the
-    wheel house (nothing missing here: smp imports) and stage 6 run, and stage 6's own
-    predictions, gated by the classifier, give stage 5's submission."""
+    """`chain --local --to 6` on a copy of the session's chain, from a copy of the bundled
+    project whose stage4 entry is a Kaggle Model: stages 1-4 are unchanged, stage 4's files
+    become version 1 of a model instance that stages 5 and 6 mount, the wheel house (nothing
+    missing here: smp imports) and stage 6 run, and stage 6's own predictions, gated by the
+    classifier, give stage 5's submission."""
+    project = tmp_path / "project"
+    for folder in ("stages", "templates", "kernel-metadata"):
+        shutil.copytree(
+            REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    datasets = project / "kernel-metadata" / "datasets.toml"
+    datasets.write_text(datasets.read_text() + 'via = "model"\nframework = "PyTorch"\n')
     work = tmp_path / "work"
     shutil.copytree(local_chain.workdir, work, symlinks=True)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # no index, should any pip call try one
-    result = CliRunner().invoke(main, ["chain", "--local", "--to", "6", "--workdir", str(work)], catch_exceptions=False)
+    args = ["chain", "--local", "--to", "6", "--workdir", str(work), "--project", str(project)]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert result.output.count("unchanged") >= 5
+    assert result.output.count("unchanged") >= 4
+    assert "dataset stage4: created model local/stage4/pytorch/default version 1" in result.output
     stage6 = work / "outputs" / "stage6" / "submission.csv"
     assert result.output.strip().splitlines()[-1] == f"submission: {stage6}"
     assert re.search(r"wheels severstal-wheels-[0-9a-f]{12}: built version 1", result.output)
@@ -78,12 +88,48 @@ def test_stage6_predicts_the_test_images_itself_and_matches_stage5_row_for_row(
     six = read_submission(stage6)
     pd.testing.assert_frame_equal(six.frame, five.frame)
     assert six.fmt == five.fmt
+    for stage in (5, 6):
+        meta = json.loads((work / "kernels" / f"stage{stage}" / "kernel-metadata.json").read_text())
+        assert meta["model_sources"] == ["local/stage4/pytorch/default/1"]
+        assert "local/stage4" not in meta["dataset_sources"]
     meta = json.loads((work / "kernels" / "stage6" / "kernel-metadata.json").read_text())
     assert meta["enable_internet"] is False
-    assert meta["dataset_sources"] == ["local/stage4", "local/stage1"]
+    assert meta["dataset_sources"] == ["local/stage1"]
     assert len(meta["kernel_sources"]) == 1 and "-wheels-" in meta["kernel_sources"][0]
     notebook = json.loads((work / "kernels" / "stage6" / "stage6.ipynb").read_text())
     pip = next("".join(c["source"]) for c in notebook["cells"] if '"pip"' in "".join(c["source"]))
     assert pip.count('"install"') == 1 and '"--no-index"' in pip
     log = (work / "outputs" / "stage6" / "severstal-stage6-inference.log").read_text()
     assert re.search(r"stage 6 on cpu: \d+ test images in [\d.]+ s \([\d.]+ images/s", log)
+    assert json.loads((work / "outputs" / "stage6" / "metrics.json").read_text())["images_per_second"] > 0
+
+
+@pytest.mark.slow
+def test_a_second_chain_with_other_epochs_is_a_second_run_in_the_ledger(
+    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger of the bundled pipeline: stage 4 retrained with 3 epochs is the newest run,
+    beside the session chain's first one, with the parameter changed and stage 4's
+    validation Dice of each."""
+    work = tmp_path / "work"
+    shutil.copytree(local_chain.workdir, work, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+
+    def runs() -> list[dict]:
+        return json.loads(CliRunner().invoke(main, ["runs", "--json", "--workdir", str(work)]).output)
+
+    before = len(runs())
+    again = CliRunner().invoke(main, ["chain", "--local", "--workdir", str(work), "--set", "stage4.epochs=3"])
+    assert again.exit_code == 0, again.output
+    listed = runs()
+    newest, first = listed[0], listed[-1]
+    assert (newest["id"], first["id"], len(listed)) == (before + 1, 1, before + 1)
+    assert (first["params"]["stage4.epochs"], newest["params"]["stage4.epochs"]) == (6, 3)
+    assert newest["stages"]["4"] == "complete" and newest["stages"]["1"] == "unchanged"
+    for run in (first, newest):
+        assert isinstance(run["metrics"]["stage4.val_dice"], float)
+    assert {"stage1.val_auc", "stage1.val_accuracy", "stage3.threshold", "stage3.f1"} <= set(first["metrics"])
+    diff = CliRunner().invoke(main, ["runs", "diff", "1", str(newest["id"]), "--workdir", str(work)])
+    assert diff.exit_code == 0 and "stage4.epochs" in diff.output
+    html = (work / "report.html").read_text()
+    assert '<section id="panel-runs">' in html and 'alt="Metrics across runs: ' in html

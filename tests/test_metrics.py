@@ -1,5 +1,8 @@
 """The competition metric against hand-computed cases."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from kernelgen.runtime import InputError
-from stages.lib.metrics import batch_dice, dice, mean_dice_rle
+from stages.lib.metrics import batch_dice, dice, mean_dice_rle, roc_auc, write_metrics
 from stages.lib.rle import rle_decode, rle_encode
 
 
@@ -108,3 +111,25 @@ def test_mean_dice_rle_bad_input() -> None:
         mean_dice_rle(good, frame([("a.jpg", 1, "9 1 3 1")]))
     with pytest.raises(ValueError, match="at least one"):
         mean_dice_rle(good.iloc[:0], good)
+
+
+def pairwise_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_roc_auc_counts_pairs_with_ties_as_half(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    scores = rng.integers(0, 6, 40) / 5.0  # many ties
+    labels = rng.integers(0, 2, 40)
+    assert roc_auc(scores, labels) == pytest.approx(pairwise_auc(scores, labels))
+    assert roc_auc(np.array([0.1, 0.9]), np.array([0, 1])) == 1.0
+    assert np.isnan(roc_auc(np.array([0.1, 0.9]), np.array([1, 1])))
+
+
+def test_write_metrics_keeps_finite_figures(tmp_path: Path) -> None:
+    path = write_metrics(tmp_path, {"b": 2, "a": 0.5, "bad": float("nan")})
+    assert json.loads(path.read_text()) == {"a": 0.5, "b": 2.0}
+    assert list(json.loads(path.read_text())) == ["a", "b"]

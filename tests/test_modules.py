@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.errors import RenderError
-from kernelgen.modules import KernelModules, collect_modules
+from kernelgen.build.modules import KernelModules, collect_modules
+from kernelgen.errors import RenderError, SourceSyntaxError
 
 RUNTIME = ["kernelgen.runtime.errors", "kernelgen.runtime.layout", "kernelgen.runtime"]
 
@@ -122,7 +122,6 @@ def test_modules_importing_each_other_are_carried_once(tmp_path: Path) -> None:
         ({"pkg/stage.py": "from kernelgen.cli import main\n"}, "only kernelgen.runtime from kernelgen"),
         ({"pkg/stage.py": "import pkg.missing\n"}, "module 'pkg.missing' not found"),
         ({"pkg/stage.py": "from pkg.lib import nothing\n", "pkg/lib.py": "X = 1\n"}, "pkg.lib defines no top-level 'nothing'"),
-        ({"pkg/stage.py": "from pkg.lib import X\n", "pkg/lib.py": "def broken(:\n"}, "lib.py:1: syntax error"),
         ({"pkg/stage.py": "from pkg.lib import X\n", "pkg/lib.py": "from ...x import y\n"}, "above the top-level package"),
     ],
 )
@@ -131,6 +130,16 @@ def test_refused_with_file_and_reason(tmp_path: Path, files: dict[str, str], nee
     with pytest.raises(RenderError, match=r"^stage 7: ") as info:
         collect(root)
     assert needle in str(info.value)
+
+
+@pytest.mark.parametrize("broken", ["pkg/stage.py", "pkg/lib.py"])
+def test_a_syntax_error_anywhere_is_one_line_naming_file_and_line(tmp_path: Path, broken: str) -> None:
+    files = {"pkg/stage.py": "from pkg.lib import X\n", "pkg/lib.py": "X = 1\n"}
+    files[broken] = files[broken] + "\ndef broken(:\n"
+    root = project(tmp_path, files)
+    with pytest.raises(SourceSyntaxError) as info:
+        collect(root)
+    assert str(info.value) == f"{root / broken}:3: syntax error: invalid syntax"
 
 
 def test_a_stage_module_outside_the_packages_refused(tmp_path: Path) -> None:

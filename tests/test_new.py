@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from kernelgen import scaffold
 from kernelgen.cli import main
 from kernelgen.errors import KernelgenError
-from kernelgen.project import Project
 from kernelgen.scaffold import create_project
+from kernelgen.spec.project import Project
+from tests.rendering import render
 
 EXPECTED_FILES = {
     ".gitignore",
@@ -80,7 +81,7 @@ def test_a_new_project_has_every_file_and_renders(tmp_path: Path) -> None:
     assert loaded.pipeline.local.generator == "my_comp.synth:generate"
     assert sorted(loaded.pipeline.datasets) == ["my-comp-model"]
     assert loaded.pipeline.dependencies == {1: (), 2: (1,)}
-    kernels = loaded.render([1, 2], username="someone")
+    kernels = render(loaded, [1, 2], username="someone")
     assert [k.kernel_id for k in kernels] == ["someone/my-comp-fit", "someone/my-comp-submit"]
     meta = json.loads(kernels[1].files["kernel-metadata.json"])
     assert meta["enable_internet"] is False

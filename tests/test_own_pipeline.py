@@ -22,8 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from kernelgen.backends.base import RunStatus
+from kernelgen.backends.execute import execute_notebook
 from kernelgen.cli import main
-from kernelgen.execute import execute_notebook
 from tests.kaggle_standin import (
     ExecutedKernel,
     KaggleStandIn,
@@ -137,7 +137,7 @@ def test_render_run_push_and_chain_from_the_project_folder(tmp_path: Path, tiny:
     submission = tiny / "work" / "outputs" / "stage2" / "submission.csv"
     assert out.strip().splitlines()[-2:] == [f"report: {tiny / 'work' / 'report.html'}", f"submission: {submission}"]
     sections = re.findall(r'<section id="([\w-]+)">', (tiny / "work" / "report.html").read_text())
-    assert sections == ["stages", "panel-changes", "panel-parameters"]  # the tool's panels; tinypipe has no hook
+    assert sections == ["stages", "panel-changes", "panel-runs", "panel-parameters"]  # the tool's panels; tinypipe has no hook
     # the smoke profile doubles: mean 2 * 3 = 6 over the 5 generated rows
     assert submission.read_text().splitlines() == ["id,prediction", "r1,-5.0", "r2,-4.0", "r3,-3.0", "r4,-2.0", "r5,-1.0"]
     stage2 = json.loads((tiny / "work" / "kernels" / "stage2" / "stage2.ipynb").read_text())
@@ -161,11 +161,11 @@ def test_a_configured_data_folder_replaces_the_generator(tiny: Path, tmp_path: P
     (tmp_path / "numbers").mkdir()
     (tiny / "kernelgen.toml").write_text(f'data = "{tmp_path / "numbers"}"\n')
     monkeypatch.chdir(tiny)
-    from kernelgen.localdata import local_competition_data
-    from kernelgen.project import Project
+    from kernelgen.run.localdata import local_competition_data
+    from kernelgen.spec.project import Project
 
     project = Project.load()
-    assert local_competition_data(project.pipeline, project.config.data, tmp_path / "work") == {
+    assert local_competition_data(project.pipeline, project.config.data, tmp_path / "work" / "data") == {
         "tiny-numbers": tmp_path / "numbers"
     }
 
@@ -215,3 +215,21 @@ def test_a_local_chain_reads_a_dataset_from_the_producing_kernels_output(
     assert not (store / "datasets").exists()
     mount = store / "kernels/local/tiny-pipe-submit/1/root/input/notebooks/local/tiny-pipe-measure"
     assert (mount / "stats.json").is_file()
+
+
+@pytest.mark.parametrize("broken", ["tinypipe/measure.py", "tinypipe/lib/table.py"])
+@pytest.mark.parametrize("command", [["render", "--stage", "1", "--out", "build", "--user", "me"], ["run", "--stage", "1", "--root", "data"]])
+def test_a_syntax_error_anywhere_in_the_project_is_one_line(
+    tiny: Path, monkeypatch: pytest.MonkeyPatch, broken: str, command: list[str]
+) -> None:
+    path = tiny / broken
+    lines = path.read_text().splitlines()
+    lines.insert(3, "def oops(:")
+    path.write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tiny)
+    if command[0] == "run":
+        assert CliRunner().invoke(main, ["synth", "--out", "data"]).exit_code == 0
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [f"kernelgen: error: {path}:4: syntax error: invalid syntax"]
+    assert not (tiny / "build").exists() and not (tiny / "data" / "working").exists()

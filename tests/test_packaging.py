@@ -32,18 +32,19 @@ def test_wheel_carries_pipeline_files_and_finds_them(tmp_path: Path) -> None:
         "kernelgen/_data/pipeline/stages/report.py",
         "kernelgen/_data/pipeline/kernel-metadata/stage1.toml",
         "kernelgen/_data/pipeline/kernel-metadata/datasets.toml",
-        "kernelgen/scaffold/kernel-metadata/stage1.toml.tmpl",
-        "kernelgen/scaffold/package/fit.py.tmpl",
+        "kernelgen/scaffold/template/kernel-metadata/stage1.toml.tmpl",
+        "kernelgen/scaffold/template/package/fit.py.tmpl",
     ):
         assert expected in names, expected
 
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     probe = (
-        "from kernelgen.project import Project\n"
-        "from kernelgen.resources import bundled_project, templates_dir\n"
+        "from kernelgen.spec.project import Project\n"
+        "from kernelgen.build.kernel import render_stages\n"
+        "from kernelgen.spec.resources import bundled_project, templates_dir\n"
         "print(templates_dir()); print(bundled_project())\n"
-        "print(Project.load().render([5], username='someone')[0].kernel_id)\n"
+        "print(render_stages(Project.load(), [5], username='someone')[0].kernel_id)\n"
         "from pathlib import Path\n"
         "from kernelgen.report import build_report, write_report\n"
         "print([p.key for p in build_report(Project.load(), Path('.')).panels])\n"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.config import Config
 from kernelgen.errors import ConfigError, ParameterError, RenderError
-from kernelgen.params import (
+from kernelgen.spec.config import Config
+from kernelgen.spec.params import (
+    ListOf,
     Override,
     ParamField,
     ParamValue,
@@ -26,8 +27,8 @@ from kernelgen.params import (
     read_param_fields,
     resolve_params,
 )
-from kernelgen.pipeline import StageSpec
-from kernelgen.render import profile_layers
+from kernelgen.spec.pipeline import StageSpec
+from kernelgen.spec.project import profile_layers
 
 
 def module(tmp_path: Path, body: str) -> Path:
@@ -84,6 +85,7 @@ def test_fields_are_read_without_importing(tmp_path: Path) -> None:
         ("epochs: int = EPOCHS\n", "must be a literal"),
         ("sizes: list = [1, 2]\n", "has type list"),
         ("size: tuple[int, int] = (1, 2)\n", "has type tuple[int, int]"),
+        ("sizes: tuple[list, ...] = ()\n", "has type tuple[list, ...]"),
         ("maybe: int | None = None\n", "has type int | None"),
         ("epochs: int\n", "needs a default"),
     ],
@@ -209,6 +211,82 @@ def test_coerce_value() -> None:
         coerce_value(float("nan"), float, name="p", stage=1)
     with pytest.raises(ParameterError, match="finite"):
         coerce_value(float("inf"), float, name="p", stage=1)
+
+
+# --- list parameters ----------------------------------------------------------------------
+
+
+def test_list_fields_are_read_with_their_item_type(tmp_path: Path) -> None:
+    path = module(
+        tmp_path,
+        """
+        thresholds: tuple[float, ...] = (0.5, 1)
+        sizes: tuple[int, ...] = ()
+        names: tuple[str, ...] = ("a",)
+        """,
+    )
+    assert read_param_fields(path, 9) == [
+        ParamField("thresholds", ListOf(float), (0.5, 1.0)),
+        ParamField("sizes", ListOf(int), ()),
+        ParamField("names", ListOf(str), ("a",)),
+    ]
+    with pytest.raises(ParameterError, match=r"sizes\[1\] must be int"):
+        read_param_fields(module(tmp_path, "sizes: tuple[int, ...] = (1, 2.5)\n"), 9)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "value"),
+    [
+        ("[0.5,0.6, 0.55,0.5]", ListOf(float), (0.5, 0.6, 0.55, 0.5)),
+        ("[1, 2]", ListOf(float), (1.0, 2.0)),
+        ("[]", ListOf(int), ()),
+        (" [3, 4,] ", ListOf(int), (3, 4)),
+        ("[true, off]", ListOf(bool), (True, False)),
+        ('["a", "b c"]', ListOf(str), ("a", "b c")),
+    ],
+)
+def test_parse_list_text(text: str, kind: ListOf, value: tuple) -> None:
+    parsed = parse_text(text, kind, name="p", stage=4)
+    assert parsed == value
+    assert type(parsed) is tuple and all(type(item) is kind.item for item in parsed)
+
+
+def test_a_comma_string_is_refused_in_one_line_showing_the_list_form() -> None:
+    with pytest.raises(ParameterError) as caught:
+        parse_text("0.55,0.7,0.53,0.5", ListOf(float), name="pixel_thresholds", stage=4)
+    assert str(caught.value) == (
+        "stage 4: pixel_thresholds takes a list of float in brackets: "
+        "pixel_thresholds=[0.55, 0.7, 0.53, 0.5]; got '0.55,0.7,0.53,0.5'"
+    )
+    with pytest.raises(ParameterError) as caught:
+        coerce_value("2,2,1,1.5", ListOf(float), name="pos_weight", stage=4)
+    assert str(caught.value) == (
+        "stage 4: pos_weight must be a list of float, written [2, 2, 1, 1.5], got '2,2,1,1.5'"
+    )
+
+
+@pytest.mark.parametrize("text", ["[0.5,,0.6]", "[x]", "(1, 2)", "[1", "[nan]", '["a"'])
+def test_bad_list_text_refused(text: str) -> None:
+    with pytest.raises(ParameterError, match="stage 4: p"):
+        parse_text(text, ListOf(float) if '"' not in text else ListOf(str), name="p", stage=4)
+
+
+def test_list_values_from_toml_and_json_become_tuples() -> None:
+    assert coerce_value([1, 2.5], ListOf(float), name="p", stage=1) == (1.0, 2.5)
+    assert coerce_value((), ListOf(str), name="p", stage=1) == ()
+    for bad in ([1, "2"], [[1]], 3, {"a": 1}):
+        with pytest.raises(ParameterError):
+            coerce_value(bad, ListOf(int), name="p", stage=1)
+
+
+def test_layers_set_and_chained_values_resolve_a_list_parameter() -> None:
+    fields = [ParamField("t", ListOf(float), ())]
+    resolved = resolve_params(fields, stage=4, layers=[("profile best", {"t": [0.5, 1]})])
+    assert resolved == [ParamValue("t", (0.5, 1.0), "profile best")]
+    resolved = resolve_params(fields, stage=4, texts={"t": "[0.25]"})
+    assert resolved == [ParamValue("t", (0.25,), "--set")]
+    chained = [ParamValue("t", [0.1, 0.2], "from stage 3")]
+    assert resolve_params(fields, stage=4, extra=chained) == [ParamValue("t", (0.1, 0.2), "from stage 3")]
 
 
 # --- resolution and layering -------------------------------------------------------------

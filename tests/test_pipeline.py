@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kernelgen.accelerators import AcceleratorKind
 from kernelgen.errors import MetadataError, UnknownStageError
-from kernelgen.pipeline import DatasetFile, Pipeline, Via, load_pipeline
-from kernelgen.session import DockerPinning, Session
+from kernelgen.spec.machine import AcceleratorKind, DockerPinning, Session
+from kernelgen.spec.pipeline import DatasetFile, Pipeline, Via, load_pipeline
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +72,10 @@ def test_bundled_order_puts_producers_first(bundled: Pipeline) -> None:
     assert bundled.order([4, 2]) == [2, 4]
 
 
-def test_bundled_dependents(bundled: Pipeline) -> None:
-    assert bundled.dependents(1) == (2, 3, 5, 6)
-    assert bundled.dependents(2) == (3, 5, 6)
-    assert bundled.dependents(3) == (5, 6)
-    assert bundled.dependents(4) == (5, 6)
-    assert bundled.dependents(5) == ()
+def test_order_of_a_selection_keeps_only_the_selected_stages(bundled: Pipeline) -> None:
+    assert bundled.order([6, 1, 4]) == [1, 4, 6]
+    assert bundled.order([5]) == [5]
+    assert bundled.order([]) == []
 
 
 def test_bundled_datasets(bundled: Pipeline) -> None:
@@ -90,8 +87,6 @@ def test_bundled_datasets(bundled: Pipeline) -> None:
     }
     assert bundled.datasets["stage2"].stages == (1, 2)
     assert bundled.datasets["stage4"].files == (DatasetFile(4, "submission.csv"), DatasetFile(4, "model.pth"))
-    assert [d.slug for d in bundled.datasets_from(1)] == ["stage1", "stage2"]
-    assert bundled.datasets_from(3) == ()
 
 
 def test_bundled_flags(bundled: Pipeline) -> None:
@@ -275,7 +270,7 @@ def _load_in_subprocess(folder: Path) -> subprocess.CompletedProcess[str]:
     """Load in a child process: a loader that loops forever fails the test, not hangs it."""
     code = (
         "import sys\nfrom pathlib import Path\n"
-        "from kernelgen.errors import MetadataError\nfrom kernelgen.pipeline import load_pipeline\n"
+        "from kernelgen.errors import MetadataError\nfrom kernelgen.spec.pipeline import load_pipeline\n"
         "try:\n    load_pipeline(Path(sys.argv[1]))\nexcept MetadataError as exc:\n"
         "    print(exc)\n    sys.exit(3)\n"
     )
@@ -397,7 +392,31 @@ def test_a_dataset_may_be_read_through_its_producing_kernel(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
-        ('[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\n', "via must be 'dataset' or 'kernel'"),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "bucket"\n',
+            "via must be 'dataset' or 'kernel' or 'model'",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\n',
+            "a model needs 'framework', one of PyTorch",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\nframework = "Caffe"\n',
+            "got 'Caffe'",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nvia = "model"\nframework = "PyTorch"\n'
+            'variation = "Big One"\n',
+            "variation 'Big One' must be lowercase letters and digits",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv"]\nframework = "PyTorch"\n',
+            "'framework' is for via = \"model\" only",
+        ),
+        (
+            '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv", "stage2/b.csv"]\nvia = "model"\nframework = "Keras"\n',
+            "must come from one stage",
+        ),
         (
             '[done]\ntitle = "Data one"\nfiles = ["stage1/a.csv", "stage2/b.csv"]\nvia = "kernel"\n',
             "must come from one stage, not stages [1, 2]",

@@ -1,17 +1,15 @@
-"""Polling with backoff and deadlines, on a fake clock: nothing here waits for real."""
+"""Waiting with one backoff and a deadline, on a fake clock: nothing here waits for real."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernelgen.backends.base import DatasetStatus, KernelState, RunStatus
-from kernelgen.errors import BackendError, PollTimeoutError
-from kernelgen.polling import max_polls, poll_until, wait_dataset_ready, wait_kernel_finished
+from kernelgen.backoff import DATASET_BACKOFF, KERNEL_BACKOFF, Backoff, poll_until
+from kernelgen.errors import PollTimeoutError
 from tests.fakes import FakeClock
 
 
@@ -28,64 +26,37 @@ class Sequence:
         return value
 
 
-class FakeBackend:
-    """Only the two status calls the wait helpers use."""
-
-    name = "fake"
-
-    def __init__(
-        self, kernel: Iterable[RunStatus] = (), dataset: Iterable[DatasetStatus] = ()
-    ) -> None:
-        self.kernel = Sequence(KernelState(s) for s in kernel)
-        self.dataset = Sequence(dataset)
-        self.asked: list[str] = []
-
-    def status(self, kernel: str) -> KernelState:
-        self.asked.append(kernel)
-        return self.kernel()  # type: ignore[return-value]
-
-    def dataset_status(self, dataset: str) -> DatasetStatus:
-        self.asked.append(dataset)
-        return self.dataset()  # type: ignore[return-value]
-
-    def push(self, folder: Path) -> object:
-        raise NotImplementedError
+def polls_within(timeout: float, backoff: Backoff) -> int:
+    """The calls a wait that never succeeds makes: one at once, one after each wait that
+    fits before the deadline, the last one right at it."""
+    calls, waited, interval = 1, 0.0, backoff.first
+    while waited < timeout:
+        waited += min(interval, timeout - waited)
+        calls += 1
+        interval = backoff.after(interval)
+    return calls
 
 
 def test_returns_the_first_accepted_value_without_waiting_first() -> None:
     time = FakeClock()
     fetch = Sequence(["a", "b", "done", "never"])
-    assert (
-        poll_until(
-            fetch,
-            lambda v: v == "done",
-            timeout=100,
-            clock=time.clock,
-            sleep=time.sleep,
-            initial=1,
-            factor=2,
-            max_interval=10,
-        )
-        == "done"
+    found = poll_until(
+        fetch, lambda v: v == "done", timeout=100, clock=time.clock, sleep=time.sleep, backoff=Backoff(1, 2, 10)
     )
+    assert found == "done"
     assert fetch.calls == 3
     assert time.sleeps == [1, 2]
 
 
 def test_intervals_grow_to_the_cap() -> None:
     time = FakeClock()
-    fetch = Sequence([0] * 7 + [1])
-    poll_until(
-        fetch,
-        bool,
-        timeout=1000,
-        clock=time.clock,
-        sleep=time.sleep,
-        initial=1,
-        factor=2,
-        max_interval=8,
-    )
+    poll_until(Sequence([0] * 7 + [1]), bool, timeout=1000, clock=time.clock, sleep=time.sleep, backoff=Backoff(1, 2, 8))
     assert time.sleeps == [1, 2, 4, 8, 8, 8, 8]
+
+
+def test_the_delay_before_each_retry_follows_the_same_backoff() -> None:
+    backoff = Backoff(2, 2, 60)
+    assert [backoff.delay(n) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
 
 
 def test_timeout_names_what_was_polled_and_for_how_long() -> None:
@@ -98,17 +69,15 @@ def test_timeout_names_what_was_polled_and_for_how_long() -> None:
             timeout=90,
             clock=time.clock,
             sleep=time.sleep,
-            initial=10,
-            factor=2,
-            max_interval=40,
+            backoff=Backoff(10, 2, 40),
             what="kernel alice/stage1",
         )
     message = str(info.value)
-    assert "kernel alice/stage1" in message and "1m 30s" in message and "running" in message
+    assert "kernel alice/stage1" in message and "1:30" in message and "running" in message
     # 10 + 20 + 40 + 20 (cut at the deadline): the last poll lands exactly on it
     assert time.sleeps == [10, 20, 40, 20]
     assert time.now == 90
-    assert fetch.calls == 5 == max_polls(90, initial=10, factor=2, max_interval=40)
+    assert fetch.calls == 5 == polls_within(90, Backoff(10, 2, 40))
 
 
 def test_on_poll_sees_every_value_and_the_elapsed_time() -> None:
@@ -120,9 +89,7 @@ def test_on_poll_sees_every_value_and_the_elapsed_time() -> None:
         timeout=60,
         clock=time.clock,
         sleep=time.sleep,
-        initial=5,
-        factor=1,
-        max_interval=5,
+        backoff=Backoff(5, 1, 5),
         on_poll=lambda v, t: seen.append((v, t)),
     )
     assert seen == [("q", 0), ("r", 5), ("c", 10)]
@@ -132,16 +99,7 @@ def test_a_sleep_that_does_not_move_the_clock_still_ends() -> None:
     slept: list[float] = []
     fetch = Sequence([False])
     with pytest.raises(PollTimeoutError):
-        poll_until(
-            fetch,
-            bool,
-            timeout=30,
-            clock=lambda: 0.0,
-            sleep=slept.append,
-            initial=10,
-            factor=1,
-            max_interval=10,
-        )
+        poll_until(fetch, bool, timeout=30, clock=lambda: 0.0, sleep=slept.append, backoff=Backoff(10, 1, 10))
     assert slept == [10, 10, 10]
     assert fetch.calls == 4
 
@@ -154,13 +112,15 @@ def test_a_zero_timeout_polls_once() -> None:
     assert fetch.calls == 1 and time.sleeps == []
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"timeout": -1}, {"initial": 0}, {"factor": 0.5}, {"max_interval": 0}]
-)
-def test_rejects_settings_that_would_never_end(kwargs: dict[str, float]) -> None:
-    settings_ = {"timeout": 10.0, "initial": 1.0, "factor": 2.0, "max_interval": 5.0, **kwargs}
+@pytest.mark.parametrize("settings_", [{"initial": 0}, {"factor": 0.5}, {"maximum": 0}])
+def test_backoffs_that_would_never_end_are_refused(settings_: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        poll_until(lambda: 1, bool, clock=lambda: 0.0, sleep=lambda s: None, **settings_)
+        Backoff(**{"initial": 1.0, "factor": 2.0, "maximum": 5.0, **settings_})
+
+
+def test_a_negative_timeout_is_refused() -> None:
+    with pytest.raises(ValueError):
+        poll_until(lambda: 1, bool, timeout=-1, clock=lambda: 0.0, sleep=lambda s: None)
 
 
 @settings(max_examples=60, deadline=None)
@@ -175,64 +135,19 @@ def test_calls_are_bounded_and_waits_never_pass_the_deadline(
 ) -> None:
     time = FakeClock()
     fetch = Sequence([False])
+    backoff = Backoff(initial, factor, cap)
     with pytest.raises(PollTimeoutError):
-        poll_until(
-            fetch,
-            bool,
-            timeout=timeout,
-            clock=time.clock,
-            sleep=time.sleep,
-            initial=initial,
-            factor=factor,
-            max_interval=cap,
-        )
-    assert fetch.calls == max_polls(timeout, initial=initial, factor=factor, max_interval=cap)
+        poll_until(fetch, bool, timeout=timeout, clock=time.clock, sleep=time.sleep, backoff=backoff)
+    assert fetch.calls == polls_within(timeout, backoff)
     assert time.now == pytest.approx(timeout)
     assert all(s <= max(initial, cap) + 1e-9 for s in time.sleeps)
 
 
 def test_a_two_hour_kernel_wait_makes_few_calls() -> None:
-    assert max_polls(2 * 3600) <= 70
+    assert polls_within(2 * 3600, KERNEL_BACKOFF) <= 70
 
 
-def test_wait_dataset_ready_polls_until_ready() -> None:
+def test_a_dataset_wait_starts_short() -> None:
     time = FakeClock()
-    backend = FakeBackend(dataset=[DatasetStatus.PROCESSING] * 3 + [DatasetStatus.READY])
-    status = wait_dataset_ready(
-        backend, "alice/stage1", timeout=600, clock=time.clock, sleep=time.sleep
-    )
-    assert status is DatasetStatus.READY
-    assert backend.asked == ["alice/stage1"] * 4
+    poll_until(Sequence([0, 0, 0, 1]), bool, timeout=600, clock=time.clock, sleep=time.sleep, backoff=DATASET_BACKOFF)
     assert time.sleeps == [5, 7.5, 11.25]
-
-
-def test_wait_dataset_ready_raises_on_failed_processing() -> None:
-    time = FakeClock()
-    backend = FakeBackend(dataset=[DatasetStatus.PROCESSING, DatasetStatus.ERROR])
-    with pytest.raises(BackendError, match="dataset alice/stage2: processing"):
-        wait_dataset_ready(backend, "alice/stage2", timeout=600, clock=time.clock, sleep=time.sleep)
-
-
-def test_wait_dataset_ready_times_out() -> None:
-    time = FakeClock()
-    backend = FakeBackend(dataset=[DatasetStatus.PROCESSING])
-    with pytest.raises(PollTimeoutError, match="dataset alice/stage4 did not finish within 5m 00s"):
-        wait_dataset_ready(backend, "alice/stage4", timeout=300, clock=time.clock, sleep=time.sleep)
-    assert time.now == 300
-
-
-def test_wait_kernel_finished_returns_the_final_state() -> None:
-    time = FakeClock()
-    backend = FakeBackend(kernel=[RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.ERROR])
-    progress: list[RunStatus] = []
-    state = wait_kernel_finished(
-        backend,
-        "alice/stage1/3",
-        timeout=600,
-        clock=time.clock,
-        sleep=time.sleep,
-        on_poll=lambda s, _t: progress.append(s.status),
-    )
-    assert state.status is RunStatus.ERROR
-    assert progress == [RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.ERROR]
-    assert backend.asked == ["alice/stage1/3"] * 3

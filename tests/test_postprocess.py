@@ -14,16 +14,9 @@ import numpy as np
 import pytest
 
 from stages.lib.metrics import batch_dice
-from stages.stage4_segmentation import (
-    Params,
-    class_min_areas,
-    class_min_sizes,
-    class_pixel_thresholds,
-    drop_small_totals,
-    remove_small,
-    search_postprocess,
-    tune_class,
-)
+from stages.lib.seg.postprocess import PostProcess, drop_small_totals, per_class, remove_small
+from stages.lib.seg.tune import search_postprocess, tune_class
+from stages.stage4_segmentation import Params
 from tests.stage_params import params_alone
 
 SHAPE = (64, 400)
@@ -81,6 +74,11 @@ def test_tuned_postprocessing_recovers_planted_small_defects() -> None:
     # Classes 3 and 4: any size between the blobs and the smallest defect is best.
     assert all(80 <= size < 4000 for size in sizes[2:]), chosen
 
+    post = PostProcess.chosen(chosen)
+    assert post.record() == {
+        "pixel_thresholds": thresholds, "min_sizes": sizes, "min_areas": [chosen[c]["min_area"] for c in "1234"],
+    }
+
     test_probs, test_truth = planted_maps(60, seed=2)
     fixed = score(test_probs, test_truth, [0.5] * 4, 3500)
     tuned = score(test_probs, test_truth, thresholds, sizes)
@@ -126,26 +124,32 @@ def test_remove_small_takes_one_size_per_class() -> None:
 
 
 @pytest.mark.parametrize("params", [Params, params_alone("stages.stage4_segmentation")])
-def test_per_class_strings_are_parsed_and_checked(params: type) -> None:
-    assert class_pixel_thresholds(Params()) == (0.5,) * 4
-    assert class_min_sizes(Params()) == (3500,) * 4
-    given = Params(pixel_thresholds="0.55, 0.7,0.53,0.5", min_sizes="600,600,1000,2000")
-    assert class_pixel_thresholds(given) == (0.55, 0.7, 0.53, 0.5)
-    assert class_min_sizes(given) == (600, 600, 1000, 2000)
-    assert class_min_areas(Params()) == (0,) * 4 and class_min_areas(Params(min_area=500)) == (500,) * 4
-    assert class_min_areas(Params(min_areas="600,600,900,2000")) == (600, 600, 900, 2000)
-    params(pixel_thresholds="0.55,0.7,0.53,0.5", min_sizes="0,0,0,0", tune_postprocess=True)
+def test_per_class_lists_are_used_and_checked(params: type) -> None:
+    default = Params()
+    assert per_class(default.pixel_thresholds, default.pixel_threshold) == (0.5,) * 4
+    assert per_class(default.min_sizes, default.min_size) == (3500,) * 4
+    assert per_class(default.min_areas, default.min_area) == (0,) * 4
+    given = Params(pixel_thresholds=(0.55, 0.7, 0.53, 0.5), min_sizes=(600, 600, 1000, 2000), min_area=500)
+    assert per_class(given.pixel_thresholds, given.pixel_threshold) == (0.55, 0.7, 0.53, 0.5)
+    assert per_class(given.min_sizes, given.min_size) == (600, 600, 1000, 2000)
+    assert per_class(given.min_areas, given.min_area) == (500,) * 4
+    params(pixel_thresholds=(0.55, 0.7, 0.53, 0.5), min_sizes=(0, 0, 0, 0), tune_postprocess=True)
+    params(pixel_thresholds=[0.55, 0.7, 0.53, 0.5], min_areas=[600, 600, 900, 2000])  # as TOML gives them
+    thresholds = "must be empty or 4 numbers between 0 and 1 (exclusive), one per class"
+    integers = "must be empty or 4 integers of at least 0, one per class"
     bad = [
-        ("pixel_thresholds", "0.5,0.5,0.5", "must be empty or 4 comma-separated values"),
-        ("pixel_thresholds", "0.5,0.5,1.0,0.5", "values must be numbers between 0 and 1"),
-        ("pixel_thresholds", "0.5,x,0.5,0.5", "values must be numbers between 0 and 1"),
-        ("min_sizes", "600,600,-1,2000", "values must be integers of at least 0"),
-        ("min_sizes", "600,600,1.5,2000", "values must be integers of at least 0"),
-        ("min_areas", "600,600,-5,2000", "values must be integers of at least 0"),
-        ("min_areas", "600,600", "must be empty or 4 comma-separated values"),
+        ("pixel_thresholds", (0.5, 0.5, 0.5), thresholds),
+        ("pixel_thresholds", (0.5, 0.5, 1.0, 0.5), thresholds),
+        ("pixel_thresholds", (0.5, "x", 0.5, 0.5), thresholds),
+        ("pixel_thresholds", "0.5,0.5,0.5,0.5", thresholds),
+        ("min_sizes", (600, 600, -1, 2000), integers),
+        ("min_sizes", (600, 600, 1.5, 2000), integers),
+        ("min_areas", (600, 600, -5, 2000), integers),
+        ("min_areas", (600, 600), integers),
     ]
     for name, value, rule in bad:
-        with pytest.raises(ValueError, match=f"^{re.escape(name)} {re.escape(rule)}"):
+        shown = list(value) if isinstance(value, tuple) else value
+        with pytest.raises(ValueError, match=f"^{re.escape(f'{name} {rule}, got {shown!r}')}$"):
             params(**{name: value})
 
 

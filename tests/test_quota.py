@@ -7,15 +7,17 @@ from datetime import datetime, timezone
 import pytest
 
 from kernelgen.backends.base import GpuQuota
-from kernelgen.pipeline import load_pipeline
-from kernelgen.quota import Basis, QuotaError, check_quota, describe_quota, estimate_gpu_hours
-from kernelgen.state import StageRecord
+from kernelgen.errors import QuotaError
+from kernelgen.run.quota import Basis, check_quota, describe_quota, estimate_gpu_hours
+from kernelgen.run.state import StageRecord
+from kernelgen.spec.pipeline import load_pipeline
+from tests.fakes import CHAINPIPE
 
 REFRESH = datetime(2030, 1, 7, tzinfo=timezone.utc)
 
 
 def bundled_estimate(records: dict[int, StageRecord], profile: str = "full", stages=(1, 2, 3, 4, 5)):
-    pipeline = load_pipeline()
+    pipeline = load_pipeline(CHAINPIPE)
     specs = [pipeline.stage(n) for n in stages]
     return estimate_gpu_hours(specs, {s.number: s.session for s in specs}, records, profile)
 

@@ -1,7 +1,8 @@
 """The chain on the Kaggle backend: the official client against the local stand-in server.
 
-One run executes every stage's real notebook (smoke profile, synthetic data); the
-others use a quick executor that leaves well-formed outputs, with faults injected.
+One run executes every kernel of tests/fixtures/tinypipe as a real notebook; the others
+run tests/fixtures/chainpipe with a quick executor that leaves well-formed outputs, with
+faults injected.
 """
 
 from __future__ import annotations
@@ -15,18 +16,17 @@ from pathlib import Path
 import pytest
 
 from kernelgen.backends.base import RunStatus
+from kernelgen.backends.execute import execute_notebook
 from kernelgen.backends.kaggle import KaggleBackend
-from kernelgen.chain import Chain, PollPolicy
-from kernelgen.errors import KernelFailedError
-from kernelgen.execute import execute_notebook
-from kernelgen.pipeline import Via
-from kernelgen.progress import PlainReporter
-from kernelgen.project import Project
-from kernelgen.quota import QuotaError
-from kernelgen.wheels import wheel_houses
-from stages.lib.submission import read_submission
-from stages.synth import generate
-from tests.fakes import FakeClock, quick_executor
+from kernelgen.backoff import Backoff
+from kernelgen.build.wheels import wheel_houses
+from kernelgen.errors import KernelFailedError, QuotaError
+from kernelgen.run.localdata import generate_data
+from kernelgen.run.progress import PlainReporter
+from kernelgen.run.scheduler import ChainOptions
+from kernelgen.spec.pipeline import Via
+from kernelgen.spec.project import Project
+from tests.fakes import CHAINPIPE, FakeClock, quick_executor, run_chain
 from tests.kaggle_standin import (
     DatasetScript,
     ExecutedKernel,
@@ -41,9 +41,11 @@ from tests.kaggle_standin import (
 USER = "chain-user"
 KEY = "k3y-planted-0123456789abcdef"
 STAGES = [1, 2, 3, 4, 5]
+TINYPIPE = Path(__file__).parent / "fixtures" / "tinypipe"
+PROJECT = Project.load(project_dir=CHAINPIPE)
 
 
-def notebook_executor(competition: Path):
+def notebook_executor(competition: Path, packages: tuple[str, ...] = ()):
     """Runs the pushed notebook here, in a Kaggle-shaped root built from its sources."""
 
     def execute(pushed: PushedKernel) -> ExecutedKernel:
@@ -58,7 +60,7 @@ def notebook_executor(competition: Path):
             owner, slug = ref.split("/")[:2]
             (inputs / "notebooks" / owner).mkdir(parents=True, exist_ok=True)
             (inputs / "notebooks" / owner / slug).symlink_to(pushed.kernel_dir(ref), target_is_directory=True)
-        result = execute_notebook(pushed.text.encode(), root, working=root / "working")
+        result = execute_notebook(pushed.text.encode(), root, working=root / "working", packages=packages)
         status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
         return ExecutedKernel(status, root / "working", result.log, result.error)
 
@@ -84,11 +86,13 @@ def kaggle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clock: FakeClock) ->
         assert server.count("CONNECT") == 0, "a request tried to leave for the real Kaggle"
 
 
-def chain(clock: FakeClock, workdir: Path, **options) -> Chain:
+def chain(clock: FakeClock, workdir: Path, stages: list[int] = STAGES, **options):  # type: ignore[no-untyped-def]
+    """One chain run through the official client; the KaggleBackend is made per run, as a
+    command makes it."""
     backend = KaggleBackend(sleep=clock.sleep, clock=clock, rng=lambda: 0.5)
-    policy = options.pop("policy", PollPolicy(initial=10, maximum=60, stage_timeout=3600))
-    project = options.pop("project", None) or Project.load()
-    return Chain(project, backend, workdir, username=USER, clock=clock, sleep=clock.sleep, policy=policy, **options)
+    options.setdefault("options", ChainOptions(backoff=Backoff(10, 1.5, 60), stage_timeout=3600))
+    project = options.pop("project", None) or PROJECT
+    return run_chain(project, backend, workdir, clock, stages, username=USER, **options)
 
 
 def read_through_kernels(project: Project, *slugs: str) -> Project:
@@ -99,27 +103,34 @@ def read_through_kernels(project: Project, *slugs: str) -> Project:
     return replace(project, pipeline=replace(project.pipeline, datasets=datasets))
 
 
+SLUGS = {n: f"chain-pipe-stage{n}-{name}" for n, name in enumerate(("fit", "score", "pick", "segment", "submit", "infer"), 1)}
+
+
 def pushes(server: KaggleStandIn, stage: int) -> int:
-    slug = {1: "classifier", 2: "scoring", 3: "threshold", 4: "segmentation", 5: "submission"}[stage]
-    return len(server.kernel_versions(f"{USER}/severstal-stage{stage}-{slug}"))
+    return len(server.kernel_versions(f"{USER}/{SLUGS[stage]}"))
 
 
 @pytest.mark.slow
 def test_full_remote_chain_runs_real_kernels_and_submits(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
-    data = generate(tmp_path / "data", n_train=32, n_test=8, seed=3)
-    kaggle.executor = notebook_executor(data.competition_dir.resolve())
+    """Every kernel of a pipeline (tests/fixtures/tinypipe) is a real notebook run here: the
+    chain pushes both, publishes stage 1's dataset, passes stage 1's mean to stage 2 and submits."""
+    project = Project.load(project_dir=TINYPIPE)
+    data = tmp_path / "data"
+    generate_data(project.pipeline, data)
+    kaggle.executor = notebook_executor((data / "input" / "tiny-numbers").resolve(), packages=("tinypipe",))
     work = tmp_path / "work"
-    result = chain(clock, work, profile="smoke").run(STAGES, submit=True)
+    result = chain(clock, work, [1, 2], project=project, profile="smoke", submit=True, competition="tiny-numbers")
 
-    assert result.stages == dict.fromkeys(STAGES, "complete")
-    assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
-    sub = read_submission(result.submission)
-    sample = read_submission(data.competition_dir / "sample_submission.csv")
-    assert len(sub.frame) == len(sample.frame) == 8 * 4
+    assert result.stages == {1: "complete", 2: "complete"}
+    assert [len(kaggle.kernel_versions(f"{USER}/tiny-pipe-{name}")) for name in ("measure", "submit")] == [1, 1]
+    assert kaggle.count("CreateDataset") == 1
+    stats = json.loads((work / "outputs" / "stage1" / "stats.json").read_text())
+    assert stats["mean"] == 2 * 3.0  # smoke profile: scale 2 over the numbers 1..5
+    assert result.submission is not None
+    rows = result.submission.read_text().splitlines()
+    assert rows == ["id,prediction", *(f"r{i},{i - stats['mean']}" for i in range(1, 6))]
     assert len(kaggle.submissions) == 1
-    assert kaggle.count("CreateDataset") == 3
-    threshold = json.loads((work / "outputs" / "stage3" / "threshold.json").read_text())["threshold"]
-    assert json.loads((work / "state.json").read_text())["stages"]["5"]["params"]["threshold"] == threshold
+    assert json.loads((work / "state.json").read_text())["stages"]["2"]["params"]["offset"] == stats["mean"]
 
 
 def test_faults_are_retried_and_nothing_is_pushed_twice(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
@@ -129,7 +140,7 @@ def test_faults_are_retried_and_nothing_is_pushed_twice(tmp_path: Path, kaggle: 
     kaggle.inject("GetDatasetStatus", Fault.http(502))
     for slug in ("stage1", "stage2", "stage4"):
         kaggle.script_dataset(f"{USER}/{slug}", DatasetScript(processing_polls=3))
-    result = chain(clock, tmp_path / "work").run(STAGES, submit=True)
+    result = chain(clock, tmp_path / "work", submit=True)
     assert result.stages == dict.fromkeys(STAGES, "complete")
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
     assert 7.0 in clock.sleeps  # Retry-After honoured through the injected sleep
@@ -140,13 +151,13 @@ def test_an_erroring_kernel_stops_its_branch_and_the_rerun_resumes(tmp_path: Pat
     kaggle.executor = quick_executor({2})
     work = tmp_path / "work"
     with pytest.raises(KernelFailedError) as caught:
-        chain(clock, work).run(STAGES)
+        chain(clock, work)
     assert caught.value.stage == 2
     assert "ValueError: broken input" in caught.value.log_tail
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 0, 1, 0]
 
     kaggle.executor = quick_executor(set())
-    result = chain(clock, work).run(STAGES)
+    result = chain(clock, work)
     assert result.stages == {1: "unchanged", 2: "complete", 3: "complete", 4: "unchanged", 5: "complete"}
     assert [pushes(kaggle, s) for s in STAGES] == [1, 2, 1, 1, 1]
 
@@ -155,31 +166,31 @@ def test_a_crash_between_push_and_poll_resumes_without_pushing_again(
     tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work = tmp_path / "work"
-    first = chain(clock, work)
 
-    def crash(kernel: str):
+    def crash(self: KaggleBackend, kernel: str):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(first.backend, "status", crash)
-    with pytest.raises(KeyboardInterrupt):
-        first.run(STAGES)
+    with monkeypatch.context() as patch:
+        patch.setattr(KaggleBackend, "status", crash)
+        with pytest.raises(KeyboardInterrupt):
+            chain(clock, work)
     assert [pushes(kaggle, s) for s in STAGES] == [1, 0, 0, 1, 0]
-    result = chain(clock, work).run(STAGES)
+    result = chain(clock, work)
     assert result.stages == dict.fromkeys(STAGES, "complete")
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
 
 
 def test_a_kernel_stuck_running_times_out_cleanly_and_is_resumed(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
-    kaggle.script_kernel(f"{USER}/severstal-stage4-segmentation", KernelScript(stuck=True))
+    kaggle.script_kernel(f"{USER}/{SLUGS[4]}", KernelScript(stuck=True))
     work = tmp_path / "work"
     with pytest.raises(KernelFailedError, match="still running"):
-        chain(clock, work).run(STAGES)
+        chain(clock, work)
     assert [pushes(kaggle, s) for s in (1, 2, 3, 4)] == [1, 1, 1, 1]
     polls = kaggle.count("GetKernelSessionStatus")
     assert polls < 150  # an hour of polling with backoff, not a busy loop
     kaggle.script_kernel(f"{USER}/severstal-stage4-segmentation", KernelScript())
     with pytest.raises(KernelFailedError, match="still running"):
-        chain(clock, work).run(STAGES)  # the pushed version is still stuck: polled, not pushed again
+        chain(clock, work)  # the pushed version is still stuck: polled, not pushed again
     assert pushes(kaggle, 4) == 1
 
 
@@ -187,7 +198,7 @@ def test_the_planted_key_never_leaves_the_client(
     tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
     work = tmp_path / "work"
-    chain(clock, work).run(STAGES, submit=True)
+    chain(clock, work, submit=True)
     captured = capsys.readouterr()
     assert KEY not in captured.out + captured.err
     for path in work.rglob("*"):
@@ -201,12 +212,13 @@ def test_a_chain_the_gpu_quota_cannot_cover_is_refused_before_any_push(
     kaggle.gpu_quota = QuotaFigures(used=26.0, reserved=2.0, allowed=30.0)
     work = tmp_path / "work"
     with pytest.raises(QuotaError) as caught:
-        chain(clock, work, profile="full").run(STAGES)
+        chain(clock, work, profile="full")
     assert "need about 7.75 h but 2.00 h of this week's GPU quota are left" in str(caught.value)
     assert kaggle.count("GetAcceleratorQuotaStatistics") == 1
     assert kaggle.count("SaveKernel") == 0
 
-    result = chain(clock, work, profile="full", ignore_quota=True).run(STAGES)
+    options = ChainOptions(backoff=Backoff(10, 1.5, 60), stage_timeout=3600, ignore_quota=True)
+    result = chain(clock, work, profile="full", options=options)
     assert result.stages == dict.fromkeys(STAGES, "complete")
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
 
@@ -216,21 +228,21 @@ def test_the_chain_shows_running_kernels_log_lines_through_the_stream(
 ) -> None:
     epochs = tuple(f"epoch {i}/4" for i in range(1, 5))
     kaggle.script_kernel(
-        f"{USER}/severstal-stage4-segmentation", KernelScript(running_polls=4, running_log=epochs, cut_stream_after=1)
+        f"{USER}/{SLUGS[4]}", KernelScript(running_polls=4, running_log=epochs, cut_stream_after=1)
     )
     out = io.StringIO()
-    result = chain(clock, tmp_path / "work", reporter=PlainReporter(out)).run([4])
+    result = chain(clock, tmp_path / "work", [4], reporter=PlainReporter(out))
     assert result.stages == {4: "complete"}
     running = [line for line in out.getvalue().splitlines() if line.startswith("stage 4 v1: running")]
     assert [line.split(" - ", 1)[1] for line in running] == ["epoch 1/4", "epoch 3/4", "epoch 4/4"]
     assert kaggle.count("LogStream") == 4
-    log = (tmp_path / "work/outputs/stage4/severstal-stage4-segmentation.log").read_text()
+    log = (tmp_path / "work/outputs/stage4/chain-pipe-stage4-segment.log").read_text()
     assert log.startswith("".join(f"{line}\n" for line in epochs))
 
 
 def test_a_dataset_read_through_its_kernel_is_not_uploaded(tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock) -> None:
-    project = read_through_kernels(Project.load(), "stage1")
-    stage1 = f"{USER}/severstal-stage1-classifier/1"
+    project = read_through_kernels(PROJECT, "stage1")
+    stage1 = f"{USER}/{SLUGS[1]}/1"
     seen: dict[str, dict[str, list[str]]] = {}
     quick = quick_executor(set())
 
@@ -240,19 +252,19 @@ def test_a_dataset_read_through_its_kernel_is_not_uploaded(tmp_path: Path, kaggl
 
     kaggle.executor = executor
     work = tmp_path / "work"
-    result = chain(clock, work, project=project).run(STAGES)
+    result = chain(clock, work, project=project)
     assert result.stages == dict.fromkeys(STAGES, "complete")
     assert sorted(kaggle.datasets) == [f"{USER}/stage2", f"{USER}/stage4"]
-    assert "model.h5" not in [call.body["name"] for call in kaggle.calls("StartBlobUpload")]
+    assert "model.json" not in [call.body["name"] for call in kaggle.calls("StartBlobUpload")]
     meta = json.loads((work / "kernels/stage2/kernel-metadata.json").read_text())
     assert (meta["dataset_sources"], meta["kernel_sources"]) == ([], [stage1])
-    saved = next(c.body for c in kaggle.calls("SaveKernel") if c.body["slug"].endswith("stage2-scoring"))
+    saved = next(c.body for c in kaggle.calls("SaveKernel") if c.body["slug"].endswith("stage2-score"))
     assert saved["kernelDataSources"] == [stage1]
-    assert seen["severstal-stage2-scoring"] == {stage1: ["model.h5", "split.csv", "test_missing_count.csv"]}
+    assert seen[SLUGS[2]] == {stage1: ["model.json", "split.csv", "test_scores.csv"]}
     state = json.loads((work / "state.json").read_text())["datasets"]["stage1"]
     assert (state["dataset"], state["status"]) == (stage1, "ready")
 
-    again = chain(clock, work, project=project).run(STAGES)
+    again = chain(clock, work, project=project)
     assert again.stages == dict.fromkeys(STAGES, "unchanged")
     assert [pushes(kaggle, s) for s in STAGES] == [1, 1, 1, 1, 1]
 
@@ -260,24 +272,13 @@ def test_a_dataset_read_through_its_kernel_is_not_uploaded(tmp_path: Path, kaggl
 def test_the_wheels_kernel_is_built_once_and_a_rerun_reuses_it(
     tmp_path: Path, kaggle: KaggleStandIn, clock: FakeClock
 ) -> None:
-    """Stage 6 is internet-off with `pip`: the chain pushes its wheel house first, wires that
-    run into stage 6 through kernel_sources, submits stage 6, and builds nothing again on a rerun."""
-    quick = quick_executor(set())
-
-    def execute(pushed: PushedKernel) -> ExecutedKernel:
-        if "-wheels-" not in pushed.slug:
-            return quick(pushed)
-        out = pushed.scratch_dir / "out"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "requirements.txt").write_text("segmentation-models-pytorch==0.5.0\n")
-        return ExecutedKernel(RunStatus.COMPLETE, out, "wheels done\n")
-
-    kaggle.executor = execute
-    project = Project.load()
-    (house,) = wheel_houses(project.pipeline, [6])
+    """Stage 6 is internet-off with `pip`: the chain pushes its wheel house (a node of its
+    own, run beside the stages), wires that run into stage 6 through kernel_sources,
+    submits stage 6, and builds nothing again on a rerun."""
+    (house,) = wheel_houses(PROJECT.pipeline, [6])
     stages = [1, 2, 3, 4, 6]
     work = tmp_path / "work"
-    result = chain(clock, work, project=project).run(stages, submit=True)
+    result = chain(clock, work, stages, submit=True)
     assert result.stages == dict.fromkeys(stages, "complete")
     assert [v.number for v in kaggle.kernel_versions(f"{USER}/{house.slug}")] == [1]
     meta = json.loads((work / "kernels" / "stage6" / "kernel-metadata.json").read_text())
@@ -285,9 +286,9 @@ def test_the_wheels_kernel_is_built_once_and_a_rerun_reuses_it(
     assert meta["kernel_sources"] == [f"{USER}/{house.slug}/1"]
     assert meta["dataset_sources"] == [f"{USER}/stage4", f"{USER}/stage1"]
     ((competition, kernel),) = [(s.competition, s.kernel) for s in kaggle.submissions]
-    assert (competition, kernel) == ("severstal-steel-defect-detection", f"{USER}/severstal-stage6-inference")
+    assert (competition, kernel) == ("chain-comp", f"{USER}/{SLUGS[6]}")
 
-    again = chain(clock, work, project=Project.load()).run(stages)
+    again = chain(clock, work, stages)
     assert again.stages == dict.fromkeys(stages, "unchanged")
     assert [v.number for v in kaggle.kernel_versions(f"{USER}/{house.slug}")] == [1]
-    assert len(kaggle.kernel_versions(f"{USER}/severstal-stage6-inference")) == 1
+    assert len(kaggle.kernel_versions(f"{USER}/{SLUGS[6]}")) == 1

@@ -18,12 +18,14 @@ import nbformat
 import pytest
 from slugify import slugify
 
-from kernelgen.config import Config
-from kernelgen.errors import KernelgenError, MetadataError, RenderError
-from kernelgen.pipeline import Via, load_pipeline
-from kernelgen.project import Project
-from kernelgen.render import METADATA_FILE, RenderedKernel, write_kernels
-from kernelgen.templating import comment, pyliteral
+from kernelgen.backends.execute import execute_notebook
+from kernelgen.build.kernel import METADATA_FILE, RenderedKernel, write_kernels
+from kernelgen.build.templating import comment, pyliteral
+from kernelgen.errors import KernelgenError, MetadataError, ParameterError, RenderError
+from kernelgen.spec.config import Config
+from kernelgen.spec.pipeline import Via, load_pipeline
+from kernelgen.spec.project import Project
+from tests.rendering import render
 
 USER = "tester"
 PIP_INSTALL = '"-m", "pip", "install"'
@@ -36,7 +38,7 @@ def project(config: Config | None = None) -> Project:
 
 def render_one(stage: int, **kwargs: object) -> RenderedKernel:
     config = kwargs.pop("config", None)
-    return project(config).render([stage], username=USER, **kwargs)[0]  # type: ignore[arg-type]
+    return render(project(config), [stage], username=USER, **kwargs)[0]  # type: ignore[arg-type]
 
 
 def notebook_of(kernel: RenderedKernel) -> nbformat.NotebookNode:
@@ -79,7 +81,7 @@ def test_render_is_deterministic(stage: int) -> None:
 
 @pytest.mark.parametrize("profile", ["full", "smoke", "best"])
 def test_every_stage_renders_in_every_built_in_profile(profile: str) -> None:
-    kernels = project().render([1, 2, 3, 4, 5, 6], username=USER, profile=profile)
+    kernels = render(project(), [1, 2, 3, 4, 5, 6], username=USER, profile=profile)
     assert [k.stage for k in kernels] == [1, 2, 3, 4, 5, 6]
 
 
@@ -91,7 +93,7 @@ def test_different_parameters_give_a_different_digest() -> None:
 
 
 def test_different_user_changes_only_the_metadata() -> None:
-    mine, yours = (project().render([5], username=u)[0] for u in ("first-user", "second-user"))
+    mine, yours = (render(project(), [5], username=u)[0] for u in ("first-user", "second-user"))
     assert mine.files[mine.code_file] == yours.files[yours.code_file]
     assert mine.files[METADATA_FILE] != yours.files[METADATA_FILE]
 
@@ -143,7 +145,8 @@ def test_notebook_is_valid_and_self_contained(stage: int) -> None:
 def test_parameters_cell(stage: int) -> None:
     kernel = render_one(stage)
     lines = parameter_lines(notebook_of(kernel))
-    assert lines == {p.name: (p.value, p.source) for p in kernel.params}
+    as_written = {p.name: (list(p.value) if isinstance(p.value, tuple) else p.value, p.source) for p in kernel.params}
+    assert lines == as_written
     assert all(source == "default" for _, source in lines.values())
 
 
@@ -152,16 +155,16 @@ def test_parameters_cell_stage5_values_and_labels() -> None:
     kernel = render_one(5, config=config)
     assert parameter_lines(notebook_of(kernel)) == {
         "threshold": (0.5, "kernelgen.toml"),
-        "class_thresholds": ("", "default"),
+        "class_thresholds": ([], "default"),
     }
     kernel = render_one(5, config=config, sets=["stage5.threshold=0.25"])
     assert parameter_lines(notebook_of(kernel)) == {
         "threshold": (0.25, "--set"),
-        "class_thresholds": ("", "default"),
+        "class_thresholds": ([], "default"),
     }
     assert parameter_lines(notebook_of(render_one(5))) == {
         "threshold": (0.947, "default"),
-        "class_thresholds": ("", "default"),
+        "class_thresholds": ([], "default"),
     }
 
 
@@ -180,7 +183,7 @@ def test_last_cell_runs_the_stage(stage: int) -> None:
     assert ast.unparse(layout_call) == "Layout.kaggle()"
     assert isinstance(params_call, ast.Call) and ast.unparse(params_call.func) == "Params"
     assert [(k.arg, ast.unparse(k.value)) for k in params_call.keywords] == [
-        (p.name, p.name) for p in kernel.params
+        (p.name, f"tuple({p.name})" if isinstance(p.value, tuple) else p.name) for p in kernel.params
     ]
 
 
@@ -210,6 +213,8 @@ def test_cell_order_title_provenance_parameters_libraries_stage_run() -> None:
             "read_scores",
             "read_submission",
             "blank_confident_images",
+            "Params",
+            "run",
         )
     }
     assert (
@@ -217,9 +222,11 @@ def test_cell_order_title_provenance_parameters_libraries_stage_run() -> None:
         < where["Layout"]
         < where["read_submission"]
         < where["blank_confident_images"]
+        < where["Params"]
+        < where["run"]
+        < len(cells) - 1
     )
-    assert where["read_scores"] < where["blank_confident_images"]
-    assert where["blank_confident_images"] < len(cells) - 1
+    assert where["read_scores"] < where["Params"]
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3, 4, 5])
@@ -249,11 +256,11 @@ def test_kernel_metadata(stage: int) -> None:
 
 def test_another_accelerator_changes_the_metadata_and_the_digest() -> None:
     bundled = project()
-    (t4,) = bundled.render([4], username=USER)
-    (h100,) = bundled.render([4], username=USER, accelerators=bundled.accelerators(["4=NvidiaH100"], [4]))
+    (t4,) = render(bundled, [4], username=USER)
+    (h100,) = render(bundled, [4], username=USER, accelerators=bundled.accelerators(["4=NvidiaH100"], [4]))
     assert json.loads(h100.files[METADATA_FILE])["machine_shape"] == "NvidiaH100"
     assert h100.digest != t4.digest
-    (tpu,) = bundled.render([4], username=USER, accelerators={4: "TpuV5E8"})
+    (tpu,) = render(bundled, [4], username=USER, accelerators={4: "TpuV5E8"})
     meta = json.loads(tpu.files[METADATA_FILE])
     assert (meta["enable_gpu"], meta["enable_tpu"], meta["machine_shape"]) == (False, True, "TpuV5E8")
 
@@ -364,7 +371,7 @@ def fake_project(folder: Path) -> Project:
 
 
 def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
-    kernel = fake_project(fake).render([1], username=USER)[0]
+    kernel = render(fake_project(fake), [1], username=USER)[0]
     notebook = notebook_of(kernel)
     nbformat.validate(notebook)
     assert notebook.cells[0].source == "# Fake Stage One"
@@ -384,7 +391,7 @@ def test_fake_stage_pip_title_and_string_parameter(fake: Path) -> None:
 
 def test_pip_without_internet_installs_from_the_wheel_house_only(fake: Path) -> None:
     (fake / "kernel-metadata" / "stage1.toml").write_text(FAKE_META.format(internet="false"))
-    kernel = fake_project(fake).render([1], username=USER)[0]
+    kernel = render(fake_project(fake), [1], username=USER)[0]
     meta = json.loads(kernel.files["kernel-metadata.json"])
     (house,) = meta["kernel_sources"]
     assert house.startswith(f"{USER}/") and "-wheels-" in house
@@ -393,16 +400,57 @@ def test_pip_without_internet_installs_from_the_wheel_house_only(fake: Path) -> 
     assert pip.count('"install"') == 1
 
 
+LIST_STAGE = """
+# %%
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Params:
+    weights: tuple[float, ...] = (1.0,)
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(w > 0 for w in self.weights):
+            raise ValueError(f"weights must be positive, got {list(self.weights)}")
+
+
+# %%
+def run(params, layout):
+    print(type(params.weights).__name__, params.weights, params.names)
+"""
+
+
+@pytest.mark.slow
+def test_a_list_parameter_is_a_list_literal_in_the_cell_and_a_tuple_in_the_run(
+    fake: Path, tmp_path: Path
+) -> None:
+    (fake / "stages" / "stage1_fake.py").write_text(textwrap.dedent(LIST_STAGE).lstrip())
+    meta = fake / "kernel-metadata" / "stage1.toml"
+    meta.write_text(meta.read_text().split("[[pip]]")[0])
+    kernel = render(fake_project(fake), [1], username=USER, sets=["weights=[0.5, 2]", 'names=["a", "b"]'])[0]
+    notebook = notebook_of(kernel)
+    assert parameter_lines(notebook) == {"weights": ([0.5, 2.0], "--set"), "names": (["a", "b"], "--set")}
+    assert "weights=tuple(weights)," in code_cells(notebook)[-1]
+    result = execute_notebook(kernel.files[kernel.code_file], tmp_path / "root", packages=("stages",))
+    assert result.ok, result.log
+    assert "tuple (0.5, 2.0) ('a', 'b')" in result.log
+    with pytest.raises(ParameterError, match=r"stage 1: weights must be positive, got \[0.5, -1.0\]"):
+        render(fake_project(fake), [1], username=USER, sets=["weights=[0.5, -1]"])
+    with pytest.raises(ParameterError, match=r"weights=\[0.5, 2\]; got '0.5,2'"):
+        render(fake_project(fake), [1], username=USER, sets=["weights=0.5,2"])
+
+
 def test_parameter_clashing_with_inlined_name_refused(fake: Path) -> None:
     path = fake / "stages" / "stage1_fake.py"
     path.write_text(path.read_text().replace("count: int = 2", "double: int = 2"))
     with pytest.raises(RenderError, match=r"stage 1: parameter names \['double'\] clash"):
-        fake_project(fake).render([1], username=USER)
+        render(fake_project(fake), [1], username=USER)
 
 
 def test_invalid_username_refused(fake: Path) -> None:
     with pytest.raises(MetadataError, match="Kaggle username 'no spaces' is not valid"):
-        fake_project(fake).render([1], username="no spaces")
+        render(fake_project(fake), [1], username="no spaces")
 
 
 def test_title_that_does_not_give_the_slug_cannot_happen(fake: Path) -> None:
@@ -410,7 +458,7 @@ def test_title_that_does_not_give_the_slug_cannot_happen(fake: Path) -> None:
     meta = fake / "kernel-metadata" / "stage1.toml"
     meta.write_text(meta.read_text().replace('"Fake Stage One"', '"Fake"'))
     with pytest.raises(MetadataError, match="at least five characters"):
-        fake_project(fake).render([1], username=USER)
+        render(fake_project(fake), [1], username=USER)
 
 
 # --- templating filters ------------------------------------------------------------------
@@ -428,9 +476,16 @@ def test_pyliteral_round_trips(value: object) -> None:
     assert back == value and type(back) is type(value)
 
 
+@pytest.mark.parametrize("value", [[], [1, 2.5, "a", None, True], (0.5, 0.75), ("x",)])
+def test_pyliteral_writes_lists_and_tuples_as_list_literals(value: object) -> None:
+    text = pyliteral(value)
+    assert text.startswith("[") and "\n" not in text
+    assert ast.literal_eval(text) == list(value)
+
+
 @pytest.mark.parametrize(
     "value",
-    [float("nan"), float("inf"), float("-inf"), [1], (1,), {"a": 1}, b"x", object(), Path("x")],
+    [float("nan"), float("inf"), float("-inf"), [[1]], [float("nan")], [b"x"], {"a": 1}, b"x", object(), Path("x")],
 )
 def test_pyliteral_refuses(value: object) -> None:
     with pytest.raises(ValueError):
@@ -444,8 +499,8 @@ def test_comment_is_one_line() -> None:
 
 
 def test_nan_parameter_refused_by_the_template() -> None:
-    from kernelgen.params import ParamValue
-    from kernelgen.templating import render_template
+    from kernelgen.build.templating import render_template
+    from kernelgen.spec.params import ParamValue
 
     with pytest.raises(
         RenderError, match=r"stage 5, template parameters\.py\.j2: nan has no Python literal"
@@ -456,7 +511,7 @@ def test_nan_parameter_refused_by_the_template() -> None:
 
 
 def test_missing_template_variable_named() -> None:
-    from kernelgen.templating import render_template
+    from kernelgen.build.templating import render_template
 
     with pytest.raises(RenderError, match=r"stage 2, template run\.py\.j2: 'params' is undefined"):
         render_template("run.py.j2", stage=2)
@@ -565,14 +620,14 @@ def kernel_wired(*slugs: str) -> Project:
 
 def test_a_dataset_read_through_its_kernel_becomes_a_kernel_source_and_an_alias() -> None:
     wired = kernel_wired("stage4")
-    (stage5,) = wired.render([5], username=USER, kernel_versions={4: 3})
+    (stage5,) = render(wired, [5], username=USER, kernel_versions={4: 3})
     meta = json.loads(stage5.files[METADATA_FILE])
     assert meta["dataset_sources"] == [f"{USER}/stage2"]
     assert meta["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation/3"]
     run_cell = code_cells(notebook_of(stage5))[-1]
     assert "Layout.kaggle(\n        aliases={\n            'stage4': 'severstal-stage4-segmentation',\n" in run_cell
-    (latest,) = wired.render([5], username=USER)
+    (latest,) = render(wired, [5], username=USER)
     assert json.loads(latest.files[METADATA_FILE])["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation"]
     assert latest.digest != stage5.digest
-    (plain,) = project().render([5], username=USER)
+    (plain,) = render(project(), [5], username=USER)
     assert code_cells(notebook_of(plain))[-1].endswith("    Layout.kaggle(),\n)")

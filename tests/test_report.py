@@ -1,5 +1,6 @@
-"""`kernelgen report` on work folders the chain leaves: whole, changed, failed, empty, and
-of a pipeline other than Severstal (with and without matplotlib)."""
+"""`kernelgen report` on work folders the chain leaves (of the engine's fixture pipeline,
+tests/fixtures/chainpipe): whole, changed, failed, empty; and of a two-stage pipeline
+with and without matplotlib."""
 
 from __future__ import annotations
 
@@ -15,36 +16,28 @@ import pytest
 from click.testing import CliRunner
 
 from kernelgen.backends.base import RunStatus
-from kernelgen.chain import Chain, Phase, PollPolicy
+from kernelgen.backoff import Backoff
 from kernelgen.cli import main
+from kernelgen.clock import format_elapsed, timestamp
 from kernelgen.errors import KernelFailedError, MetadataError
-from kernelgen.pipeline import load_pipeline
-from kernelgen.progress import format_elapsed
-from kernelgen.project import Project
 from kernelgen.report import build_report, write_report
 from kernelgen.report.panel import Figure, Note, Panel, Table
-from kernelgen.state import PREVIOUS_STATE_FILE, ChainState, StageRecord, timestamp
-from tests.fakes import FakeBackend, FakeClock
+from kernelgen.run.scheduler import ChainOptions
+from kernelgen.run.state import PREVIOUS_STATE_FILE, STATE_FILE, ChainState, Phase, StageRecord
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
+from tests.fakes import CHAINPIPE, FakeBackend, FakeClock
+from tests.fakes import run_chain as chain_run
 
 HOURS = 3600.0
 DURATIONS = {1: 6 * HOURS, 2: 0.5 * HOURS, 3: 60.0, 4: 8 * HOURS, 5: 120.0}
-POLICY = PollPolicy(initial=10, maximum=60, stage_timeout=24 * HOURS)
+OPTIONS = ChainOptions(backoff=Backoff(initial=10, maximum=60), stage_timeout=24 * HOURS)
+PROJECT = Project.load(project_dir=CHAINPIPE)
 TINY = Path(__file__).parent / "fixtures" / "tinypipe"
 
 
 def run_chain(workdir: Path, clock: FakeClock, backend: FakeBackend, sets: list[str] | None = None):
-    chain = Chain(
-        Project.load(),
-        backend,
-        workdir,
-        username="alice",
-        sets=sets or [],
-        clock=clock,
-        sleep=clock.sleep,
-        now=clock,
-        policy=POLICY,
-    )
-    return chain.run([1, 2, 3, 4, 5])
+    return chain_run(PROJECT, backend, workdir, clock, [1, 2, 3, 4, 5], sets=sets or [], options=OPTIONS)
 
 
 def panel(report, key: str) -> Panel:
@@ -58,13 +51,13 @@ def stage_rows(html: str) -> dict[str, str]:
 def test_the_chain_records_when_each_run_started_and_ended(tmp_path: Path) -> None:
     clock = FakeClock()
     run_chain(tmp_path, clock, FakeBackend(clock, durations=DURATIONS))
-    state = ChainState.open(tmp_path, "fake")
-    facts = build_report(Project.load(), tmp_path).folder.stages
+    state = ChainState.load(tmp_path / STATE_FILE, "fake")
+    facts = build_report(PROJECT, tmp_path).folder.stages
     for number, duration in DURATIONS.items():
         record = state.stages[number]
         assert record.started and record.ended
         # the end is the poll that saw the run finish: at most one polling interval late
-        assert duration <= facts[number].seconds <= duration + POLICY.maximum
+        assert duration <= facts[number].seconds <= duration + OPTIONS.backoff.maximum
     assert state.stages[1].started == state.stages[4].started == timestamp(0.0)
     # stages 1, 2 and 4 run on a GPU: their GPU time is the polled run time, queueing left
     # out; 3 and 5 do not and cost no GPU time
@@ -84,7 +77,7 @@ def test_a_rerun_keeps_the_previous_state_and_the_report_names_what_changed(tmp_
     run_chain(tmp_path, clock, backend, sets=["stage4.epochs=30"])
     assert json.loads((tmp_path / PREVIOUS_STATE_FILE).read_text()) == first
 
-    report = build_report(Project.load(), tmp_path)
+    report = build_report(PROJECT, tmp_path)
     phases = {n: f.phase for n, f in report.folder.stages.items()}
     assert phases == {1: Phase.UNCHANGED, 2: Phase.UNCHANGED, 3: Phase.UNCHANGED, 4: Phase.COMPLETE, 5: Phase.COMPLETE}
     changes = panel(report, "changes")
@@ -102,7 +95,7 @@ def test_a_rerun_keeps_the_previous_state_and_the_report_names_what_changed(tmp_
     assert summary["wall time"] == format_elapsed((facts[5].ended - facts[4].started).total_seconds())
     assert summary["GPU hours"] == f"{facts[4].seconds / 3600:.2f} h"
 
-    html = write_report(Project.load(), tmp_path).read_text()
+    html = write_report(PROJECT, tmp_path).read_text()
     assert stage_rows(html) == {"1": "unchanged", "2": "unchanged", "3": "unchanged", "4": "complete", "5": "complete"}
 
 
@@ -111,7 +104,7 @@ def test_a_run_with_no_change_says_so(tmp_path: Path) -> None:
     backend = FakeBackend(clock, durations=DURATIONS)
     run_chain(tmp_path, clock, backend)
     run_chain(tmp_path, clock, backend)
-    changes = panel(build_report(Project.load(), tmp_path), "changes")
+    changes = panel(build_report(PROJECT, tmp_path), "changes")
     assert changes.intro == "No stage ran again."
     assert any(isinstance(b, Note) and b.text == "No parameter changed." for b in changes.blocks)
 
@@ -120,13 +113,13 @@ def test_a_failed_stage_is_reported_with_its_log_and_what_it_blocked(tmp_path: P
     clock = FakeClock()
     with pytest.raises(KernelFailedError):
         run_chain(tmp_path, clock, FakeBackend(clock, durations=DURATIONS, fail={2}))
-    report = build_report(Project.load(), tmp_path)
+    report = build_report(PROJECT, tmp_path)
     stages = report.folder.stages
     assert stages[2].phase is Phase.ERROR and "ValueError: boom" in stages[2].log_tail
     assert stages[3].phase is stages[5].phase is Phase.BLOCKED
     assert stages[4].phase is Phase.COMPLETE
     assert "stage 2: it ended in error: Traceback: ValueError: boom" in report.problems
-    html = write_report(Project.load(), tmp_path).read_text()
+    html = write_report(PROJECT, tmp_path).read_text()
     assert stage_rows(html) == {"1": "complete", "2": "error", "3": "blocked", "4": "complete", "5": "blocked"}
     assert "stage 2 last line" in html
 
@@ -149,7 +142,7 @@ def test_a_missing_work_folder_is_one_line(tmp_path: Path) -> None:
 
 def test_an_unreadable_state_is_named_in_the_report(tmp_path: Path) -> None:
     (tmp_path / "state.json").write_text("{not json")
-    html = write_report(Project.load(), tmp_path).read_text()
+    html = write_report(PROJECT, tmp_path).read_text()
     assert "state.json cannot be read" in html
 
 
@@ -159,7 +152,7 @@ def tiny_work_folder(tmp_path: Path) -> tuple[Path, Path]:
     project = tmp_path / "tiny"
     shutil.copytree(TINY, project, ignore=shutil.ignore_patterns("__pycache__"))
     work = tmp_path / "work"
-    state = ChainState.open(work, "local")
+    state = ChainState.load(work / STATE_FILE, "local")
     for number, (start, end) in {1: (0.0, 75.0), 2: (90.0, 100.0)}.items():
         record = state.stage(number)
         record.mark_pushed(key=f"k{number}", kernel=f"local/tiny-{number}", version=1, url="", at=timestamp(start))

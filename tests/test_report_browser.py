@@ -31,9 +31,6 @@ IMAGES = """JSON.stringify([...document.images].map(image => ({
   width: image.naturalWidth,
 })))"""
 
-# Tests reading the session's one local chain share a worker, so it runs once.
-pytestmark = pytest.mark.xdist_group("local-chain")
-
 
 def chromium_or_skip() -> str:
     found = find_chromium()

@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 
 from kernelgen.backends.base import RunStatus
-from kernelgen.localdata import LOCAL_DATA_DIR
-from kernelgen.project import Project
+from kernelgen.clock import timestamp
 from kernelgen.report import build_report, write_report
 from kernelgen.report.panel import Figure, Panel, Stats, Table
-from kernelgen.state import ChainState, timestamp
+from kernelgen.run.localdata import LOCAL_DATA_DIR
+from kernelgen.run.state import STATE_FILE, ChainState
+from kernelgen.spec.project import Project
 from stages.lib.severstal import CLASS_IDS
 from stages.stage3_threshold import choose_threshold, threshold_sweep
 from stages.synth import generate
@@ -64,7 +65,7 @@ def work(tmp_path: Path) -> tuple[Path, str, pd.DataFrame]:
     (outputs / "stage3").mkdir(parents=True)
     sweep.to_csv(outputs / "stage3" / "threshold_sweep.csv", index=False)
     (outputs / "stage3" / "threshold.json").write_text(json.dumps(chosen))
-    state = ChainState.open(work, "local")
+    state = ChainState.load(work / STATE_FILE, "local")
     for number in (1, 2, 3, 4, 5):
         record = state.stage(number)
         record.mark_pushed(key="k", kernel=f"local/stage{number}", version=1, url="", at=timestamp(0))
@@ -126,11 +127,11 @@ def test_per_class_gates_are_tabled_and_named_in_the_gate_panel(work) -> None:
     chosen = json.loads(path.read_text())
     gates = {str(c): {"threshold": 0.4 + c / 10, "rule": "accuracy", "accuracy": 0.9, "recall": 0.8,
                       "precision": 0.7, "f1": 0.75} for c in CLASS_IDS}
-    chosen.update(images=40, class_rule="accuracy", classes=gates, class_thresholds="0.500,0.600,0.700,0.800")
+    chosen.update(images=40, class_rule="accuracy", classes=gates, class_thresholds=[0.5, 0.6, 0.7, 0.8])
     chosen.update(swept_threshold=0.42, threshold=1.0, image_gate=False)
     path.write_text(json.dumps(chosen))
     state = json.loads((folder / "state.json").read_text())
-    state["stages"]["5"]["params"]["class_thresholds"] = "0.5,0.6,0.7,0.8"
+    state["stages"]["5"]["params"]["class_thresholds"] = [0.5, 0.6, 0.7, 0.9]
     (folder / "state.json").write_text(json.dumps(state))
     report = build_report(Project.load(), folder)
     found = panel(report, "threshold")
@@ -140,9 +141,12 @@ def test_per_class_gates_are_tabled_and_named_in_the_gate_panel(work) -> None:
     assert "the 40 train images stage 1 held out of training" in found.intro
     notes = [b.text for b in found.blocks if type(b).__name__ == "Note"]
     assert "The image gate is off (image_gate = false): stage 5 blanks no whole image; the sweep chose 0.420." in notes
-    assert "Stage 5 last ran with class_thresholds '0.5,0.6,0.7,0.8', not these gates." in found.missing
+    assert "Stage 5 last ran with class_thresholds [0.5, 0.6, 0.7, 0.9], not these gates." in found.missing
     gate = panel(report, "submission")
-    assert "With per-class gates 0.5,0.6,0.7,0.8 (classes 1 to 4)" in gate.intro
+    assert "With per-class gates [0.5, 0.6, 0.7, 0.9] (classes 1 to 4)" in gate.intro
+    state["stages"]["5"]["params"]["class_thresholds"] = [0.5, 0.6, 0.7, 0.8]  # the same gates, chained
+    (folder / "state.json").write_text(json.dumps(state))
+    assert not any("class_thresholds" in note for note in panel(build_report(Project.load(), folder), "threshold").missing)
 
 
 def test_the_whole_page_stays_small(work) -> None:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from kernelgen.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
+from kernelgen.backends.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
+from kernelgen.backoff import Backoff
 
 
 class Flaky:
@@ -59,14 +60,14 @@ def run(op: Callable[[], str], policy: RetryPolicy, sleeps: list[float], **kw: o
 def test_backoff_doubles_up_to_the_cap() -> None:
     sleeps: list[float] = []
     op = Flaky([Transient()] * 5)
-    policy = RetryPolicy(max_attempts=6, initial_delay=1, factor=2, max_delay=5, max_elapsed=100)
+    policy = RetryPolicy(max_attempts=6, backoff=Backoff(1, 2, 5), max_elapsed=100)
     assert run(op, policy, sleeps) == "ok"
     assert sleeps == [1, 2, 4, 5, 5]
 
 
 def test_server_requested_delay_is_used_as_given() -> None:
     sleeps: list[float] = []
-    assert run(Flaky([Transient(42.0)]), RetryPolicy(max_delay=5), sleeps) == "ok"
+    assert run(Flaky([Transient(42.0)]), RetryPolicy(backoff=Backoff(2, 2, 5)), sleeps) == "ok"
     assert sleeps == [42.0]
 
 
@@ -82,7 +83,7 @@ def test_attempts_are_capped() -> None:
     sleeps: list[float] = []
     op = Flaky([Transient()] * 10)
     with pytest.raises(RetryExhausted) as info:
-        run(op, RetryPolicy(max_attempts=3, initial_delay=1), sleeps)
+        run(op, RetryPolicy(max_attempts=3, backoff=Backoff(1, 2, 60)), sleeps)
     assert op.calls == 3 and info.value.attempts == 3
     assert isinstance(info.value.last, Transient)
 
@@ -91,15 +92,15 @@ def test_total_time_is_capped() -> None:
     sleeps: list[float] = []
     op = Flaky([Transient()] * 10)
     with pytest.raises(RetryExhausted):
-        run(op, RetryPolicy(max_attempts=10, initial_delay=10, factor=1, max_elapsed=25), sleeps)
+        run(op, RetryPolicy(max_attempts=10, backoff=Backoff(10, 1, 60), max_elapsed=25), sleeps)
     assert sleeps == [10, 10]
 
 
 def test_jitter_stays_within_its_band() -> None:
-    policy = RetryPolicy(initial_delay=8, factor=2, max_delay=60, jitter=0.25)
-    assert policy.backoff(1, lambda: 0.0) == 8
-    assert policy.backoff(1, lambda: 1.0) == 6
-    assert policy.backoff(4, lambda: 0.5) == pytest.approx(52.5)  # capped at 60, then jittered
+    policy = RetryPolicy(backoff=Backoff(8, 2, 60), jitter=0.25)
+    assert policy.delay(1, lambda: 0.0) == 8
+    assert policy.delay(1, lambda: 1.0) == 6
+    assert policy.delay(4, lambda: 0.5) == pytest.approx(52.5)  # capped at 60, then jittered
 
 
 def test_unsafe_failures_of_non_idempotent_work_are_not_repeated_blindly() -> None:
@@ -116,7 +117,7 @@ def test_recover_finds_work_that_was_done_before_the_failure() -> None:
     assert (
         run(
             op,
-            RetryPolicy(initial_delay=1),
+            RetryPolicy(backoff=Backoff(1, 2, 60)),
             sleeps,
             idempotent=False,
             recover=lambda: "already done",
@@ -130,7 +131,7 @@ def test_recover_that_finds_nothing_lets_the_retry_happen() -> None:
     sleeps: list[float] = []
     op = Flaky([Transient()])
     assert (
-        run(op, RetryPolicy(initial_delay=1), sleeps, idempotent=False, recover=lambda: None)
+        run(op, RetryPolicy(backoff=Backoff(1, 2, 60)), sleeps, idempotent=False, recover=lambda: None)
         == "ok"
     )
     assert op.calls == 2

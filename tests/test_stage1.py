@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from dataclasses import asdict
@@ -20,6 +21,7 @@ from stages.lib.severstal import COMPETITION
 from stages.lib.submission import read_submission
 from stages.stage1_classifier import Params, run, split_validation, train_labels
 from stages.synth import SynthDataset, generate
+from tests.stage1_learning import LEARN, LEARN_DATA, auc, truth_labels
 from tests.stage_params import (
     assert_refused,
     assert_renderer_checks,
@@ -27,14 +29,10 @@ from tests.stage_params import (
     smoke_profile,
 )
 
-# One worker for the file, so its module fixture trains once. Keras' HDF5 writer trips a
-# numpy 2 deprecation once per weight; it says nothing about us.
-pytestmark = [
-    pytest.mark.xdist_group("stage1"),
-    pytest.mark.filterwarnings(
-        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
-    ),
-]
+# Keras' HDF5 writer trips a numpy 2 deprecation once per weight; it says nothing about us.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
+)
 
 # Params as the kernel builds it (module imported) and as rendering does (module not run).
 PARAMS_CLASSES = [
@@ -60,12 +58,12 @@ def smoke_params(**changes: object) -> Params:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthDataset, Params]:
-    """One smoke-profile run on a few dozen synthetic images, shared by the output tests."""
-    data = generate(tmp_path_factory.mktemp("stage1") / "data", n_train=40, n_test=12, seed=0)
-    params = smoke_params()
-    run(params, Layout(data.root))
-    return data, params
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[SynthDataset, Params]:
+    """One training run of the image head, shared by the output tests and the learning test:
+    they only read what it wrote."""
+    data = generate(tmp_path_factory.mktemp("stage1") / "data", **LEARN_DATA)
+    run(LEARN, Layout(data.root))
+    return data, LEARN
 
 
 @pytest.fixture
@@ -202,12 +200,12 @@ def test_rounded_batch_metrics_score_rounded_predictions() -> None:
 
 
 # ---------------------------------------------------------------------------------------
-# Outputs of one smoke run
+# Outputs of one training run, and what it learned
 
 
 @pytest.mark.slow
-def test_smoke_run_writes_every_output(smoke_run: tuple[SynthDataset, Params]) -> None:
-    data, _ = smoke_run
+def test_a_run_writes_every_output(trained: tuple[SynthDataset, Params]) -> None:
+    data, _ = trained
     working = data.root / "working"
     for name in OUTPUTS:
         assert (working / name).is_file(), name
@@ -216,14 +214,17 @@ def test_smoke_run_writes_every_output(smoke_run: tuple[SynthDataset, Params]) -
         if name.endswith(".png"):
             with Image.open(working / name) as image:
                 assert image.format == "PNG"
+    metrics = json.loads((working / "metrics.json").read_text())
+    assert set(metrics) == {"val_auc", "val_accuracy"}
+    assert all(0.0 <= value <= 1.0 for value in metrics.values())
     assert not list(working.glob("*.partial"))
 
 
 @pytest.mark.slow
 def test_split_lists_every_train_image_and_the_held_out_ones(
-    smoke_run: tuple[SynthDataset, Params],
+    trained: tuple[SynthDataset, Params],
 ) -> None:
-    data, params = smoke_run
+    data, params = trained
     split = pd.read_csv(data.root / "working" / "split.csv", dtype={"ImageId": str})
     assert list(split.columns) == ["ImageId", "validation"]
     labels = train_labels(data.competition_dir)
@@ -234,9 +235,9 @@ def test_split_lists_every_train_image_and_the_held_out_ones(
 
 @pytest.mark.slow
 def test_history_has_one_row_per_epoch_with_metrics_and_rate(
-    smoke_run: tuple[SynthDataset, Params],
+    trained: tuple[SynthDataset, Params],
 ) -> None:
-    data, params = smoke_run
+    data, params = trained
     history = pd.read_csv(data.root / "working" / "history.csv")
     assert list(history["epoch"]) == list(range(1, params.epochs + 1))
     for metric in ("loss", "accuracy", "f1", "precision", "recall"):
@@ -247,9 +248,9 @@ def test_history_has_one_row_per_epoch_with_metrics_and_rate(
 
 @pytest.mark.slow
 def test_test_scores_cover_every_test_image_by_jpg_name(
-    smoke_run: tuple[SynthDataset, Params],
+    trained: tuple[SynthDataset, Params],
 ) -> None:
-    data, _ = smoke_run
+    data, _ = trained
     path = data.root / "working" / "test_missing_count.csv"
     frame = pd.read_csv(path, dtype={"ImageId": str})
     assert list(frame.columns) == ["ImageId", "allMissing"]
@@ -263,9 +264,9 @@ def test_test_scores_cover_every_test_image_by_jpg_name(
 
 @pytest.mark.slow
 def test_saved_models_reload_with_metrics_and_give_the_written_scores(
-    smoke_run: tuple[SynthDataset, Params],
+    trained: tuple[SynthDataset, Params],
 ) -> None:
-    data, params = smoke_run
+    data, params = trained
     working = data.root / "working"
     for name in ("model.h5", "dense121_model.h5"):
         model = keras.models.load_model(working / name)
@@ -290,6 +291,21 @@ def test_saved_models_reload_with_metrics_and_give_the_written_scores(
         return_dict=True,
     )
     assert {"f1", "precision", "recall", "accuracy"} <= set(result)
+
+
+@pytest.mark.slow
+def test_classifier_beats_majority_baseline_on_unseen_images(trained: tuple[SynthDataset, Params]) -> None:
+    data, _ = trained
+    written = pd.read_csv(data.root / "working" / "test_missing_count.csv", dtype={"ImageId": str})
+    labels = truth_labels(data, list(written["ImageId"]))
+    scores = written["allMissing"].to_numpy()
+    majority = max(labels.mean(), 1.0 - labels.mean())
+    accuracy = float(((scores > 0.5) == (labels == 1.0)).mean())
+    print(
+        f"unseen images: accuracy {accuracy:.3f} vs majority {majority:.3f}, AUC {auc(scores, labels):.3f}"
+    )
+    assert accuracy >= majority + 0.1, (accuracy, majority)
+    assert auc(scores, labels) >= 0.6
 
 
 # ---------------------------------------------------------------------------------------

@@ -130,8 +130,9 @@ def test_consistency_rule_picks_where_metrics_agree(tmp_path: Path, capsys) -> N
         "precision": 0.75,
         "f1": 0.75,
         "images": 8,
-        "class_thresholds": "",
+        "class_thresholds": [],
     }
+    assert json.loads((root / "working" / "metrics.json").read_text()) == {"f1": 0.75, "threshold": 0.601}
     out = capsys.readouterr().out
     assert "8 held-out train images, 4 with defects" in out and "threshold 0.601" in out
     assert {"threshold_sweep.png", "threshold_counts.png"} <= set(outputs(root))
@@ -241,8 +242,8 @@ def test_per_class_thresholds_recover_planted_separations(tmp_path: Path, capsys
     assert abs(gate3["threshold"] - (top3 + low3) / 2) <= 0.002
     assert abs(gate1["threshold"] - (top1 + low1) / 2) <= 0.002
     assert chosen["class_rule"] == "accuracy" and chosen["images"] == 40
-    values = [float(v) for v in chosen["class_thresholds"].split(",")]
-    assert values == [chosen["classes"][str(c)]["threshold"] for c in (1, 2, 3, 4)]
+    assert chosen["class_thresholds"] == [chosen["classes"][str(c)]["threshold"] for c in (1, 2, 3, 4)]
+    assert all(type(v) is float for v in chosen["class_thresholds"])
     table = pd.read_csv(root / "working" / "class_threshold_sweep.csv")
     assert list(table.columns[:2]) == ["class", "threshold"] and len(table) == 4 * 999
     assert (root / "working" / "class_threshold_sweep.png").read_bytes()[:4] == b"\x89PNG"
@@ -277,7 +278,7 @@ def test_class_gates_default_to_the_recall_rule(tmp_path: Path) -> None:
     assert chosen["classes"]["3"]["threshold"] == 0.501
     assert chosen["classes"]["3"]["min_recall"] == 0.95
     # No image has classes 1, 2 or 4: their gates blank as little as the sweep allows.
-    assert chosen["class_thresholds"] == "0.999,0.999,0.501,0.999"
+    assert chosen["class_thresholds"] == [0.999, 0.999, 0.501, 0.999]
 
 
 def test_image_gate_off_writes_threshold_one_and_keeps_the_sweep(tmp_path: Path, capsys) -> None:

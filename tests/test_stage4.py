@@ -22,10 +22,17 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from kernelgen.params import check_values
 from kernelgen.runtime import InputError, Layout
+from kernelgen.spec.params import check_values
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
+from stages.lib.seg.checkpoint import load_segmenter
+from stages.lib.seg.device import DeviceSetup, make_loader
+from stages.lib.seg.model import build_unet
+from stages.lib.seg.postprocess import remove_small
+from stages.lib.seg.predict import predict
+from stages.lib.seg.train import random_flip
+from stages.lib.seg.validate import pair_metrics
 from stages.lib.segdata import (
     SteelSegDataset,
     check_images,
@@ -37,18 +44,8 @@ from stages.lib.segdata import (
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv
-from stages.stage4_segmentation import (
-    DeviceSetup,
-    Params,
-    build_unet,
-    make_loader,
-    pair_metrics,
-    predict,
-    random_flip,
-    remove_small,
-    run,
-)
-from stages.stage6_inference import load_segmenter, segment
+from stages.stage4_segmentation import Params, run
+from stages.stage6_inference import segment
 from stages.synth import SynthDataset, generate
 from tests.stage_params import (
     assert_refused,
@@ -81,9 +78,6 @@ LEARN_PARAMS = Params(
 )
 # Required lead of the learned submission over the all-empty one (competition metric).
 LEARN_MARGIN = 0.02
-
-# One worker for the file: its module fixtures train once.
-pytestmark = pytest.mark.xdist_group("stage4")
 
 
 @pytest.fixture(autouse=True)
@@ -220,6 +214,8 @@ def test_outputs_and_formats(learned: TrainedRun) -> None:
     working = learned.working
     history = pd.read_csv(working / "history.csv")
     assert list(history["epoch"]) == list(range(1, LEARN_PARAMS.epochs + 1))
+    best_dice = float(history.loc[history["val_loss"].idxmin(), "dice"])
+    assert json.loads((working / "metrics.json").read_text()) == {"val_dice": pytest.approx(best_dice)}
     for column in ("lr", "train_loss", "val_loss", "dice", "dice_pos", "dice_neg", "iou"):
         assert column in history.columns
     assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]
@@ -245,7 +241,7 @@ def test_outputs_and_formats(learned: TrainedRun) -> None:
         SteelSegDataset(folder, names, LEARN_PARAMS.train_height, LEARN_PARAMS.train_width),
         4, 0, cpu, shuffle_seed=None,
     )
-    setup = DeviceSetup.create(LEARN_PARAMS, cpu)
+    setup = DeviceSetup.create(cpu, LEARN_PARAMS.amp)
     again = predict(model, loader, setup, LEARN_PARAMS.pixel_threshold, LEARN_PARAMS.min_size)
     written = read_submission(working / "submission.csv").frame
     expected = dict(zip(names, again, strict=True))
@@ -339,7 +335,7 @@ def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Pat
     tuned post-processing; stage 6, loading model.pth, predicts stage 4's masks exactly."""
     working = tmp_path / "working"
     params = replace(
-        smoke_params(), epochs=2, loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=96,
+        smoke_params(), epochs=2, loss="bce_dice", pos_weight=(2.0, 2.0, 1.0, 1.5), crop_width=96,
         decoder="fpn", average_best=2, tta="hv", tune_postprocess=True,
     )
     log = io.StringIO()
@@ -515,13 +511,37 @@ def test_best_profile_is_accepted_and_turns_on_the_levers(params: type) -> None:
 @pytest.mark.parametrize("profile", ["full", "smoke", "best"])
 def test_stage4_renders_with_every_builtin_profile(profile: str) -> None:
     """Parameter names may not clash with the module's top-level names, in any profile."""
-    from kernelgen.config import Config
-    from kernelgen.pipeline import load_pipeline
-    from kernelgen.project import Project
+    from kernelgen.spec.config import Config
+    from kernelgen.spec.pipeline import load_pipeline
+    from kernelgen.spec.project import Project
+    from tests.rendering import render
 
     project = Project(pipeline=load_pipeline(), config=Config())
-    (kernel,) = project.render([4], username="someone", profile=profile)
+    (kernel,) = render(project, [4], username="someone", profile=profile)
     assert "stage4.ipynb" in kernel.files
+
+
+def test_per_class_options_render_as_lists_and_comma_strings_are_refused() -> None:
+    from kernelgen.errors import ParameterError
+    from kernelgen.spec.config import Config
+    from kernelgen.spec.pipeline import load_pipeline
+    from kernelgen.spec.project import Project
+    from tests.rendering import render
+
+    project = Project(pipeline=load_pipeline(), config=Config())
+    sets = ["stage4.pixel_thresholds=[0.5,0.6,0.55,0.5]", "stage4.min_sizes=[600, 600, 1000, 2000]"]
+    (kernel,) = render(project, [4], username="someone", sets=sets)
+    text = kernel.files["stage4.ipynb"].decode()
+    assert "pixel_thresholds = [0.5, 0.6, 0.55, 0.5]  # --set" in text
+    assert "min_sizes = [600, 600, 1000, 2000]  # --set" in text
+    assert "pos_weight = []  # default" in text
+    (best,) = render(project, [4], username="someone", profile="best")
+    assert "pos_weight = [2.0, 2.0, 1.0, 1.5]  # profile best" in best.files["stage4.ipynb"].decode()
+    with pytest.raises(ParameterError, match=r"^stage 4: pixel_thresholds takes a list of float in brackets: "
+                       r"pixel_thresholds=\[0.5, 0.6, 0.55, 0.5\]; got '0.5,0.6,0.55,0.5'$"):
+        render(project, [4], username="someone", sets=["stage4.pixel_thresholds=0.5,0.6,0.55,0.5"])
+    with pytest.raises(ParameterError, match=r"^stage 4: min_sizes must be empty or 4 integers of at least 0"):
+        render(project, [4], username="someone", sets=["stage4.min_sizes=[600, 600, 1000]"])
 
 
 def test_renderer_checks_values_with_this_params() -> None:

@@ -12,18 +12,11 @@ import re
 import pytest
 import torch
 
-from stages.stage4_segmentation import (
-    DECODERS,
-    ENCODERS,
-    DeviceSetup,
-    Params,
-    average_states,
-    build_unet,
-    class_pos_weight,
-    flip_logits,
-    random_crop,
-    segmentation_loss,
-)
+from stages.lib.seg.device import DeviceSetup
+from stages.lib.seg.model import average_states, build_unet, flip_logits
+from stages.lib.seg.train import random_crop, segmentation_loss
+from stages.lib.severstal import CLASS_IDS
+from stages.stage4_segmentation import DECODERS, ENCODERS, N_CLASSES, TTAS, Params
 from tests.stage_params import params_alone
 
 PARAMS_CLASSES = [Params, params_alone("stages.stage4_segmentation")]
@@ -37,6 +30,7 @@ def test_bce_loss_on_a_known_case() -> None:
     # pos_weight multiplies the loss of defect pixels only: class 1's 4 of 16 pixels.
     weighted = segmentation_loss(logits, targets, pos_weight=(2.0, 1.0, 1.0, 1.0))
     assert float(weighted) == pytest.approx(math.log(2) * (4 * 2 + 12) / 16)
+    assert float(segmentation_loss(logits, targets, pos_weight=())) == pytest.approx(math.log(2))
 
 
 def test_bce_dice_loss_on_a_known_case() -> None:
@@ -72,7 +66,7 @@ def test_tta_average_is_flip_consistent(tta: str) -> None:
     """The TTA prediction of a flipped image, flipped back, is the original's prediction."""
     torch.manual_seed(0)
     model = build_unet(False).eval()
-    setup = DeviceSetup.create(Params(amp=False), torch.device("cpu"))
+    setup = DeviceSetup.create(torch.device("cpu"), amp=False)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         plain = flip_logits(model, x, setup, "none")
@@ -84,6 +78,19 @@ def test_tta_average_is_flip_consistent(tta: str) -> None:
             assert torch.allclose(upside, base, atol=1e-5)
         assert torch.equal(plain, model(x))
     assert not torch.allclose(plain, base, atol=1e-5)  # the untrained net is not symmetric
+
+
+def test_the_values_params_checks_are_the_ones_the_library_takes() -> None:
+    """Params checks against literal constants (rendering runs nothing else of the module):
+    one value per class of the competition, and each offered TTA is a distinct flip set."""
+    assert len(CLASS_IDS) == N_CLASSES
+    torch.manual_seed(0)
+    model = build_unet(False).eval()
+    setup = DeviceSetup.create(torch.device("cpu"), amp=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        outputs = [flip_logits(model, x, setup, tta) for tta in TTAS]
+    assert all(not torch.allclose(a, b) for i, a in enumerate(outputs) for b in outputs[i + 1 :])
 
 
 def test_average_states_is_the_mean_of_the_weights() -> None:
@@ -108,18 +115,18 @@ def test_every_offered_encoder_is_known_to_smp() -> None:
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)
 def test_option_values_are_checked(params: type) -> None:
-    ok = params(loss="bce_dice", pos_weight="2,2,1,1.5", crop_width=256, encoder="resnet34",
+    ok = params(loss="bce_dice", pos_weight=(2.0, 2.0, 1.0, 1.5), crop_width=256, encoder="resnet34",
                 decoder="fpn", average_best=3, tta="hv")
-    assert ok.crop_width == 256
-    assert class_pos_weight(Params(pos_weight="2,2,1,1.5")) == (2.0, 2.0, 1.0, 1.5)
-    assert class_pos_weight(Params()) is None
+    assert ok.crop_width == 256 and ok.pos_weight == (2.0, 2.0, 1.0, 1.5)
     bad = [
         ("loss", "dice", "loss must be one of bce, bce_dice, got 'dice'"),
         ("encoder", "resnet1", "encoder must be one of"),
         ("decoder", "pspnet", "decoder must be one of unet, fpn, got 'pspnet'"),
         ("tta", "v", "tta must be one of none, h, hv, got 'v'"),
-        ("pos_weight", "2,2,1", "pos_weight must be empty or 4 comma-separated positive"),
-        ("pos_weight", "2,2,0,1", "pos_weight must be empty or 4 comma-separated positive"),
+        ("pos_weight", (2.0, 2.0, 1.0), "pos_weight must be empty or 4 positive numbers, one per class, got [2.0, 2.0, 1.0]"),
+        ("pos_weight", (2.0, 2.0, 0.0, 1.0), "pos_weight must be empty or 4 positive numbers, one per class"),
+        ("pos_weight", (2.0, 2.0, math.inf, 1.0), "pos_weight must be empty or 4 positive numbers, one per class"),
+        ("pos_weight", "2,2,1,1.5", "pos_weight must be empty or 4 positive numbers, one per class, got '2,2,1,1.5'"),
         ("crop_width", 100, "crop_width must be 0 or a multiple of 32 up to train_width"),
         ("crop_width", 1632, "crop_width must be 0 or a multiple of 32 up to train_width"),
         ("average_best", 0, "average_best must be at least 1, got 0"),

@@ -111,7 +111,7 @@ CLASS_SCORES = (
     "t3.jpg,0.2,0.7,0.9,0.9,0.9\n"
     "t4.jpg,0.999,0.99,0.99,0.99,0.99\n"
 )
-GATES = "0.7,0.5,0.5,0.85"
+GATES = (0.7, 0.5, 0.5, 0.85)
 
 
 def test_per_class_gates_blank_single_classes(tmp_path: Path, capsys) -> None:
@@ -122,7 +122,7 @@ def test_per_class_gates_blank_single_classes(tmp_path: Path, capsys) -> None:
         for i, r, c in ROWS
     ]
     assert output(root).read_text() == new_format([(i, r, c) for r, i, c in expected])
-    assert f"per-class gates {GATES}: 2 more masks removed" in capsys.readouterr().out
+    assert f"per-class gates {list(GATES)}: 2 more masks removed" in capsys.readouterr().out
 
 
 def test_without_class_thresholds_per_class_scores_change_nothing(tmp_path: Path) -> None:
@@ -232,17 +232,23 @@ def test_threshold_inside_zero_and_one_is_accepted(params: type, threshold: floa
 
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)
-@pytest.mark.parametrize("gates", ["0.5,0.5,0.5", "0.5,0.5,0.5,0.5,0.5", "a,b,c,d", "0.5,0.5,0.5,1.5", "0.5,,0.5,0.5"])
-def test_bad_class_thresholds_are_refused(params: type, gates: str) -> None:
-    message = f"class_thresholds must be empty or 4 comma-separated values between 0 and 1, got {gates!r}"
+@pytest.mark.parametrize(
+    "gates",
+    [(0.5, 0.5, 0.5), (0.5, 0.5, 0.5, 0.5, 0.5), ("a", "b", "c", "d"), (0.5, 0.5, 0.5, 1.5), (0.5, None, 0.5, 0.5),
+     "0.5,0.5,0.5,0.5"],
+)
+def test_bad_class_thresholds_are_refused(params: type, gates: object) -> None:
+    shown = list(gates) if isinstance(gates, tuple) else gates
+    message = f"class_thresholds must be empty or 4 values between 0 and 1, one per class, got {shown!r}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         params(class_thresholds=gates)
 
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)
-def test_class_thresholds_are_read_per_class(params: type) -> None:
-    assert params(class_thresholds=" 0, 1,0.5 ,0.25").class_gates() == (0.0, 1.0, 0.5, 0.25)
-    assert params().class_gates() == ()
+def test_class_thresholds_are_one_per_class(params: type) -> None:
+    assert params(class_thresholds=(0.0, 1.0, 0.5, 0.25)).class_thresholds == (0.0, 1.0, 0.5, 0.25)
+    assert params(class_thresholds=[0, 1, 0.5, 0.25]).class_thresholds == [0, 1, 0.5, 0.25]  # as TOML gives them
+    assert params().class_thresholds == ()
 
 
 @pytest.mark.parametrize("params", PARAMS_CLASSES)

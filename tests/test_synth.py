@@ -24,9 +24,6 @@ from stages.synth import SynthDataset, generate
 
 N_TRAIN, N_TEST = 32, 8
 
-# One worker for the file: its module fixtures generate once.
-pytestmark = pytest.mark.xdist_group("synth")
-
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as handle:

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from kernelgen.errors import MetadataError
-from kernelgen.validate import (
+from kernelgen.build.validate import (
     check_username,
     kernel_slug,
     validate_dataset_metadata,
     validate_kernel_metadata,
 )
+from kernelgen.errors import MetadataError
 
 WHERE = "stage 5 kernel-metadata.json"
 FILES = {"kernel-metadata.json": b"{}", "stage5.ipynb": b"{}"}

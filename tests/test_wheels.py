@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from kernelgen.build.kernel import write_kernels
+from kernelgen.build.wheels import wheel_house, wheel_houses
 from kernelgen.cli import main
-from kernelgen.pipeline import load_pipeline
-from kernelgen.project import Project
-from kernelgen.wheels import wheel_house, wheel_houses
+from kernelgen.spec.pipeline import load_pipeline
+from kernelgen.spec.project import Project
+from tests.rendering import render
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tinypipe"
 PIP_ENTRY = '\n[[pip]]\nmodule = "tinywheel"\nrequirement = "tinywheel==0.1"\n'
@@ -70,7 +72,7 @@ def test_an_offline_stage_with_pip_reads_a_wheel_house_and_online_stages_do_not(
     assert house is not None and house.slug.startswith("tiny-wheels-")
     assert wheel_house(pipeline, pipeline.stage(2)) is None  # no pip
     assert [h.slug for h in wheel_houses(pipeline, [1, 2])] == [house.slug]
-    kernel = Project.load(project_dir=tiny, cwd=tiny).render([1], username="me", wheel_versions={house.slug: 3})[0]
+    kernel = render(Project.load(project_dir=tiny, cwd=tiny), [1], username="me", wheel_versions={house.slug: 3})[0]
     meta = json.loads(kernel.files["kernel-metadata.json"])
     assert meta["enable_internet"] is False
     assert meta["kernel_sources"] == [f"me/{house.slug}/3"]
@@ -84,7 +86,7 @@ def test_the_pip_cell_installs_from_the_wheel_house_with_no_index(tiny: Path, wh
     """The rendered pip cell, run as the kernel runs it, installs the package with the
     index unreachable; without the house attached it stops with one line."""
     out = tmp_path / "kernels"
-    Project.load(project_dir=tiny, cwd=tiny).write(Project.load(project_dir=tiny, cwd=tiny).render([1], username="me"), out)
+    write_kernels(render(Project.load(project_dir=tiny, cwd=tiny), [1], username="me"), out)
     cell = pip_cell(out / "stage1" / "stage1.ipynb")
     assert "--no-index" in cell and cell.count('"install"') == 1
     pipeline = load_pipeline(tiny)

@@ -11,17 +11,26 @@ from typing import Protocol
 
 
 class RunStatus(str, Enum):
-    """A kernel run's state, the same for every backend."""
+    """A kernel run's state, the same for every backend.
+
+    `LOST` is a run that ended without a result because whatever ran it is gone (a
+    local run whose process was killed): nothing failed, and pushing again is right.
+    """
 
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETE = "complete"
     ERROR = "error"
     CANCELLED = "cancelled"
+    LOST = "lost"
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.COMPLETE, RunStatus.ERROR, RunStatus.CANCELLED)
+        return self is not RunStatus.QUEUED and self is not RunStatus.RUNNING
+
+    @property
+    def active(self) -> bool:
+        return not self.finished
 
 
 class DatasetStatus(str, Enum):
@@ -62,6 +71,35 @@ class PublishResult:
     url: str = ""
 
 
+class SubmissionStatus(str, Enum):
+    PENDING = "pending"
+    COMPLETE = "complete"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submission made: its reference (None where the backend gives none) and message."""
+
+    ref: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class SubmissionState:
+    """A submission as the competition sees it; scores are None until scored (the private
+    one until the competition ends)."""
+
+    ref: int | None
+    status: SubmissionStatus
+    public_score: float | None = None
+    private_score: float | None = None
+    message: str = ""
+    date: str = ""
+    description: str = ""
+    file_name: str = ""
+
+
 @dataclass(frozen=True)
 class GpuQuota:
     """The week's GPU time in hours: used, held by running sessions, allowed; and when
@@ -79,12 +117,20 @@ class GpuQuota:
 
 
 class Backend(Protocol):
-    """Push kernels, follow them, collect their outputs, publish datasets, submit."""
+    """Push kernels, follow them, collect their outputs, publish datasets, submit.
+
+    `draws_quota` says whether its GPU runs count against a weekly GPU quota."""
 
     name: str
+    draws_quota: bool
 
     def push(self, folder: Path) -> PushResult:
         """Push the rendered kernel in `folder` (kernel-metadata.json + notebook)."""
+        ...
+
+    def latest_version(self, kernel: str) -> int | None:
+        """The newest version number of `owner/slug`, None when it has none: what tells,
+        after a crash mid-push, whether the push went through."""
         ...
 
     def status(self, kernel: str) -> KernelState:
@@ -108,10 +154,39 @@ class Backend(Protocol):
         """Processing state of `owner/slug`'s latest version."""
         ...
 
-    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
-        """Submit a code-competition kernel version; returns the backend's message."""
+    def dataset_version(self, dataset: str) -> int | None:
+        """The newest version number of dataset `owner/slug`, None when it does not exist."""
+        ...
+
+    def publish_model(self, folder: Path) -> PublishResult:
+        """Add a version to the model instance in `folder` (model-metadata.json,
+        model-instance-metadata.json and the files), making the model and the instance,
+        private, the first time. `dataset` of the result is `owner/model/framework/variation`."""
+        ...
+
+    def model_version(self, instance: str) -> int | None:
+        """The newest available version of model instance `owner/model/framework/variation`,
+        None when the instance does not exist or has none available yet."""
+        ...
+
+    def submit(
+        self, competition: str, kernel: str, version: int, file_name: str, message: str
+    ) -> Submitted:
+        """Submit a code-competition kernel version."""
+        ...
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        """Where submission `ref` stands: pending, scored, or failed."""
+        ...
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        """The account's submissions to `competition`, newest first."""
         ...
 
     def quota(self) -> GpuQuota | None:
         """The weekly GPU quota, or None where runs draw on none."""
+        ...
+
+    def close(self) -> None:
+        """Let go of what the backend holds (threads, connections); runs on Kaggle go on."""
         ...

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import json
 import logging
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -40,9 +43,12 @@ from kernelgen.backends.base import (
     PublishResult,
     PushResult,
     RunStatus,
+    SubmissionState,
+    SubmissionStatus,
+    Submitted,
 )
-from kernelgen.errors import AuthError, BackendError, KernelgenError
-from kernelgen.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
+from kernelgen.backends.retry import FATAL, RetryExhausted, RetryPolicy, Verdict, call_with_retry
+from kernelgen.errors import AuthError, BackendError, KernelgenError, UnreachableError
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
@@ -53,6 +59,8 @@ _log = logging.getLogger(__name__)
 
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
+MODEL_METADATA = "model-metadata.json"
+MODEL_INSTANCE_METADATA = "model-instance-metadata.json"
 WEB = "https://www.kaggle.com"
 
 NO_CREDENTIALS = (
@@ -73,6 +81,14 @@ _KERNEL_STATUS = {
 _DATASET_FAILED = {"failed", "deleted"}
 
 _IMPORT_LOCK = threading.Lock()
+
+FIRST_CONTACT_SECONDS = 10.0
+"""Until a call has reached Kaggle once, how long a failing connection is retried before
+the cause is named: a command without a network says so within seconds."""
+
+
+def _to_stderr(line: str) -> None:
+    print(f"kernelgen: {line}", file=sys.stderr, flush=True)
 
 
 def _client_class() -> type[KaggleApi]:
@@ -104,7 +120,7 @@ def default_api_factory() -> KaggleApi:
                 f"Kaggle refused the access token (HTTP {status}); {NO_CREDENTIALS}"
             ) from None
         if _is_connection_error(exc):
-            raise BackendError("could not reach Kaggle to check the access token") from None
+            raise UnreachableError(f"could not reach Kaggle to check the access token: {unreachable_cause(exc)}") from None
         raise
     return api
 
@@ -118,6 +134,7 @@ class KaggleBackend:
     """Push, follow, collect, publish and submit through the official ``kaggle`` client."""
 
     name = "kaggle"
+    draws_quota = True
 
     def __init__(
         self,
@@ -127,14 +144,19 @@ class KaggleBackend:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
         retry: RetryPolicy | None = None,
+        first_contact: float = FIRST_CONTACT_SECONDS,
         output_page_size: int = 20,
         version_notes: str = "Published by kernelgen",
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self._api_factory = api_factory or default_api_factory
         self._sleep = sleep
         self._clock = clock
         self._rng = rng
         self._retry = retry or RetryPolicy()
+        self._first_contact = first_contact
+        self._reached = False
+        self._notify = notify or _to_stderr
         self._page_size = output_page_size
         self._version_notes = version_notes
         self._api: KaggleApi | None = None
@@ -157,6 +179,9 @@ class KaggleBackend:
         """The account the credentials belong to (owner of pushed kernels and datasets)."""
         return str(self._client().config_values.get("username") or "")
 
+    def close(self) -> None:
+        """Nothing to let go of: the client opens a connection per call."""
+
     def _call(
         self,
         what: str,
@@ -165,11 +190,17 @@ class KaggleBackend:
         idempotent: bool = True,
         recover: Callable[[], T | None] | None = None,
     ) -> T:
-        """Run one client operation under the retry policy; failures become BackendError."""
+        """Run one client operation under the retry policy; failures become BackendError.
+
+        Until one call has reached Kaggle, a name that does not resolve or a proxy that
+        cannot be used fails at once, and other connection failures are retried for
+        `first_contact` seconds only: a command without a network says so within seconds.
+        """
+        classify = _classify if self._reached else functools.partial(_classify_first, within=self._first_contact)
         try:
-            return call_with_retry(
+            result = call_with_retry(
                 op,
-                classify=_classify,
+                classify=classify,
                 policy=self._retry,
                 sleep=self._sleep,
                 clock=self._clock,
@@ -177,6 +208,7 @@ class KaggleBackend:
                 describe=what,
                 idempotent=idempotent,
                 recover=recover,
+                on_retry=lambda retrying: self._notify(self._redact(retrying.describe())),
             )
         except KernelgenError:
             raise
@@ -185,9 +217,13 @@ class KaggleBackend:
                 what, exc.last, suffix=f" (gave up after {exc.attempts} attempts)"
             ) from None
         except Exception as exc:
+            if _http_status(exc) is not None:
+                self._reached = True
             if _is_expected(exc):
                 raise self._error(what, exc) from None
             raise
+        self._reached = True
+        return result
 
     def _error(self, what: str, exc: BaseException, *, suffix: str = "") -> BackendError:
         status = _http_status(exc)
@@ -202,7 +238,7 @@ class KaggleBackend:
         if status is not None:
             return BackendError(f"{what}: HTTP {status}: {detail}{suffix}")
         if _is_connection_error(exc):
-            return BackendError(f"{what}: connection to Kaggle failed: {detail}{suffix}")
+            return UnreachableError(f"{what}: {unreachable_cause(exc)}{suffix}")
         return BackendError(f"{what}: {detail}{suffix}")
 
     def _redact(self, text: str) -> str:
@@ -252,6 +288,7 @@ class KaggleBackend:
             *response.invalid_dataset_sources,
             *response.invalid_competition_sources,
             *response.invalid_kernel_sources,
+            *response.invalid_model_sources,
         ]
         if rejected:
             raise BackendError(
@@ -260,6 +297,10 @@ class KaggleBackend:
             )
         url = response.url or f"{WEB}/code/{kernel}"
         return PushResult(kernel=kernel, version=version, url=url)
+
+    def latest_version(self, kernel: str) -> int | None:
+        owner, slug = kernel.split("/")[:2]
+        return self._kernel_version(owner, slug)
 
     def _kernel_version(self, owner: str, slug: str) -> int | None:
         """The kernel's current version number, or None if it does not exist yet."""
@@ -271,14 +312,9 @@ class KaggleBackend:
             request = ApiGetKernelRequest()
             request.user_name = owner
             request.kernel_slug = slug
-            try:
-                with api.build_kaggle_client() as client:
-                    response = client.kernels.kernels_api_client.get_kernel(request)
-            except Exception as exc:
-                if _http_status(exc) in (403, 404):  # Kaggle answers 403 for unknown kernels too
-                    return None
-                raise
-            metadata = response.metadata
+            with api.build_kaggle_client() as client:
+                response = _unless_absent(lambda: client.kernels.kernels_api_client.get_kernel(request))
+            metadata = None if response is None else response.metadata
             return metadata.current_version_number if metadata is not None else None
 
         return self._call(f"look up kernel {owner}/{slug}", lookup)
@@ -398,16 +434,18 @@ class KaggleBackend:
         api = self._client()
 
         def lookup() -> dict[str, Any] | None:
-            try:
-                raw = api.dataset_status(ref, format="json(status,current_version_number)")
-            except Exception as exc:
-                if _http_status(exc) in (403, 404):
-                    return None
-                raise
+            raw = _unless_absent(lambda: api.dataset_status(ref, format="json(status,current_version_number)"))
+            if raw is None:
+                return None
             info = json.loads(raw)
             return info if isinstance(info, dict) else None
 
         return self._call(f"look up dataset {ref}", lookup)
+
+    def dataset_version(self, dataset: str) -> int | None:
+        info = self._dataset_info("/".join(dataset.split("/")[:2]))
+        version = None if info is None else info.get("current_version_number")
+        return version if isinstance(version, int) else None
 
     def dataset_status(self, dataset: str) -> DatasetStatus:
         """Processing state of the latest version of ``owner/slug``."""
@@ -424,7 +462,7 @@ class KaggleBackend:
 
     def submit(
         self, competition: str, kernel: str, version: int, file_name: str, message: str
-    ) -> str:
+    ) -> Submitted:
         """Submit ``file_name`` from version ``version`` of ``kernel`` to a code competition.
 
         A submission is not retried after a failure that may have reached the
@@ -440,7 +478,101 @@ class KaggleBackend:
             ),
             idempotent=False,
         )
-        return self._redact(response.message or f"submitted {owner_slug} version {version}")
+        ref = getattr(response, "ref", None)
+        text = self._redact(response.message or f"submitted {owner_slug} version {version}")
+        return Submitted(int(ref) if ref else None, text)
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        """Where submission ``ref`` stands (Kaggle scores it a while after it is made)."""
+        api = self._client()
+        found = self._call(f"submission {ref} to {competition}", lambda: api.get_submission(ref))
+        return self._submission_state(found)
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        """The account's submissions to ``competition``, newest first (the first page)."""
+        api = self._client()
+        found = self._call(
+            f"submissions to {competition}", lambda: api.competition_submissions(competition)
+        )
+        return [self._submission_state(item) for item in found or [] if item is not None]
+
+    def _submission_state(self, item: Any) -> SubmissionState:
+        name = getattr(item.status, "name", str(item.status or "PENDING")).upper()
+        status = {"COMPLETE": SubmissionStatus.COMPLETE, "ERROR": SubmissionStatus.ERROR}.get(
+            name, SubmissionStatus.PENDING
+        )
+        date = item.date.isoformat(timespec="seconds") if getattr(item, "date", None) else ""
+        return SubmissionState(
+            ref=item.ref or None,
+            status=status,
+            public_score=_score(item.public_score),
+            private_score=_score(item.private_score),
+            message=self._redact(item.error_description or ""),
+            date=date,
+            description=self._redact(item.description or ""),
+            file_name=item.file_name or "",
+        )
+
+    # -- models -------------------------------------------------------------------------
+
+    def model_version(self, instance: str) -> int | None:
+        """The newest available version of ``owner/model/framework/variation``; None
+        while the instance does not exist or has no version available."""
+        found = self._model_instance(instance)
+        return None if found is None else found.version_number or None
+
+    def _model_instance(self, instance: str) -> Any:
+        """The instance as Kaggle describes it, None when it does not exist."""
+        api = self._client()
+        return self._call(f"look up model {instance}", lambda: _unless_absent(lambda: api.model_instance_get(instance)))
+
+    def _model_exists(self, model: str) -> bool:
+        api = self._client()
+        return self._call(f"look up model {model}", lambda: _unless_absent(lambda: api.model_get(model))) is not None
+
+    def publish_model(self, folder: Path) -> PublishResult:
+        """Add a version to the model instance in ``folder``: the model is made (private)
+        when it does not exist, and the instance, whose files are its first version, when
+        it does not. Kaggle then processes the version before kernels can mount it."""
+        folder = Path(folder)
+        model = _read_metadata(folder / MODEL_METADATA)
+        instance_meta = _read_metadata(folder / MODEL_INSTANCE_METADATA)
+        ref = f"{model.get('ownerSlug')}/{model.get('slug')}"
+        instance = f"{ref}/{instance_meta.get('framework')}/{instance_meta.get('instanceSlug')}"
+        api = self._client()
+        if not self._model_exists(ref):
+            response = self._call(
+                f"create model {ref}", lambda: api.model_create_new(str(folder)), idempotent=False
+            )
+            if response.error:
+                raise BackendError(
+                    f"create model {ref}: Kaggle refused it: {self._redact(response.error)}"
+                )
+        before = self.model_version(instance)
+        if before is None and self._model_instance(instance) is None:
+            what = f"create model instance {instance}"
+
+            def publish_once() -> Any:
+                return api.model_instance_create(str(folder), quiet=True)
+
+        else:
+            what = f"new version of model {instance}"
+
+            def publish_once() -> Any:
+                return api.model_instance_version_create(
+                    instance, str(folder), self._version_notes, quiet=True
+                )
+
+        def landed() -> Any:
+            now = self.model_version(instance)
+            return now if now is not None and (before is None or now > before) else None
+
+        response = self._call(what, publish_once, idempotent=False, recover=landed)
+        if getattr(response, "error", ""):
+            raise BackendError(f"{what}: Kaggle refused it: {self._redact(response.error)}")
+        return PublishResult(
+            dataset=instance, created=before is None, url=f"{WEB}/models/{instance}"
+        )
 
 
     # -- quota --------------------------------------------------------------------------
@@ -464,6 +596,14 @@ class KaggleBackend:
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _score(text: str | None) -> float | None:
+    """A score as Kaggle sends it (text, empty until scored)."""
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 def _hours(duration: timedelta | None) -> float:
@@ -530,6 +670,17 @@ def _response(exc: BaseException) -> Any:
         if isinstance(getattr(response, "status_code", None), int):
             return response
     return None
+
+
+def _unless_absent(fetch: Callable[[], T]) -> T | None:
+    """What `fetch` returns, None when Kaggle answers that it does not exist (404, or 403,
+    which Kaggle also answers for another account's private or unknown items)."""
+    try:
+        return fetch()
+    except Exception as exc:
+        if _http_status(exc) in (403, 404):
+            return None
+        raise
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -604,8 +755,81 @@ def _classify(exc: BaseException) -> Verdict:
     if status is not None:
         return FATAL
     if _is_connection_error(exc):
-        return Verdict(retry=True, safe=_never_connected(exc), reason="connection failed")
+        return Verdict(retry=True, safe=_never_connected(exc), reason=unreachable_cause(exc))
     return FATAL
+
+
+def _classify_first(exc: BaseException, *, within: float) -> Verdict:
+    """Before any call has reached Kaggle: a name that does not resolve or a proxy that
+    cannot be used will not mend itself in seconds, so it is final; another connection
+    failure is retried for `within` seconds."""
+    verdict = _classify(exc)
+    if _http_status(exc) is not None or not _is_connection_error(exc):
+        return verdict
+    if _dns_failure(exc) or _proxy_failure(exc):
+        return FATAL
+    return replace(verdict, within=within)
+
+
+def _dns_failure(exc: BaseException) -> bool:
+    import socket
+
+    import urllib3.exceptions
+
+    return any(
+        isinstance(item, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for item in _causes(exc)
+    )
+
+
+def _proxy_failure(exc: BaseException) -> bool:
+    import requests
+    import urllib3.exceptions
+
+    return any(
+        isinstance(item, (requests.exceptions.ProxyError, urllib3.exceptions.ProxyError)) for item in _causes(exc)
+    )
+
+
+def _dropped(exc: BaseException) -> bool:
+    """The connection was made and then cut before an answer came."""
+    import http.client
+
+    import urllib3.exceptions
+
+    cut = (http.client.RemoteDisconnected, ConnectionResetError, urllib3.exceptions.ProtocolError)
+    return any(isinstance(item, cut) for item in _causes(exc))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it was raised from, and what requests and urllib3 wrapped in it."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), getattr(item, "original_error", None)])
+        stack.extend(item.args)
+
+
+def unreachable_cause(exc: BaseException) -> str:
+    """Why Kaggle could not be reached, in words: DNS, a proxy, or the connection itself."""
+    import os
+
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HTTP_PROXY") or os.environ.get("http_proxy")
+    if _dropped(exc):
+        through = f" (through the proxy {proxy})" if proxy else ""
+        return f"the connection to Kaggle was dropped before an answer{through}"
+    if _proxy_failure(exc):
+        what = "does not resolve (DNS)" if _dns_failure(exc) else "cannot be reached"
+        return f"the proxy {proxy or '(from the environment)'} {what}; check HTTPS_PROXY / HTTP_PROXY"
+    if _dns_failure(exc):
+        return "the Kaggle API's host name does not resolve (DNS): no network, or no name server reachable"
+    if _never_connected(exc):
+        return "the connection to Kaggle was refused or timed out: no network, or Kaggle is unreachable"
+    return f"the connection to Kaggle failed: {_short(exc, 160)}"
 
 
 def _is_expected(exc: BaseException) -> bool:

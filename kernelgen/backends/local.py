@@ -4,6 +4,7 @@ Layout of the store folder:
     kernels/<owner>/<slug>/<version>/   the pushed kernel, its run root and status.json
                                         (a kernel_sources entry mounts a run's root/working)
     datasets/<owner>/<slug>/<version>/  published files
+    models/<owner>/<model>/<framework>/<variation>/<version>/   model versions' files
     submissions.jsonl                   one line per submission
 Runs execute in background threads (each in its own Python kernel), so the chain
 can follow several at once, as it does on Kaggle.
@@ -12,8 +13,8 @@ can follow several at once, as it does on Kaggle.
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,9 +28,13 @@ from kernelgen.backends.base import (
     PublishResult,
     PushResult,
     RunStatus,
+    SubmissionState,
+    SubmissionStatus,
+    Submitted,
 )
+from kernelgen.backends.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
 from kernelgen.errors import BackendError
-from kernelgen.execute import DEFAULT_JUPYTER_KERNEL, execute_notebook
+from kernelgen.files import write_atomic, write_json_atomic
 
 STATUS_FILE = "status.json"
 LIVE_LOG = "live.log"
@@ -42,10 +47,8 @@ def _read_json(path: Path) -> dict:
         raise BackendError(f"{path}: cannot read ({exc})") from None
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+def _write_status(run_dir: Path, status: RunStatus, message: str = "") -> None:
+    write_json_atomic(run_dir / STATUS_FILE, {"status": status.value, "message": message})
 
 
 def _versions(folder: Path) -> list[int]:
@@ -70,6 +73,7 @@ class LocalBackend:
     and `jupyter_kernel` the Jupyter kernel that runs the notebooks."""
 
     name = "local"
+    draws_quota = False
 
     def __init__(
         self,
@@ -122,6 +126,14 @@ class LocalBackend:
         for ref in meta.get("dataset_sources", []):
             folder = _pick_version(self._dataset_dir(ref), ref, "dataset")
             (inputs / ref.split("/")[1]).symlink_to(folder, target_is_directory=True)
+        for ref in meta.get("model_sources", []):  # a model version, where newer images mount it
+            parts = ref.split("/")
+            folder = self._model_dir(ref) / parts[-1]
+            if len(parts) != 5 or not folder.is_dir():
+                raise BackendError(f"model {ref} does not exist in the local store")
+            mount = inputs / "models" / ref
+            mount.parent.mkdir(parents=True, exist_ok=True)
+            mount.symlink_to(folder, target_is_directory=True)
         for ref in meta.get("kernel_sources", []):  # another run's outputs, where Kaggle mounts them
             owner, slug = ref.split("/")[:2]
             working = self._run_dir(ref) / "root" / "working"
@@ -140,15 +152,15 @@ class LocalBackend:
         try:
             self._mount(root, meta)
         except BackendError as exc:
-            _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})
+            _write_status(run_dir, RunStatus.ERROR, str(exc))
             raise
-        _write_json(run_dir / STATUS_FILE, {"status": RunStatus.QUEUED.value, "message": ""})
+        _write_status(run_dir, RunStatus.QUEUED)
         notebook = (folder / meta["code_file"]).read_bytes()
         self._futures[run_dir] = self._pool.submit(self._execute, run_dir, root, notebook, kernel)
         return PushResult(kernel=kernel, version=version, url=run_dir.as_uri())
 
     def _execute(self, run_dir: Path, root: Path, notebook: bytes, kernel: str) -> None:
-        _write_json(run_dir / STATUS_FILE, {"status": RunStatus.RUNNING.value, "message": ""})
+        _write_status(run_dir, RunStatus.RUNNING)
         try:
             result = execute_notebook(
                 notebook,
@@ -160,19 +172,20 @@ class LocalBackend:
                 live_log=run_dir / LIVE_LOG,
             )
         except Exception as exc:
-            (run_dir / "log.txt").write_text(f"{type(exc).__name__}: {exc}\n", encoding="utf-8")
-            _write_json(run_dir / STATUS_FILE, {"status": RunStatus.ERROR.value, "message": str(exc)})
+            write_atomic(run_dir / "log.txt", f"{type(exc).__name__}: {exc}\n")
+            _write_status(run_dir, RunStatus.ERROR, str(exc))
             return
-        (run_dir / "log.txt").write_text(result.log, encoding="utf-8")
-        status = RunStatus.COMPLETE if result.ok else RunStatus.ERROR
-        _write_json(run_dir / STATUS_FILE, {"status": status.value, "message": result.error})
+        write_atomic(run_dir / "log.txt", result.log)
+        _write_status(run_dir, RunStatus.COMPLETE if result.ok else RunStatus.ERROR, result.error)
 
     def status(self, kernel: str) -> KernelState:
         run_dir = self._run_dir(kernel)
+        if not (run_dir / STATUS_FILE).is_file():
+            return KernelState(RunStatus.LOST, "the local push did not finish (the process making it ended)")
         record = _read_json(run_dir / STATUS_FILE)
         status = RunStatus(record["status"])
         if not status.finished and run_dir not in self._futures:
-            return KernelState(RunStatus.ERROR, "the local run was interrupted (its process ended)")
+            return KernelState(RunStatus.LOST, "the local run was interrupted (the process running it ended)")
         return KernelState(status, record.get("message", ""))
 
     def output(self, kernel: str, dest: Path) -> KernelOutput:
@@ -202,26 +215,112 @@ class LocalBackend:
             if finished or line.endswith("\n"):
                 yield line
 
+    def latest_version(self, kernel: str) -> int | None:
+        versions = _versions(self._kernel_dir(kernel))
+        return versions[-1] if versions else None
+
     def publish(self, folder: Path) -> PublishResult:
+        """A new version folder, filled under a hidden name and renamed whole into place."""
         meta = _read_json(folder / "dataset-metadata.json")
         dataset = meta["id"]
-        version, target = self._new_version(self._dataset_dir(dataset))
+        base = self._dataset_dir(dataset)
+        base.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.name != "dataset-metadata.json":
-                shutil.copy2(path, target / path.name)
+                shutil.copy2(path, scratch / path.name)
+        with self._lock:
+            version = (_versions(base) or [0])[-1] + 1
+            target = base / str(version)
+            scratch.rename(target)
         return PublishResult(dataset=dataset, created=version == 1, url=target.as_uri())
 
     def dataset_status(self, dataset: str) -> DatasetStatus:
         return DatasetStatus.READY if _versions(self._dataset_dir(dataset)) else DatasetStatus.ERROR
 
-    def submit(self, competition: str, kernel: str, version: int, file_name: str, message: str) -> str:
+    def dataset_version(self, dataset: str) -> int | None:
+        versions = _versions(self._dataset_dir(dataset))
+        return versions[-1] if versions else None
+
+    def submit(
+        self, competition: str, kernel: str, version: int, file_name: str, message: str
+    ) -> Submitted:
         output = self._run_dir(f"{kernel}/{version}") / "root" / "working" / file_name
         if not output.is_file():
             raise BackendError(f"kernel {kernel} version {version} has no output {file_name}")
-        record = {"competition": competition, "kernel": kernel, "version": version, "file": file_name, "message": message}
-        with (self.store / "submissions.jsonl").open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
-        return f"recorded a local submission of {kernel} version {version} ({file_name})"
+        with self._lock:
+            ref = len(self._submission_records()) + 1
+            record = {
+                "ref": ref,
+                "competition": competition,
+                "kernel": kernel,
+                "version": version,
+                "file": file_name,
+                "message": message,
+            }
+            with (self.store / "submissions.jsonl").open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+        return Submitted(
+            ref, f"recorded a local submission of {kernel} version {version} ({file_name})"
+        )
+
+    def _submission_records(self) -> list[dict]:
+        path = self.store / "submissions.jsonl"
+        if not path.is_file():
+            return []
+        return [
+            json.loads(line)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+
+    def _submission_state(self, record: dict) -> SubmissionState:
+        return SubmissionState(
+            ref=record.get("ref"),
+            status=SubmissionStatus.COMPLETE,
+            message="local submissions are recorded, not scored",
+            description=record.get("message", ""),
+            file_name=record.get("file", ""),
+        )
+
+    def submission(self, competition: str, ref: int) -> SubmissionState:
+        for record in self._submission_records():
+            if record.get("ref") == ref and record.get("competition") == competition:
+                return self._submission_state(record)
+        raise BackendError(f"no local submission {ref} to {competition}")
+
+    def submissions(self, competition: str) -> list[SubmissionState]:
+        found = [r for r in self._submission_records() if r.get("competition") == competition]
+        return [self._submission_state(r) for r in reversed(found)]
+
+    def publish_model(self, folder: Path) -> PublishResult:
+        """A new version folder of the model instance, filled under a hidden name and renamed
+        whole into place."""
+        model = _read_json(folder / "model-metadata.json")
+        instance = _read_json(folder / "model-instance-metadata.json")
+        handle = f"{model['ownerSlug']}/{model['slug']}/{instance['framework']}/{instance['instanceSlug']}"
+        base = self._model_dir(handle)
+        base.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name not in (
+                "model-metadata.json",
+                "model-instance-metadata.json",
+            ):
+                shutil.copy2(path, scratch / path.name)
+        with self._lock:
+            version = (_versions(base) or [0])[-1] + 1
+            target = base / str(version)
+            scratch.rename(target)
+        return PublishResult(dataset=handle, created=version == 1, url=target.as_uri())
+
+    def model_version(self, instance: str) -> int | None:
+        versions = _versions(self._model_dir(instance))
+        return versions[-1] if versions else None
+
+    def _model_dir(self, handle: str) -> Path:
+        owner, model, framework, variation = handle.split("/")[:4]
+        return self.store / "models" / owner / model / framework / variation
 
     def quota(self) -> GpuQuota | None:
         """Runs here draw on no quota."""

@@ -5,6 +5,6 @@ Pipelines add panels built from `kernelgen.report.panel` through their report ho
 `kernelgen.report.hooks.ReportContext`.
 """
 
-from kernelgen.report.build import REPORT_FILE, build_report, write_report
+from kernelgen.report.build import build_report, write_report
 
-__all__ = ["REPORT_FILE", "build_report", "write_report"]
+__all__ = ["build_report", "write_report"]

@@ -7,28 +7,26 @@ pipeline; a pipeline adds its own through its report hook.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kernelgen.chain import Phase
-from kernelgen.errors import KernelgenError
-from kernelgen.progress import format_elapsed
-from kernelgen.project import Project
+from kernelgen.clock import format_elapsed
+from kernelgen.errors import LedgerError, WorkFolderError
+from kernelgen.files import write_atomic
 from kernelgen.report.changes import compare_states
-from kernelgen.report.charts import history_chart, stage_graph, timeline
+from kernelgen.report.charts import history_chart, metrics_chart, score_chart, stage_graph, timeline
 from kernelgen.report.history import HISTORY_FILE, read_history
 from kernelgen.report.hooks import context_for, pipeline_panels
 from kernelgen.report.html import render_html
 from kernelgen.report.panel import Block, Figure, Note, Panel, Stats, Table
 from kernelgen.report.plotting import NO_MATPLOTLIB, has_matplotlib
 from kernelgen.report.workfolder import WorkFolder, read_work_folder
-from kernelgen.state import PREVIOUS_STATE_FILE
-
-REPORT_FILE = "report.html"
-SUBMISSION_FILE = "submission.csv"
+from kernelgen.run.ledger import read_runs
+from kernelgen.run.state import PREVIOUS_STATE_FILE, Phase
+from kernelgen.run.workspace import WorkPaths
+from kernelgen.spec.project import Project
 
 
 @dataclass(frozen=True)
@@ -142,6 +140,40 @@ def _curves_panel(folder: WorkFolder) -> Panel | None:
     return Panel("curves", "Learning curves", tuple(blocks), f"From each stage's {HISTORY_FILE}.")
 
 
+def _runs_panel(folder: WorkFolder, validation: str | None) -> tuple[Panel | None, list[str]]:
+    """The work folder's ledger: each run, each metric across runs, and the validation
+    metric against the public score."""
+    try:
+        runs = read_runs(folder.paths.ledger)
+    except LedgerError as exc:
+        return None, [str(exc)]
+    if not runs:
+        return None, []
+    rows = []
+    for run in reversed(runs):
+        stages = ", ".join(f"{n} {phase}" for n, phase in run.stages.items())
+        public = "" if run.public_score is None else f"{run.public_score:.5f}"
+        rows.append((run.id, run.started, run.outcome or "did not end", run.command, stages, f"{run.gpu_hours:.2f}", public))
+    blocks: list[Block] = [
+        Table.of(("run", "started", "outcome", "command", "stages", "GPU hours", "public score"), rows)
+    ]
+    plotted = has_matplotlib()
+    chart = metrics_chart(runs) if plotted else None
+    if chart is not None:
+        blocks.append(chart)
+    elif any(run.metrics for run in runs):
+        names = sorted({name for run in runs for name in run.metrics})
+        table_rows = [(run.id, *(_value(run.metrics.get(n)) for n in names)) for run in runs]
+        blocks.append(Table.of(("run", *names), table_rows, "Metrics across runs"))
+    if validation is not None:
+        scored = score_chart(runs, validation) if plotted else None
+        if scored is not None:
+            blocks.append(scored)
+        else:
+            blocks.append(Note(f"No run has both {validation} and a public score yet."))
+    return Panel("runs", "Runs", tuple(blocks), f"Every run recorded in {folder.paths.ledger.name}, newest first."), []
+
+
 def _params_panel(folder: WorkFolder) -> Panel:
     blocks: list[Block] = []
     for number, facts in folder.stages.items():
@@ -166,7 +198,7 @@ def build_report(project: Project, workdir: Path) -> Report:
     for number, facts in folder.stages.items():
         problems.extend(f"stage {number}: {text}" for text in facts.missing)
     last = list(folder.stages)[-1] if folder.stages else pipeline.default_stages[-1]
-    candidate = folder.outputs / f"stage{last}" / SUBMISSION_FILE
+    candidate = folder.paths.submission(last)
     submission = candidate if candidate.is_file() else None
     summary, notes = _summary(folder, submission)
     figures = [f for f in (stage_graph(folder.stages), timeline(folder.latest_run())) if f is not None]
@@ -177,7 +209,15 @@ def build_report(project: Project, workdir: Path) -> Report:
     for panel in own:
         problems.extend(f"{panel.title}: {text}" for text in panel.missing)
     curves = _curves_panel(folder)
-    panels = [_changes_panel(folder), *([curves] if curves else []), *own, _params_panel(folder)]
+    runs, ledger_problems = _runs_panel(folder, pipeline.report.validation)
+    problems.extend(ledger_problems)
+    panels = [
+        _changes_panel(folder),
+        *([runs] if runs else []),
+        *([curves] if curves else []),
+        *own,
+        _params_panel(folder),
+    ]
     generated = datetime.fromtimestamp(time.time(), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return Report(
         title=f"kernelgen report: {folder.path.name}",
@@ -194,11 +234,7 @@ def build_report(project: Project, workdir: Path) -> Report:
 def write_report(project: Project, workdir: Path, out: Path | None = None) -> Path:
     """Write the report of `workdir` to `out` (default `workdir/report.html`); returns its path."""
     if not workdir.is_dir():
-        raise KernelgenError(f"work folder {workdir} does not exist")
-    target = (out or workdir / REPORT_FILE).resolve()
-    text = render_html(build_report(project, workdir))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, target)
+        raise WorkFolderError(f"work folder {workdir} does not exist")
+    target = (out or WorkPaths(workdir).report).resolve()
+    write_atomic(target, render_html(build_report(project, workdir)))
     return target

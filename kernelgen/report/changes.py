@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from kernelgen.state import ChainState, StageRecord
+from kernelgen.run.state import ChainState, StageRecord
 
 _ABSENT = object()
 

@@ -9,12 +9,13 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 
-from kernelgen.chain import Phase
-from kernelgen.progress import format_elapsed
+from kernelgen.clock import format_elapsed
 from kernelgen.report.history import History
 from kernelgen.report.panel import Figure
 from kernelgen.report.plotting import figure_block, new_figure
 from kernelgen.report.workfolder import StageFacts
+from kernelgen.run.ledger import RunSummary
+from kernelgen.run.state import Phase
 
 PHASE_COLOURS: dict[Phase, str] = {
     Phase.WAITING: "#d9d9d9",
@@ -24,6 +25,7 @@ PHASE_COLOURS: dict[Phase, str] = {
     Phase.UNCHANGED: "#c8ecd0",
     Phase.ERROR: "#f28b82",
     Phase.CANCELLED: "#f6b26b",
+    Phase.LOST: "#f6b26b",
     Phase.BLOCKED: "#ffe08a",
 }
 
@@ -188,3 +190,46 @@ def history_chart(history: History, title: str) -> Figure | None:
     fig.suptitle(title, fontsize=11)
     described = "; ".join(f"{name}: {', '.join(cols)}" for name, cols in groups)
     return figure_block(fig, alt=f"{title}. {described}")
+
+
+def metrics_chart(runs: Sequence[RunSummary]) -> Figure | None:
+    """Each metric across the runs that recorded it, one small chart a metric."""
+    names = sorted({name for run in runs for name in run.metrics})
+    if not names:
+        return None
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig = new_figure(3.6 * columns, 2.6 * rows)
+    if fig is None:
+        return None
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax, name in zip(axes, names, strict=False):
+        points = [(run.id, run.metrics[name]) for run in runs if name in run.metrics]
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-o", markersize=4)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("run")
+        ax.set_xticks([p[0] for p in points])
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    return figure_block(fig, alt=f"Metrics across runs: {', '.join(names)}")
+
+
+def score_chart(runs: Sequence[RunSummary], validation: str) -> Figure | None:
+    """The validation metric against the public score, a point a submitted run."""
+    points = [(run.metrics[validation], run.public_score, run.id) for run in runs
+              if validation in run.metrics and run.public_score is not None]
+    if not points:
+        return None
+    fig = new_figure(4.2, 3.4)
+    if fig is None:
+        return None
+    ax = fig.subplots()
+    ax.scatter([p[0] for p in points], [p[1] for p in points])
+    for x, y, run_id in points:
+        ax.annotate(f"run {run_id}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(validation)
+    ax.set_ylabel("public score")
+    ax.grid(alpha=0.3)
+    described = "; ".join(f"run {r}: {x:.4g} vs {y:.5f}" for x, y, r in points)
+    return figure_block(fig, alt=f"{validation} against the public score: {described}")

@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kernelgen.config import Config
-from kernelgen.localdata import LOCAL_DATA_DIR, competitions
-from kernelgen.pipeline import PIPELINE_FILE, Pipeline
+from kernelgen.errors import KernelgenError
 from kernelgen.report.panel import Panel
 from kernelgen.report.workfolder import StageFacts, WorkFolder
-from kernelgen.runner import load_project_function
+from kernelgen.run.localdata import competitions
+from kernelgen.run.workspace import WorkPaths
+from kernelgen.spec.config import Config
+from kernelgen.spec.imports import load_project_function
+from kernelgen.spec.pipeline import PIPELINE_FILE, Pipeline
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class ReportContext:
 
     def outputs(self, number: int) -> Path:
         """Where stage `number`'s downloaded outputs are (the folder may not exist)."""
-        return self.workdir / "outputs" / f"stage{number}"
+        return WorkPaths(self.workdir).outputs(number)
 
     def params(self, number: int) -> dict[str, Any]:
         """The parameters stage `number` last ran with; empty when it has not run."""
@@ -48,7 +50,7 @@ def competition_dirs(pipeline: Pipeline, config: Config, workdir: Path) -> dict[
     found = {}
     for slug in competitions(pipeline):
         candidates = [config.data] if config.data is not None else []
-        candidates.append(workdir / LOCAL_DATA_DIR / "input" / slug)
+        candidates.append(WorkPaths(workdir).local_data / "input" / slug)
         for folder in candidates:
             if folder is not None and folder.is_dir():
                 found[slug] = folder.resolve()
@@ -63,9 +65,9 @@ def pipeline_panels(context: ReportContext) -> tuple[list[Panel], list[str]]:
         return [], []
     where = context.pipeline.source / PIPELINE_FILE
     try:
-        hook = load_project_function(context.pipeline, name)
-    except (ImportError, AttributeError) as exc:
-        return [], [f"report.panels {name!r} ({where}) cannot be loaded: {exc}"]
+        hook = load_project_function(context.pipeline, name, purpose="report.panels")
+    except KernelgenError as exc:
+        return [], [f"{exc} ({where})"]
     try:
         panels = list(hook(context))
     except Exception as exc:  # the pipeline's code: its failure is reported, the report still written

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import jinja2
 
+from kernelgen.clock import format_elapsed
 from kernelgen.errors import RenderError
-from kernelgen.progress import format_elapsed
 from kernelgen.report.charts import PHASE_COLOURS
-from kernelgen.resources import templates_dir
+from kernelgen.spec.resources import templates_dir
 
 if TYPE_CHECKING:
     from kernelgen.report.build import Report

@@ -12,21 +12,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kernelgen.accelerators import AcceleratorKind
 from kernelgen.backends.base import RunStatus
-from kernelgen.chain import Phase
-from kernelgen.datasets import missing_files
+from kernelgen.build.datasets import missing_files
+from kernelgen.clock import parse_timestamp
 from kernelgen.errors import KernelgenError
-from kernelgen.pipeline import Pipeline, StageSpec
-from kernelgen.state import (
-    PREVIOUS_STATE_FILE,
-    STATE_FILE,
-    ChainState,
-    StageRecord,
-    parse_timestamp,
-)
+from kernelgen.files import log_tail
+from kernelgen.run.state import STATE_FILE, ChainState, Phase, StageRecord
+from kernelgen.run.workspace import WorkPaths
+from kernelgen.spec.machine import AcceleratorKind
+from kernelgen.spec.pipeline import Pipeline, StageSpec
 
-LOG_LINES = 20
 UNKNOWN_SOURCE = "not recorded"
 
 
@@ -103,8 +98,8 @@ class WorkFolder:
     problems: tuple[str, ...]
 
     @property
-    def outputs(self) -> Path:
-        return self.path / "outputs"
+    def paths(self) -> WorkPaths:
+        return WorkPaths(self.path)
 
     def latest_run(self) -> list[StageFacts]:
         """The timed stages of the latest chain run: those it did not find unchanged.
@@ -144,8 +139,7 @@ def _log_tail(outputs: Path, kernel: str) -> str:
     log = outputs / f"{kernel.split('/')[-1]}.log" if kernel else None
     if log is None or not log.is_file():
         return ""
-    lines = log.read_text(encoding="utf-8", errors="replace").rstrip().splitlines()
-    return "\n".join(lines[-LOG_LINES:])
+    return log_tail(log.read_text(encoding="utf-8", errors="replace"))
 
 
 def _missing(number: int, phase: Phase, record: StageRecord | None, outputs: Path, needs: tuple[int, ...]) -> list[str]:
@@ -165,13 +159,13 @@ def _missing(number: int, phase: Phase, record: StageRecord | None, outputs: Pat
 
 
 def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
-    path = workdir.resolve()
-    outputs = path / "outputs"
+    paths = WorkPaths(workdir.resolve())
+    path = paths.root
     problems: list[str] = []
-    state = _read_state(path / STATE_FILE, problems, STATE_FILE)
+    state = _read_state(paths.state, problems, STATE_FILE)
     if state is None and not problems:
         problems.append(f"no {STATE_FILE} in {path}: nothing has run in this work folder (or --workdir names another)")
-    previous = _read_state(path / PREVIOUS_STATE_FILE, problems, PREVIOUS_STATE_FILE)
+    previous = _read_state(paths.previous_state, problems, paths.previous_state.name)
     records = state.stages if state else {}
     before = previous.stages if previous else {}
     stages: dict[int, StageFacts] = {}
@@ -182,7 +176,7 @@ def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
         needs = pipeline.dependencies[number]
         record = records.get(number)
         phase = _phase(record, before.get(number), [stages[n].phase for n in needs if n in stages])
-        folder = outputs / spec.name
+        folder = paths.outputs(number)
         params = ()
         if record is not None:
             params = tuple(
@@ -209,9 +203,9 @@ def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
         )
     for slug, dataset in pipeline.datasets.items():
         if all(stages[n].phase.done for n in dataset.stages):
-            absent = missing_files(dataset, outputs)
+            absent = missing_files(dataset, paths.outputs)
             if absent:
-                names = ", ".join(str(p.relative_to(outputs)) for p in absent)
+                names = ", ".join(str(p.relative_to(paths.outputs_root)) for p in absent)
                 problems.append(f"dataset {slug} is declared with files the outputs lack: {names}")
     ordered = dict(sorted(stages.items()))
     return WorkFolder(path, state.backend if state else "", state, previous, ordered, tuple(problems))

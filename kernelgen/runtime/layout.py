@@ -5,7 +5,8 @@
 # named by the `KERNELGEN_ROOT` environment variable (and `KERNELGEN_WORKING`
 # may put the outputs elsewhere). An input read from another kernel's output is
 # mounted under that kernel's slug; `aliases` lets a stage ask for it by the
-# dataset slug all the same.
+# dataset slug all the same. An input published as a Kaggle Model version is
+# mounted under the model's path; `models` names that version by the dataset slug.
 
 # %%
 import os
@@ -27,19 +28,24 @@ class Layout:
     root: Path
     working_dir: Path | None = None
     aliases: Mapping[str, str] = field(default_factory=dict)
+    models: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def kaggle(cls, aliases: Mapping[str, str] | None = None) -> "Layout":
+    def kaggle(
+        cls, aliases: Mapping[str, str] | None = None, models: Mapping[str, str] | None = None
+    ) -> "Layout":
         """The layout of a running kernel: `/kaggle`, or `$KERNELGEN_ROOT` when set.
 
         `aliases` maps a dataset slug to the slug of the kernel whose output the
-        kernel reads in its place.
+        kernel reads in its place; `models` maps a dataset slug to the model version
+        (`owner/model/framework/variation/version`) it reads in its place.
         """
         working = os.environ.get(WORKING_ENV)
         return cls(
             Path(os.environ.get(ROOT_ENV) or KAGGLE_ROOT),
             working_dir=Path(working) if working else None,
             aliases=dict(aliases or {}),
+            models=dict(models or {}),
         )
 
     @property
@@ -58,6 +64,12 @@ class Layout:
         """Every place a source named `slug` may be mounted, most specific first."""
         base = self.root / "input"
         found = []
+        if slug in self.models:
+            owner, model, framework, variation, version = self.models[slug].split("/")
+            found += [
+                base / model / framework / variation / version,
+                base / "models" / owner / model / framework / variation / version,
+            ]
         for name in self.names(slug):
             found += [base / name, base / "competitions" / name]
             for kind in ("datasets", "notebooks"):

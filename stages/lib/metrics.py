@@ -5,6 +5,9 @@
 # pixel as defect, so threshold probabilities before scoring them.
 
 # %%
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -142,3 +145,34 @@ def mean_dice_rle(
             shared = _overlap(p_starts, p_lengths, t_starts, t_lengths)
             total += 2.0 * shared / (int(p_lengths.sum()) + int(t_lengths.sum()))
     return total / len(merged)
+
+
+# %% [markdown]
+# ## Figures for the run ledger
+# A stage writes its headline figures to `metrics.json`; kernelgen's ledger records
+# each as `stageN.<name>`, so runs can be compared on them.
+
+# %%
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Probability that a random positive (label 1) outscores a random negative, ties
+    counting half; NaN when either kind is missing."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # tied scores share the mean of their ranks
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def write_metrics(folder: Path, values: dict[str, float]) -> Path:
+    """`folder/metrics.json`: the finite figures of `values`, names sorted."""
+    kept = {name: float(value) for name, value in sorted(values.items()) if np.isfinite(value)}
+    path = folder / "metrics.json"
+    path.write_text(json.dumps(kept, indent=2) + "\n")
+    return path

@@ -1,0 +1,76 @@
+# %% [markdown]
+# ## Prediction at full size
+# Logits go back to 256x1600 (bilinear) before the sigmoid, whatever size the
+# network ran at; then the threshold, the region and area filters and the RLE.
+# For the post-processing search the probabilities themselves are kept, as
+# uint8, so a validation split of real size fits in memory.
+
+# %%
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from stages.lib.rle import rle_encode
+from stages.lib.seg.device import DeviceSetup, prepare_images
+from stages.lib.seg.model import flip_logits
+from stages.lib.seg.postprocess import drop_small_totals, remove_small
+from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
+
+
+def _full_size_logits(
+    model: nn.Module, images: torch.Tensor, setup: DeviceSetup, tta: str
+) -> torch.Tensor:
+    logits = flip_logits(model, prepare_images(images, setup), setup, tta)
+    if tuple(logits.shape[-2:]) != IMAGE_SHAPE:
+        logits = F.interpolate(logits, size=IMAGE_SHAPE, mode="bilinear", align_corners=False)
+    return logits
+
+
+def full_size_probs(
+    model: nn.Module, loader: DataLoader, setup: DeviceSetup, tta: str = "none"
+) -> np.ndarray:
+    """Sigmoid maps at 256x1600 for every image of `loader` (items may carry masks),
+    as uint8 holding round(255 p)."""
+    model.eval()
+    out: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in loader:
+            images = batch[0] if isinstance(batch, (list, tuple)) else batch
+            logits = _full_size_logits(model, images, setup, tta)
+            out.append(
+                torch.round(torch.sigmoid(logits) * 255).to(torch.uint8).cpu().numpy()
+            )
+    return np.concatenate(out) if out else np.zeros((0, len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
+
+
+def predict(
+    model: nn.Module,
+    loader: DataLoader,
+    setup: DeviceSetup,
+    threshold: "float | Sequence[float]",
+    min_size: "int | Sequence[int]",
+    tta: str = "none",
+    min_area: "int | Sequence[int]" = 0,
+) -> list[list[str]]:
+    """Per image (loader order), the RLE of each class after threshold, size filter and
+    total-area filter.
+
+    `threshold`, `min_size` and `min_area` are one value for all classes or one per
+    class; `tta` averages the logits over flips (see `flip_logits`).
+    """
+    if np.ndim(threshold):
+        threshold = torch.tensor(list(threshold), dtype=torch.float32).view(1, -1, 1, 1)
+        threshold = threshold.to(setup.device)
+    model.eval()
+    encoded: list[list[str]] = []
+    with torch.no_grad():
+        for images in loader:
+            logits = _full_size_logits(model, images, setup, tta)
+            masks = (torch.sigmoid(logits) > threshold).cpu().numpy()
+            kept = drop_small_totals(remove_small(masks, min_size), min_area)
+            encoded.extend([rle_encode(plane) for plane in image] for image in kept)
+    return encoded
