@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -192,8 +194,21 @@ def test_cells_of_a_matrix_dataset_are_its_cell_folders_in_order(tmp_path: Path)
         "read it with layout.cells('fits')"
     )
     missing = Layout(tmp_path, matrix={"fits": [*cells, {"fold": 3}]})
-    with pytest.raises(InputError, match=r"no folder for cell fold-3: .*fits/fold-3$"):
+    with pytest.raises(InputError, match=r"no folder for cell fold-3: neither .*fits/fold-3 nor .*fits/fold-3\.zip$"):
         missing.cells("fits")
+
+
+def test_a_cell_uploaded_as_a_zip_archive_is_unpacked_once(tmp_path: Path) -> None:
+    """The official client uploads a dataset's folders as zip archives."""
+    base = tmp_path / "input" / "fits"
+    base.mkdir(parents=True)
+    for fold in (0, 1):
+        with zipfile.ZipFile(base / f"fold-{fold}.zip", "w") as archive:
+            archive.writestr("model.json", f'{{"fold": {fold}}}')
+    layout = Layout(tmp_path, matrix={"fits": [{"fold": 0}, {"fold": 1}]})
+    first = layout.cells("fits")
+    assert [json.loads((folder / "model.json").read_text()) for _, folder in first] == [{"fold": 0}, {"fold": 1}]
+    assert layout.cells("fits") == first
 
 
 def test_cells_read_through_kernels_are_one_kernel_output_per_cell(tmp_path: Path) -> None:

@@ -10,7 +10,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kernelgen.build.validate import validate_dataset_metadata, validate_kernel_metadata, validate_model_metadata
+from kernelgen.build.validate import (
+    validate_dataset_metadata,
+    validate_kernel_metadata,
+    validate_model_metadata,
+)
 from kernelgen.spec.machine import AcceleratorKind, Session
 
 KERNEL_METADATA_FILE = "kernel-metadata.json"

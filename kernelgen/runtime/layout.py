@@ -13,6 +13,8 @@
 
 # %%
 import os
+import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,25 @@ from kernelgen.runtime.errors import InputError
 ROOT_ENV = "KERNELGEN_ROOT"
 WORKING_ENV = "KERNELGEN_WORKING"
 KAGGLE_ROOT = "/kaggle"
+
+
+def _cell_folder(slug: str, base: Path, name: str) -> Path:
+    """A cell's folder in a dataset: `fold-0/`, or the `fold-0.zip` the official client
+    uploads a folder as, unpacked once into a temporary folder."""
+    folder = base / name
+    if folder.is_dir():
+        return folder
+    archive = base / f"{name}.zip"
+    if not archive.is_file():
+        raise InputError(f"input {slug!r} has no folder for cell {name}: neither {folder} nor {archive}")
+    unpacked = Path(tempfile.gettempdir()) / "kernelgen-cells" / slug / name
+    if not unpacked.is_dir():
+        unpacked.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=unpacked.parent))
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(scratch)
+        scratch.rename(unpacked)
+    return unpacked
 
 
 @dataclass(frozen=True)
@@ -110,13 +131,7 @@ class Layout:
         if kernel is not None:  # each cell is its own kernel's output
             return [(dict(cell), self._find(f"{kernel}-{cell_name(cell)}")) for cell in self.matrix[slug]]
         base = self._find(slug)
-        found = []
-        for cell in self.matrix[slug]:
-            folder = base / cell_name(cell)
-            if not folder.is_dir():
-                raise InputError(f"input {slug!r} has no folder for cell {cell_name(cell)}: {folder}")
-            found.append((dict(cell), folder))
-        return found
+        return [(dict(cell), _cell_folder(slug, base, cell_name(cell))) for cell in self.matrix[slug]]
 
     def _find(self, slug: str) -> Path:
         tried = self.candidates(slug)
