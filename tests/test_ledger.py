@@ -29,6 +29,7 @@ from kernelgen.run.scheduler import Chain, ChainOptions
 from kernelgen.run.steps import Steps
 from kernelgen.run.workspace import BackendKind, Workspace
 from kernelgen.spec.project import Project
+from tests.conftest import isolated_for_the_scope
 from tests.fakes import CHAINPIPE, FakeBackend, FakeClock, open_workspace
 
 HOURS = 3600.0
@@ -47,13 +48,23 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
 
+@pytest.fixture(scope="module")
+def two_runs_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two local chains on one work folder, the second with stage 4's epochs changed; made
+    once for the tests that only read them."""
+    folder = tmp_path_factory.mktemp("two-runs") / "project"
+    shutil.copytree(CHAINPIPE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with isolated_for_the_scope(tmp_path_factory, folder):
+        for extra in ([], ["--set", "stage4.epochs=5"]):
+            done = invoke("chain", "--local", "--workdir", "work", *extra)
+            assert done.exit_code == 0, done.output
+    return folder
+
+
 @pytest.fixture
-def two_runs(project_dir: Path) -> Path:
-    """Two local chains on one work folder, the second with stage 4's epochs changed."""
-    for extra in ([], ["--set", "stage4.epochs=5"]):
-        done = invoke("chain", "--local", "--workdir", "work", *extra)
-        assert done.exit_code == 0, done.output
-    return project_dir / "work"
+def two_runs(two_runs_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(two_runs_folder)
+    return two_runs_folder / "work"
 
 
 @pytest.mark.slow
