@@ -68,6 +68,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(f"lane{lane}"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a pytest whose test ids pytest-xdist cannot group: the shared-fixture units'
+    tests would be spread over the workers, each training its own model."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    major, minor = (int(part) for part in pytest.__version__.split(".")[:2])
+    if (major, minor) >= (9, 2):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__}: pytest-xdist's --dist loadgroup cannot group this "
+            "pytest's tests; install the pytest that pyproject.toml's dev extra names (<9.2)"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     home = tmp_path_factory.mktemp("home")
