@@ -74,6 +74,21 @@ set_option = click.option(
     metavar="NAME=VALUE",
     help="Override a parameter: stageN.name=value, or name=value when one stage is named. Repeatable.",
 )
+matrix_option = click.option(
+    "--matrix",
+    "matrix",
+    multiple=True,
+    metavar="stageN.FIELD=V1,V2",
+    help="Run stage N once per value of FIELD (a cell each), replacing its declared matrix; "
+    "several fields of one stage give their product. Repeatable.",
+)
+cell_option = click.option(
+    "--cell",
+    "cells",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Only the matrix cells with this value (e.g. fold=2). Repeatable.",
+)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,6 +105,7 @@ def main() -> None:
 @click.option("--user", help="Kaggle username owning the kernels (default: config, KAGGLE_USERNAME, kaggle.json).")
 @profile_option
 @set_option
+@matrix_option
 @with_project
 def render(
     stages: tuple[int, ...],
@@ -98,9 +114,11 @@ def render(
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
+    matrix: tuple[str, ...],
     project: Project,
 ) -> None:
-    """Render kernels: OUT/stageN/kernel-metadata.json and the notebook it names.
+    """Render kernels: OUT/stageN/kernel-metadata.json and the notebook it names (one
+    OUT/stageN-<cell>/ per cell of a matrix stage).
 
     Everything is validated as the Kaggle client would before anything is written.
     """
@@ -109,8 +127,8 @@ def render(
     if all_stages == bool(stages):
         raise click.UsageError("give --stage N (repeatable) or --all")
     chosen = list(project.pipeline.stages) if all_stages else [project.pipeline.stage(n).number for n in stages]
-    for folder, kernel in render_kernels(project, chosen, out, user=user, profile=profile, sets=sets):
-        click.echo(f"stage {kernel.stage}: {folder}/{kernel.code_file} ({kernel.kernel_id})")
+    for folder, kernel in render_kernels(project, chosen, out, user=user, profile=profile, sets=sets, matrix=matrix):
+        click.echo(f"{kernel.cell or f'stage {kernel.stage}'}: {folder}/{kernel.code_file} ({kernel.kernel_id})")
 
 
 @main.command()
@@ -126,6 +144,8 @@ def render(
 @jupyter_kernel_option
 @profile_option
 @set_option
+@matrix_option
+@cell_option
 @with_project
 def run(
     stage: int,
@@ -135,9 +155,13 @@ def run(
     jupyter_kernel: str | None,
     profile: str | None,
     sets: tuple[str, ...],
+    matrix: tuple[str, ...],
+    cells: tuple[str, ...],
     project: Project,
 ) -> None:
-    """Run one stage here against a Kaggle-shaped folder."""
+    """Run one stage here against a Kaggle-shaped folder (one cell of a matrix stage,
+    named with --cell)."""
+    from kernelgen.run.commands import parse_cell
     from kernelgen.run.local import run_stage
 
     kernel = _jupyter_kernel(jupyter_kernel, allowed=notebook, needs="--notebook")
@@ -147,6 +171,8 @@ def run(
         root,
         profile=profile,
         sets=sets,
+        matrix=matrix,
+        cell=parse_cell(cells),
         notebook=notebook,
         timeout=timeout,
         jupyter_kernel=kernel,
@@ -256,6 +282,8 @@ def _timing() -> Timing:
 @user_option
 @profile_option
 @set_option
+@matrix_option
+@cell_option
 @workdir_option
 @local_option
 @with_project
@@ -267,13 +295,16 @@ def push(
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
+    matrix: tuple[str, ...],
+    cells: tuple[str, ...],
     workdir: Path,
     local: bool,
     project: Project,
 ) -> None:
-    """Render, validate and push one stage's kernel; print its URL and version.
+    """Render, validate and push one stage's kernel (every cell's, for a matrix stage,
+    or those --cell names); print each URL and version.
 
-    With --wait, follow the run (its latest log line at each poll while it runs) and
+    With --wait, follow each run (its latest log line at each poll while it runs) and
     download its outputs and whole log when it ends. With --local it runs here, with
     the smoke profile unless --profile names another.
     """
@@ -287,6 +318,8 @@ def push(
         user=user,
         profile=profile,
         sets=sets,
+        matrix=matrix,
+        cell=cells,
         accelerator=accelerator,
         wait=wait,
         timeout=timeout,
@@ -318,26 +351,30 @@ def status(stages: tuple[int, ...], as_json: bool, workdir: Path, local: bool, p
     from rich.table import Table
 
     table = Table(title=f"kernelgen status ({backend}, {workdir})")
-    for column in ("stage", "title", "kernel", "version", "status", "message"):
+    cells = any(row.cell for row in rows)
+    for column in ("stage", *(["cell"] if cells else []), "title", "kernel", "version", "status", "message"):
         table.add_column(column)
     for row in rows:
         version = "" if row.version is None else str(row.version)
-        table.add_row(str(row.stage), row.title, row.kernel, version, row.status, row.message)
+        cell = [row.cell] if cells else []
+        table.add_row(str(row.stage), *cell, row.title, row.kernel, version, row.status, row.message)
     Console().print(table)
 
 
 @main.command()
 @click.option("--stage", type=int, required=True, help="Stage whose latest run to fetch.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), help="Folder (default: WORKDIR/outputs/stageN).")
+@cell_option
 @workdir_option
 @local_option
 @with_project
-def output(stage: int, out: Path | None, workdir: Path, local: bool, project: Project) -> None:
-    """Download a stage's output files and its whole log."""
+def output(stage: int, out: Path | None, cells: tuple[str, ...], workdir: Path, local: bool, project: Project) -> None:
+    """Download a stage's output files and its whole log (each cell's, into a folder per
+    cell, for a matrix stage)."""
     from kernelgen.run.commands import collect_output
 
-    dest, count = collect_output(project, workdir, stage, out, local=local, timing=_timing())
-    click.echo(f"stage {stage}: {count} files and the log in {dest}")
+    for cell, dest, count in collect_output(project, workdir, stage, out, local=local, cell=cells, timing=_timing()):
+        click.echo(f"{cell}: {count} files and the log in {dest}")
 
 
 @main.command()
@@ -413,6 +450,7 @@ def report(out: Path | None, workdir: Path, project: Project) -> None:
 @user_option
 @profile_option
 @set_option
+@matrix_option
 @workdir_option
 @with_project
 def chain(
@@ -428,10 +466,12 @@ def chain(
     user: str | None,
     profile: str | None,
     sets: tuple[str, ...],
+    matrix: tuple[str, ...],
     workdir: Path,
     project: Project,
 ) -> None:
     """Run the whole pipeline in dependency order, publishing datasets between stages.
+    A matrix stage runs as one kernel per cell, its readers seeing every cell.
 
     On Kaggle, the GPU hours the stages to run need are checked against the week's
     GPU quota left before anything is pushed. At the end, or when a stage fails, it
@@ -460,6 +500,7 @@ def chain(
             user=user,
             profile=profile,
             sets=sets,
+            matrix=matrix,
             timing=_timing(),
             reporter=make_reporter(),
             write_report=lambda folder: write_report(project, folder),
@@ -487,6 +528,7 @@ competition_option = click.option(
     type=int,
     help="Stage whose collected version to submit (default: the last with a submission.csv).",
 )
+@cell_option
 @click.option("--no-wait", is_flag=True, help="Submit and return without waiting for the score.")
 @click.option(
     "--timeout",
@@ -501,6 +543,7 @@ competition_option = click.option(
 @with_project
 def submit(
     stage: int | None,
+    cells: tuple[str, ...],
     no_wait: bool,
     timeout: float,
     competition: str | None,
@@ -517,6 +560,7 @@ def submit(
         project,
         workdir,
         stage=stage,
+        cell=cells,
         competition=competition,
         local=local,
         wait=not no_wait,

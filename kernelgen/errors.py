@@ -127,9 +127,10 @@ class MissingOutputError(KernelgenError):
 class NotPushedError(MissingOutputError):
     """A stage has no run to follow or fetch in this work folder."""
 
-    def __init__(self, stage: int, folder: Path) -> None:
+    def __init__(self, stage: int, folder: Path, *, cell: str = "") -> None:
         self.stage = stage
-        super().__init__(f"stage {stage} has not been pushed from {folder}")
+        what = f"stage {stage} {cell}" if cell else f"stage {stage}"
+        super().__init__(f"{what} has not been pushed from {folder}")
 
 
 class LocalDataError(KernelgenError):

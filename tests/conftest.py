@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# Under pytest-xdist each of the workers gets one core's worth of threads: two workers
-# sharing two cores with a full thread pool each would only fight over them. Set before
-# PyTorch or TensorFlow load; kernels started by the tests inherit it.
+# Under pytest-xdist each worker gets one thread: workers sharing two cores with a full
+# thread pool each would only fight over them. Set before PyTorch or TensorFlow load;
+# kernels started by the tests inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(_name, "1")
@@ -68,6 +68,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(f"lane{lane}"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse a pytest whose test ids pytest-xdist cannot group: the shared-fixture units'
+    tests would be spread over the workers, each training its own model."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    major, minor = (int(part) for part in pytest.__version__.split(".")[:2])
+    if (major, minor) >= (9, 2):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__}: pytest-xdist's --dist loadgroup cannot group this "
+            "pytest's tests; install the pytest that pyproject.toml's dev extra names (<9.2)"
+        )
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     home = tmp_path_factory.mktemp("home")
@@ -84,6 +97,20 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def isolated_for_the_scope(tmp_path_factory: pytest.TempPathFactory, cwd: Path) -> Iterator[None]:
+    """What `_isolated_environment` gives a test, for a module or session fixture: no
+    Kaggle variables, a HOME of its own, and `cwd` as the current folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("KAGGLE_") or name in ("KERNELGEN_ROOT", "KERNELGEN_WORKING"):
+                patch.delenv(name)
+        patch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        patch.setenv("MPLBACKEND", "Agg")
+        patch.chdir(cwd)
+        yield
 
 
 @dataclass(frozen=True)
@@ -104,14 +131,7 @@ def local_chain(tmp_path_factory: pytest.TempPathFactory) -> LocalChain:
     from kernelgen.cli import main
 
     root = tmp_path_factory.mktemp("local-chain")
-    home = tmp_path_factory.mktemp("local-chain-home")
-    with pytest.MonkeyPatch.context() as patch:
-        for name in list(os.environ):
-            if name.startswith("KAGGLE_") or name in ("KERNELGEN_ROOT", "KERNELGEN_WORKING"):
-                patch.delenv(name)
-        patch.setenv("HOME", str(home))
-        patch.setenv("MPLBACKEND", "Agg")
-        patch.chdir(root)
+    with isolated_for_the_scope(tmp_path_factory, root):
         work = root / "work"
         result = CliRunner().invoke(main, ["chain", "--local", "--workdir", str(work)], catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,17 @@ def stage_of(ref: str) -> int:
 
 
 CHAINPIPE = Path(__file__).parent / "fixtures" / "chainpipe"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def severstal_with_stage4_as_model(dest: Path) -> Path:
+    """A copy of the bundled Severstal project at `dest` whose stage4 entry is a PyTorch
+    Kaggle Model instead of a dataset."""
+    for folder in ("stages", "templates", "kernel-metadata"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    datasets = dest / "kernel-metadata" / "datasets.toml"
+    datasets.write_text(datasets.read_text() + 'via = "model"\nframework = "PyTorch"\n')
+    return dest
 CHOSEN: dict[str, object] = {"threshold": 0.5, "class_thresholds": []}
 """What a fake stage writes for the keys later stages take parameters from."""
 

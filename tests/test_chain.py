@@ -17,6 +17,7 @@ from kernelgen.errors import KernelFailedError, KernelgenError, QuotaError
 from kernelgen.run.progress import PlainReporter
 from kernelgen.run.scheduler import ChainOptions
 from kernelgen.run.steps import Steps
+from kernelgen.spec.matrix import Cell
 from kernelgen.spec.pipeline import Via
 from kernelgen.spec.project import Project
 from tests.fakes import (
@@ -303,7 +304,7 @@ def test_datasets_read_through_kernels_skip_the_upload_and_the_processing_wait(t
     with open_workspace(wired, FakeBackend(clock), tmp_path / "early", clock) as ws:
         early = Steps(ws, username="alice")
         with pytest.raises(KernelgenError, match="reads stage1 from stage 1's kernel output, which has no complete run"):
-            early.render(2)
+            early.render(Cell(2))
     through_datasets, _ = makespan(PROJECT, tmp_path / "datasets")
     through_kernels, backend = makespan(wired, tmp_path / "kernels")
     assert [ref for _, ref, _ in backend.published] == ["alice/stage2"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,17 +250,19 @@ def test_a_kernel_stuck_in_running_times_out(
     assert fake_time.now == 3600
 
 
-def test_publish_creates_then_versions_and_skips_folders(
+def test_publish_creates_then_versions_and_uploads_folders_as_zip_archives(
     standin: KaggleStandIn, backend: KaggleBackend, fake_time: FakeClock, tmp_path: Path
 ) -> None:
     folder = make_dataset(tmp_path / "ds")
     (folder / "nested").mkdir()
-    (folder / "nested" / "ignored.txt").write_text("not uploaded")
+    (folder / "nested" / "fold.txt").write_text("a cell's file")
     first = backend.publish(folder)
     assert (first.dataset, first.created) == (DATASET, True)
     assert first.url.endswith(f"/datasets/{DATASET}")
     files = sorted(p.name for p in standin.dataset_dir(DATASET).iterdir())
-    assert files == ["test_missing_count.csv"]
+    assert files == ["nested.zip", "test_missing_count.csv"]
+    with zipfile.ZipFile(standin.dataset_dir(DATASET) / "nested.zip") as archive:
+        assert archive.read("fold.txt") == b"a cell's file"
     assert backend.dataset_status(DATASET) is DatasetStatus.READY
 
     (folder / "test_missing_count.csv").write_text("ImageId,count\nb.jpg,2\n")
@@ -275,7 +278,7 @@ def test_publish_creates_then_versions_and_skips_folders(
         .read_text()
         .endswith("a.jpg,0\n")
     )
-    assert standin.count("StartBlobUpload") == 2 and standin.count("Upload") == 2
+    assert standin.count("StartBlobUpload") == 4 and standin.count("Upload") == 4
     assert fake_time.sleeps == []
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from kernelgen.runtime import InputError
+from kernelgen.runtime.cells import cell_name
 from kernelgen.runtime.layout import KAGGLE_ROOT, ROOT_ENV, WORKING_ENV, Layout
 
 SLUG = "stage2"
@@ -169,3 +172,53 @@ def test_kaggle_layout_takes_aliases(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(ROOT_ENV, raising=False)
     assert Layout.kaggle(aliases={"stage1": KERNEL_SLUG}).aliases == {"stage1": KERNEL_SLUG}
     assert Layout.kaggle().aliases == {}
+
+
+def test_cell_names_carry_each_field_and_value_in_order() -> None:
+    assert cell_name({"fold": 0}) == "fold-0"
+    assert cell_name({"fold": 0, "seed": 1}) == "fold-0-seed-1"
+    assert cell_name({"encoder_name": "ResNet18", "tta": True}) == "encoder-name-resnet18-tta-true"
+
+
+def test_cells_of_a_matrix_dataset_are_its_cell_folders_in_order(tmp_path: Path) -> None:
+    base = tmp_path / "input" / "datasets" / "me" / "fits"
+    for name in ("fold-1", "fold-0", "fold-2"):
+        (base / name).mkdir(parents=True)
+    cells = [{"fold": 0}, {"fold": 1}, {"fold": 2}]
+    layout = Layout(tmp_path, matrix={"fits": cells})
+    assert layout.cells("fits") == [(cell, base / f"fold-{cell['fold']}") for cell in cells]
+    with pytest.raises(InputError) as caught:
+        layout.input("fits")
+    assert str(caught.value) == (
+        "input 'fits' comes from a matrix stage, one folder per cell (fold-0, fold-1, fold-2): "
+        "read it with layout.cells('fits')"
+    )
+    missing = Layout(tmp_path, matrix={"fits": [*cells, {"fold": 3}]})
+    with pytest.raises(InputError, match=r"no folder for cell fold-3: neither .*fits/fold-3 nor .*fits/fold-3\.zip$"):
+        missing.cells("fits")
+
+
+def test_a_cell_uploaded_as_a_zip_archive_is_unpacked_once(tmp_path: Path) -> None:
+    """The official client uploads a dataset's folders as zip archives."""
+    base = tmp_path / "input" / "fits"
+    base.mkdir(parents=True)
+    for fold in (0, 1):
+        with zipfile.ZipFile(base / f"fold-{fold}.zip", "w") as archive:
+            archive.writestr("model.json", f'{{"fold": {fold}}}')
+    layout = Layout(tmp_path, matrix={"fits": [{"fold": 0}, {"fold": 1}]})
+    first = layout.cells("fits")
+    assert [json.loads((folder / "model.json").read_text()) for _, folder in first] == [{"fold": 0}, {"fold": 1}]
+    assert layout.cells("fits") == first
+
+
+def test_cells_read_through_kernels_are_one_kernel_output_per_cell(tmp_path: Path) -> None:
+    for cell in ("fold-0", "fold-1"):
+        (tmp_path / "input" / "notebooks" / "me" / f"my-fit-{cell}").mkdir(parents=True)
+    layout = Layout(tmp_path, aliases={"fits": "my-fit"}, matrix={"fits": [{"fold": 0}, {"fold": 1}]})
+    notebooks = tmp_path / "input" / "notebooks" / "me"
+    assert layout.cells("fits") == [({"fold": 0}, notebooks / "my-fit-fold-0"), ({"fold": 1}, notebooks / "my-fit-fold-1")]
+
+
+def test_cells_of_a_plain_input_are_one_cell_without_values(tmp_path: Path) -> None:
+    (tmp_path / "input" / "plain").mkdir(parents=True)
+    assert Layout(tmp_path).cells("plain") == [({}, tmp_path / "input" / "plain")]

@@ -29,6 +29,7 @@ from kernelgen.run.scheduler import Chain, ChainOptions
 from kernelgen.run.steps import Steps
 from kernelgen.run.workspace import BackendKind, Workspace
 from kernelgen.spec.project import Project
+from tests.conftest import isolated_for_the_scope
 from tests.fakes import CHAINPIPE, FakeBackend, FakeClock, open_workspace
 
 HOURS = 3600.0
@@ -47,13 +48,23 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
 
+@pytest.fixture(scope="module")
+def two_runs_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two local chains on one work folder, the second with stage 4's epochs changed; made
+    once for the tests that only read them."""
+    folder = tmp_path_factory.mktemp("two-runs") / "project"
+    shutil.copytree(CHAINPIPE, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    with isolated_for_the_scope(tmp_path_factory, folder):
+        for extra in ([], ["--set", "stage4.epochs=5"]):
+            done = invoke("chain", "--local", "--workdir", "work", *extra)
+            assert done.exit_code == 0, done.output
+    return folder
+
+
 @pytest.fixture
-def two_runs(project_dir: Path) -> Path:
-    """Two local chains on one work folder, the second with stage 4's epochs changed."""
-    for extra in ([], ["--set", "stage4.epochs=5"]):
-        done = invoke("chain", "--local", "--workdir", "work", *extra)
-        assert done.exit_code == 0, done.output
-    return project_dir / "work"
+def two_runs(two_runs_folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(two_runs_folder)
+    return two_runs_folder / "work"
 
 
 @pytest.mark.slow
@@ -139,6 +150,29 @@ def test_an_older_ledger_is_migrated_and_keeps_its_runs(tmp_path: Path) -> None:
     assert "submissions" in tables
 
 
+def test_a_ledger_of_schema_2_gets_a_row_per_cell_and_keeps_its_stage_rows(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    old = sqlite3.connect(path)
+    migrate(old, path, upto=2)
+    old.execute("INSERT INTO runs (started, command, backend, profile) VALUES ('2026-01-01T00:00:00+00:00', 'chain', 'local', 'smoke')")
+    old.execute("INSERT INTO stages VALUES (1, 4, 'complete', 'alice/seg', 3, 'NvidiaTeslaT4', 'latest', 60.0, 0.02)")
+    old.execute("INSERT INTO params VALUES (1, 4, 'epochs', '2', 'profile')")
+    old.commit()
+    old.close()
+
+    ledger = Ledger.open(path)
+    ledger.start(started="2026-01-02T00:00:00+00:00", command="chain", backend="local", profile="smoke",
+                 git_commit=None, git_dirty=None)
+    for fold in (0, 1):
+        ledger.stage(StageEntry(stage=4, phase="complete", cell=f"fold-{fold}", params={"fold": (fold, "matrix")}))
+    ledger.close()
+    first, second = read_runs(path)
+    assert first.stages == {"4": "complete"} and first.params == {"stage4.epochs": 2}
+    assert second.stages == {"4/fold-0": "complete", "4/fold-1": "complete"}
+    columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(stages)")]
+    assert "cell" in columns
+
+
 def test_a_ledger_newer_than_this_kernelgen_is_not_touched(tmp_path: Path) -> None:
     path = tmp_path / LEDGER_FILE
     db = sqlite3.connect(path)
@@ -189,7 +223,7 @@ def test_a_crash_mid_run_leaves_the_rows_written_so_far(tmp_path: Path) -> None:
         Chain(steps, options=ChainOptions(backoff=Backoff(10, 1.5, 60)), recorder=recorder).run([1, 2, 3, 4, 5])
     (run,) = read_runs(tmp_path / LEDGER_FILE)
     assert run.ended is None and run.outcome is None
-    assert run.stages == {1: "complete"}
+    assert run.stages == {"1": "complete"}
     assert run.params == {"stage1.epochs": 45}
     assert run.gpu_hours == pytest.approx(DURATIONS[1] / 3600, abs=0.02)  # a GPU stage's polled run time
     assert warnings == []

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 from kernelgen.cli import main
 from stages.lib.submission import read_submission
 from tests.conftest import LocalChain
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.fakes import severstal_with_stage4_as_model
 
 
 @pytest.mark.slow
@@ -64,13 +63,7 @@ def test_stage6_reads_stage4_as_a_kaggle_model_and_matches_stage5_row_for_row(
     become version 1 of a model instance that stages 5 and 6 mount, the wheel house (nothing
     missing here: smp imports) and stage 6 run, and stage 6's own predictions, gated by the
     classifier, give stage 5's submission."""
-    project = tmp_path / "project"
-    for folder in ("stages", "templates", "kernel-metadata"):
-        shutil.copytree(
-            REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    datasets = project / "kernel-metadata" / "datasets.toml"
-    datasets.write_text(datasets.read_text() + 'via = "model"\nframework = "PyTorch"\n')
+    project = severstal_with_stage4_as_model(tmp_path / "project")
     work = tmp_path / "work"
     shutil.copytree(local_chain.workdir, work, symlinks=True)
     monkeypatch.chdir(tmp_path)

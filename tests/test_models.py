@@ -19,7 +19,13 @@ from kernelgen.cli import main
 from kernelgen.clock import Timing
 from kernelgen.runtime import InputError, Layout
 from kernelgen.spec.pipeline import Via, load_pipeline
-from tests.fakes import CHAINPIPE, FakeClock, declared_outputs, quick_executor
+from tests.fakes import (
+    CHAINPIPE,
+    FakeClock,
+    declared_outputs,
+    quick_executor,
+    severstal_with_stage4_as_model,
+)
 from tests.kaggle_standin import (
     KaggleStandIn,
     KernelScript,
@@ -28,7 +34,6 @@ from tests.kaggle_standin import (
     use_standin,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 USER = "model-user"
 KEY = "model-secret-key-8910"
 INSTANCE = f"{USER}/stage4/pytorch/default"
@@ -292,13 +297,7 @@ def test_the_severstal_chain_with_stage4_as_a_model_submits_stage6_and_lists_its
     """The bundled project, its stage4 entry declared a PyTorch model: `chain --to 6 --submit`
     through the official client makes a model instance version (no stage4 dataset), pins it in
     stages 5 and 6, submits stage 6 and prints its score, which `submissions` lists."""
-    project = tmp_path / "severstal"
-    for folder in ("stages", "templates", "kernel-metadata"):
-        shutil.copytree(
-            REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    datasets = project / "kernel-metadata" / "datasets.toml"
-    datasets.write_text(datasets.read_text() + 'via = "model"\nframework = "PyTorch"\n')
+    project = severstal_with_stage4_as_model(tmp_path / "severstal")
     monkeypatch.chdir(tmp_path)
     with standin_for(project, tmp_path / "server", monkeypatch) as kaggle:
         kaggle.script_model(INSTANCE, ModelScript(processing_polls=1))

@@ -10,7 +10,7 @@ import pytest
 from kernelgen.build.modules import KernelModules, collect_modules
 from kernelgen.errors import RenderError, SourceSyntaxError
 
-RUNTIME = ["kernelgen.runtime.errors", "kernelgen.runtime.layout", "kernelgen.runtime"]
+RUNTIME = ["kernelgen.runtime.errors", "kernelgen.runtime.cells", "kernelgen.runtime.layout", "kernelgen.runtime"]
 
 
 def project(root: Path, files: dict[str, str]) -> Path:

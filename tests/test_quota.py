@@ -10,6 +10,7 @@ from kernelgen.backends.base import GpuQuota
 from kernelgen.errors import QuotaError
 from kernelgen.run.quota import Basis, check_quota, describe_quota, estimate_gpu_hours
 from kernelgen.run.state import StageRecord
+from kernelgen.spec.matrix import Cell
 from kernelgen.spec.pipeline import load_pipeline
 from tests.fakes import CHAINPIPE
 
@@ -19,7 +20,7 @@ REFRESH = datetime(2030, 1, 7, tzinfo=timezone.utc)
 def bundled_estimate(records: dict[int, StageRecord], profile: str = "full", stages=(1, 2, 3, 4, 5)):
     pipeline = load_pipeline(CHAINPIPE)
     specs = [pipeline.stage(n) for n in stages]
-    return estimate_gpu_hours(specs, {s.number: s.session for s in specs}, records, profile)
+    return estimate_gpu_hours([(s, Cell(s.number)) for s in specs], {s.number: s.session for s in specs}, lambda c: records.get(c.stage), profile)
 
 
 def test_declared_estimates_of_the_gpu_stages() -> None:
@@ -49,9 +50,24 @@ def test_a_gpu_stage_without_any_figure_counts_nothing_and_says_so(tmp_path) -> 
     folder.mkdir()
     (folder / "stage1.toml").write_text('stage = 1\nmodule = "p.a"\ntitle = "Stage number 1"\nenable_gpu = true\n')
     pipeline = load_pipeline(tmp_path)
-    estimate = estimate_gpu_hours([pipeline.stage(1)], {1: pipeline.stage(1).session}, {}, "full")
+    estimate = estimate_gpu_hours([(pipeline.stage(1), Cell(1))], {1: pipeline.stage(1).session}, lambda c: None, "full")
     assert estimate.hours == 0.0
     assert "stage 1: no estimate (declare gpu_hours in its TOML)" in estimate.describe()
+
+
+def test_every_cell_of_a_matrix_stage_counts_on_its_own() -> None:
+    pipeline = load_pipeline(CHAINPIPE)
+    spec = pipeline.stage(4)
+    cells = [Cell(4, (("fold", k),)) for k in range(3)]
+    ran = {"4/fold-1": StageRecord(run_seconds=3600.0, run_profile="full")}
+    estimate = estimate_gpu_hours([(spec, c) for c in cells], {4: spec.session}, lambda c: ran.get(c.key), "full")
+    assert [(s.cell, s.hours, s.basis) for s in estimate.stages] == [
+        ("fold-0", 4.0, Basis.DECLARED),
+        ("fold-1", 1.0, Basis.LAST_RUN),
+        ("fold-2", 4.0, Basis.DECLARED),
+    ]
+    assert estimate.hours == pytest.approx(9.0)
+    assert "stage 4 fold-1: 1.00 h (last run)" in estimate.describe()
 
 
 def test_left_is_allowed_less_used_and_reserved_never_negative() -> None:

@@ -620,7 +620,7 @@ def kernel_wired(*slugs: str) -> Project:
 
 def test_a_dataset_read_through_its_kernel_becomes_a_kernel_source_and_an_alias() -> None:
     wired = kernel_wired("stage4")
-    (stage5,) = render(wired, [5], username=USER, kernel_versions={4: 3})
+    (stage5,) = render(wired, [5], username=USER, kernel_versions={"4": 3})
     meta = json.loads(stage5.files[METADATA_FILE])
     assert meta["dataset_sources"] == [f"{USER}/stage2"]
     assert meta["kernel_sources"] == [f"{USER}/severstal-stage4-segmentation/3"]

@@ -62,6 +62,9 @@ DATASET_METADATA = "dataset-metadata.json"
 MODEL_METADATA = "model-metadata.json"
 MODEL_INSTANCE_METADATA = "model-instance-metadata.json"
 WEB = "https://www.kaggle.com"
+DIR_MODE = "zip"
+"""How the official client uploads a folder inside a dataset or model (a matrix stage's
+one folder per cell): as a zip archive of it. Its default skips folders."""
 
 NO_CREDENTIALS = (
     "no Kaggle credentials found: save an API token from https://www.kaggle.com/settings/api "
@@ -389,7 +392,7 @@ class KaggleBackend:
             what = f"create dataset {ref}"
 
             def publish_once() -> PublishResult:
-                response = api.dataset_create_new(str(folder), public=False, quiet=True)
+                response = api.dataset_create_new(str(folder), public=False, quiet=True, dir_mode=DIR_MODE)
                 return self._publish_result(what, ref, response, created=True)
 
         else:
@@ -402,7 +405,7 @@ class KaggleBackend:
                 )
 
             def publish_once() -> PublishResult:
-                response = api.dataset_create_version(str(folder), self._version_notes, quiet=True)
+                response = api.dataset_create_version(str(folder), self._version_notes, quiet=True, dir_mode=DIR_MODE)
                 return self._publish_result(what, ref, response, created=False)
 
         def landed() -> PublishResult | None:
@@ -553,14 +556,14 @@ class KaggleBackend:
             what = f"create model instance {instance}"
 
             def publish_once() -> Any:
-                return api.model_instance_create(str(folder), quiet=True)
+                return api.model_instance_create(str(folder), quiet=True, dir_mode=DIR_MODE)
 
         else:
             what = f"new version of model {instance}"
 
             def publish_once() -> Any:
                 return api.model_instance_version_create(
-                    instance, str(folder), self._version_notes, quiet=True
+                    instance, str(folder), self._version_notes, quiet=True, dir_mode=DIR_MODE
                 )
 
         def landed() -> Any:

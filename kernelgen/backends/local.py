@@ -51,6 +51,18 @@ def _write_status(run_dir: Path, status: RunStatus, message: str = "") -> None:
     write_json_atomic(run_dir / STATUS_FILE, {"status": status.value, "message": message})
 
 
+def _copy_files(folder: Path, dest: Path, *, skip: tuple[str, ...]) -> None:
+    """A dataset or model version's files, folders included. (The official client uploads
+    a folder as a zip archive; `Layout.cells` reads a cell from the folder or the archive.)"""
+    for path in sorted(folder.iterdir()):
+        if path.name in skip:
+            continue
+        if path.is_dir():
+            shutil.copytree(path, dest / path.name)
+        elif path.is_file():
+            shutil.copy2(path, dest / path.name)
+
+
 def _versions(folder: Path) -> list[int]:
     if not folder.is_dir():
         return []
@@ -226,9 +238,7 @@ class LocalBackend:
         base = self._dataset_dir(dataset)
         base.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name != "dataset-metadata.json":
-                shutil.copy2(path, scratch / path.name)
+        _copy_files(folder, scratch, skip=("dataset-metadata.json",))
         with self._lock:
             version = (_versions(base) or [0])[-1] + 1
             target = base / str(version)
@@ -302,12 +312,7 @@ class LocalBackend:
         base = self._model_dir(handle)
         base.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=base, prefix=".partial-"))
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name not in (
-                "model-metadata.json",
-                "model-instance-metadata.json",
-            ):
-                shutil.copy2(path, scratch / path.name)
+        _copy_files(folder, scratch, skip=("model-metadata.json", "model-instance-metadata.json"))
         with self._lock:
             version = (_versions(base) or [0])[-1] + 1
             target = base / str(version)

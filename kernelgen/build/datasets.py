@@ -1,14 +1,15 @@
 """Datasets built from stage outputs, as kernel-metadata/datasets.toml declares them.
 
 Where a stage's outputs lie is the work folder's business: functions here take
-`outputs_of`, the folder of a stage's outputs by stage number.
+`outputs_of`, the folders of a stage's outputs by stage number (one per cell of a
+matrix stage, whose files the dataset holds in a folder per cell).
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from kernelgen.build.metadata import (
@@ -22,26 +23,34 @@ from kernelgen.build.metadata import (
 )
 from kernelgen.errors import MissingOutputError
 from kernelgen.files import staged_dir
-from kernelgen.spec.pipeline import DatasetFile, DatasetSpec, Via
+from kernelgen.spec.pipeline import DatasetSpec, Via
 
-OutputsOf = Callable[[int], Path]
-"""The folder holding a stage's outputs, by stage number."""
+OutputsOf = Callable[[int], Sequence[tuple[str, Path]]]
+"""The folders holding a stage's outputs, by stage number, each with the folder its files
+take in a dataset: `[("", outputs/stage2)]`, or one per cell of a matrix stage,
+`[("fold-0", outputs/stage4/fold-0), ...]`."""
 
 
-def file_path(item: DatasetFile, outputs_of: OutputsOf) -> Path:
-    return outputs_of(item.stage) / item.name
+def dataset_files(spec: DatasetSpec, outputs_of: OutputsOf) -> list[tuple[str, Path]]:
+    """Each file of the dataset: its name there (`model.pth`, `fold-0/model.pth`) and
+    where it lies now."""
+    found = []
+    for item in spec.files:
+        for folder, outputs in outputs_of(item.stage):
+            found.append((f"{folder}/{item.name}" if folder else item.name, outputs / item.name))
+    return found
 
 
 def missing_files(spec: DatasetSpec, outputs_of: OutputsOf) -> list[Path]:
-    return [path for path in (file_path(f, outputs_of) for f in spec.files) if not path.is_file()]
+    return [path for _, path in dataset_files(spec, outputs_of) if not path.is_file()]
 
 
 def files_digest(spec: DatasetSpec, outputs_of: OutputsOf) -> str:
     """A content hash of the dataset's files, names included: equal digests, equal dataset."""
     hasher = hashlib.sha256()
-    for item in spec.files:
-        hasher.update(item.name.encode() + b"\0")
-        with file_path(item, outputs_of).open("rb") as fh:
+    for name, path in dataset_files(spec, outputs_of):
+        hasher.update(name.encode() + b"\0")
+        with path.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 hasher.update(block)
     return hasher.hexdigest()
@@ -68,6 +77,7 @@ def build_dataset(spec: DatasetSpec, outputs_of: OutputsOf, dest: Path, *, usern
     with staged_dir(target) as scratch:
         for name, meta in metadata.items():
             (scratch / name).write_bytes(metadata_bytes(meta))
-        for item in spec.files:
-            shutil.copy2(file_path(item, outputs_of), scratch / item.name)
+        for name, path in dataset_files(spec, outputs_of):
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, scratch / name)
     return target

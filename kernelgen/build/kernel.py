@@ -13,18 +13,20 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nbformat
 
 from kernelgen.build import notebook as nb
 from kernelgen.build.metadata import KERNEL_METADATA_FILE, kernel_metadata, metadata_bytes
 from kernelgen.build.modules import SourceModule, collect_modules
-from kernelgen.build.templating import render_template
+from kernelgen.build.templating import pyliteral, render_template
 from kernelgen.build.validate import check_username, kernel_slug
 from kernelgen.build.wheels import wheel_house
 from kernelgen.errors import RenderError
 from kernelgen.files import replace_dir
 from kernelgen.spec.machine import Session
+from kernelgen.spec.matrix import Cell, MatrixOptions
 from kernelgen.spec.params import ParamValue
 from kernelgen.spec.pipeline import Pipeline, StageSpec, Via
 from kernelgen.spec.project import Overrides, Project
@@ -39,6 +41,12 @@ class RenderedKernel:
     code_file: str
     files: Mapping[str, bytes]
     params: tuple[ParamValue, ...]
+    cell: Cell | None = None
+
+    @property
+    def folder(self) -> str:
+        """Its folder among the rendered kernels: `stage4`, `stage4-fold-0`."""
+        return self.cell.folder if self.cell is not None else f"stage{self.stage}"
 
     @property
     def slug(self) -> str:
@@ -77,20 +85,80 @@ def _module_cells(module: SourceModule) -> list[nbformat.NotebookNode]:
     return cells
 
 
+TITLE_LIMIT = 50
+"""Kaggle's longest kernel title."""
+
+
+def base_title(spec: StageSpec, cells: Sequence[Cell]) -> str:
+    """The stage's title, cut at a word where needed so that each cell's title, the base
+    and its cell's name, fits Kaggle's limit."""
+    longest = max((len(cell.name) + 1 for cell in cells if cell.values), default=0)
+    if len(spec.title) + longest <= TITLE_LIMIT:
+        return spec.title
+    room = TITLE_LIMIT - longest
+    cut = spec.title[:room].rsplit(" ", 1)[0] if " " in spec.title[:room] else spec.title[:room]
+    if len(kernel_slug(cut)) < 5:
+        raise RenderError(f"the title {spec.title!r} leaves too little room for cell names up to {longest - 1} characters", stage=spec.number)
+    return cut
+
+
+def kernel_title(spec: StageSpec, cells: Sequence[Cell], cell: Cell) -> str:
+    """A cell's kernel title: `Severstal Stage4 Segmentation fold-0`; the stage's own for a
+    stage without a matrix."""
+    return f"{base_title(spec, cells)} {cell.name}" if cell.values else spec.title
+
+
+@dataclass(frozen=True)
+class KernelInput:
+    """An input read from kernel outputs: the slug Layout knows it by (the producing
+    stage's; its cells' kernels extend it with their names) and each kernel's ref."""
+
+    alias: str
+    refs: tuple[str, ...]
+
+
 def kernel_inputs(
-    pipeline: Pipeline, spec: StageSpec, username: str, versions: Mapping[int, int] | None = None
-) -> dict[str, str]:
-    """The stage's `via = "kernel"` inputs: dataset slug -> the producing kernel's
-    `owner/slug/version` (`owner/slug`, its latest version, when no version is known)."""
+    pipeline: Pipeline,
+    spec: StageSpec,
+    username: str,
+    versions: Mapping[str, int] | None = None,
+    cells: Mapping[int, Sequence[Cell]] | None = None,
+) -> dict[str, KernelInput]:
+    """The stage's `via = "kernel"` inputs by dataset slug, each producing kernel named
+    `owner/slug/version` (`owner/slug`, its latest version, when `versions`, by cell key,
+    has none): one kernel, or one per cell of a matrix stage."""
     found = {}
     for slug in spec.dataset_sources:
         dataset = pipeline.datasets[slug]
         if dataset.via is not Via.KERNEL:
             continue
         producer = pipeline.stage(dataset.producer)
-        ref = f"{username}/{kernel_slug(producer.title)}"
-        version = (versions or {}).get(producer.number)
-        found[slug] = f"{ref}/{version}" if version is not None else ref
+        made = list((cells or {}).get(producer.number, [Cell(producer.number)]))
+        refs = []
+        for cell in made:
+            ref = f"{username}/{kernel_slug(kernel_title(producer, made, cell))}"
+            version = (versions or {}).get(cell.key)
+            refs.append(f"{ref}/{version}" if version is not None else ref)
+        found[slug] = KernelInput(kernel_slug(base_title(producer, made)), tuple(refs))
+    return found
+
+
+def matrix_inputs(pipeline: Pipeline, spec: StageSpec, cells: Mapping[int, Sequence[Cell]] | None) -> dict[str, list[dict[str, Any]]]:
+    """The stage's inputs made by a matrix stage: dataset slug -> each cell's values, in
+    order. Such an input holds that stage's files alone."""
+    found = {}
+    for slug in spec.dataset_sources:
+        dataset = pipeline.datasets[slug]
+        matrixed = [n for n in dataset.stages if any(c.values for c in (cells or {}).get(n, ()))]
+        if not matrixed:
+            continue
+        if len(dataset.stages) > 1:
+            raise RenderError(
+                f"dataset {slug} takes files from stages {list(dataset.stages)}, and stage {matrixed[0]} runs as a "
+                "matrix: a matrix stage's files need a dataset of their own",
+                stage=spec.number,
+            )
+        found[slug] = [cell.as_dict() for cell in (cells or {})[matrixed[0]]]
     return found
 
 
@@ -117,6 +185,9 @@ def _cells(
     profile: str,
     aliases: Mapping[str, str],
     models: Mapping[str, str],
+    matrix: Mapping[str, list[dict[str, Any]]],
+    title: str,
+    cell: Cell,
 ) -> list[nbformat.NotebookNode]:
     modules = collect_modules(spec.module, root=pipeline.root, packages=pipeline.packages, stage=spec.number)
     taken = set(modules.main.names) | {MODULES_VARIABLE}
@@ -129,11 +200,13 @@ def _cells(
     if main_cells and main_cells[0].cell_type == "markdown":
         title = main_cells.pop(0)
     else:
-        title = nb.markdown_cell(render_template("title.md.j2", stage=spec.number, title=spec.title))
+        title = nb.markdown_cell(render_template("title.md.j2", stage=spec.number, title=title))
     cells = [
         title,
         nb.markdown_cell(
-            render_template("provenance.md.j2", stage=spec.number, module=spec.module, profile=profile)
+            render_template(
+                "provenance.md.j2", stage=spec.number, module=spec.module, profile=profile, cell=cell.as_dict()
+            )
         ),
     ]
     if spec.pip:
@@ -160,10 +233,17 @@ def _cells(
                 params=params,
                 aliases=sorted(aliases.items()),
                 models=sorted(models.items()),
+                matrix=[(slug, _cells_literal(values)) for slug, values in sorted(matrix.items())],
             )
         )
     )
     return cells
+
+
+def _cells_literal(cells: Sequence[Mapping[str, Any]]) -> str:
+    """Cells' values as a Python literal: `[{"fold": 0}, {"fold": 1}]`."""
+    items = ("{" + ", ".join(f"{pyliteral(k)}: {pyliteral(v)}" for k, v in cell.items()) + "}" for cell in cells)
+    return "[" + ", ".join(items) + "]"
 
 
 def render_stage(
@@ -174,35 +254,44 @@ def render_stage(
     params: list[ParamValue],
     profile: str,
     session: Session | None = None,
-    kernel_versions: Mapping[int, int] | None = None,
+    kernel_versions: Mapping[str, int] | None = None,
     wheel_versions: Mapping[str, int] | None = None,
     model_versions: Mapping[str, int] | None = None,
+    cell: Cell | None = None,
+    cells: Mapping[int, Sequence[Cell]] | None = None,
 ) -> RenderedKernel:
-    """Render one stage in memory and validate it as the Kaggle client would.
+    """Render one stage's kernel (one cell's, for a matrix stage) in memory and validate it
+    as the Kaggle client would.
 
     `session` replaces the stage's declared session settings (another accelerator);
-    `kernel_versions` gives the output version of each stage whose kernel a
-    `via = "kernel"` input reads, `wheel_versions` that of each wheel house
-    (by slug) an internet-off stage installs from, and `model_versions` the version
-    of each `via = "model"` input (by dataset slug).
+    `kernel_versions` gives the output version of each kernel (by cell key: `1`,
+    `1/fold-0`) whose output a `via = "kernel"` input reads, `wheel_versions` that of each
+    wheel house (by slug) an internet-off stage installs from, and `model_versions` the
+    version of each `via = "model"` input (by dataset slug). `cells` lists the cells of
+    the stage and of the stages it reads from (a stage without a matrix may be left out).
     """
     spec = pipeline.stage(number)
+    cell = cell or Cell(number)
     check_username(username, where="--user, config, KAGGLE_USERNAME or kaggle.json")
     session = session or spec.session
     code_file = f"{spec.name}.ipynb"
-    through_kernels = kernel_inputs(pipeline, spec, username, kernel_versions)
-    aliases = {slug: ref.split("/")[1] for slug, ref in through_kernels.items()}
+    through_kernels = kernel_inputs(pipeline, spec, username, kernel_versions, cells)
+    aliases = {slug: found.alias for slug, found in through_kernels.items()}
     models = model_inputs(pipeline, spec, username, model_versions)
     mounted = {slug: ref for slug, ref in models.items() if ref.count("/") == 4}
-    notebook = nb.assemble(_cells(pipeline, spec, params, profile, aliases, mounted), prefix=spec.name)
+    matrix = matrix_inputs(pipeline, spec, cells)
+    title = kernel_title(spec, list((cells or {}).get(number, [cell])), cell)
+    notebook = nb.assemble(
+        _cells(pipeline, spec, params, profile, aliases, mounted, matrix, title, cell), prefix=spec.name
+    )
     try:
         nbformat.validate(notebook)
     except nbformat.ValidationError as exc:
         raise RenderError(f"notebook is not valid nbformat: {exc.message}", stage=number) from None
     code = nb.to_bytes(notebook)
     meta = kernel_metadata(
-        kernel_id=f"{username}/{kernel_slug(spec.title)}",
-        title=spec.title,
+        kernel_id=f"{username}/{kernel_slug(title)}",
+        title=title,
         code_file=code_file,
         files={code_file: code},
         session=session,
@@ -214,13 +303,16 @@ def render_stage(
             f"{username}/{slug}" for slug in spec.dataset_sources if slug not in through_kernels and slug not in models
         ],
         competition_sources=spec.competition_sources,
-        kernel_sources=[*through_kernels.values(), *_wheels_source(pipeline, spec, username, wheel_versions)],
+        kernel_sources=[
+            *(ref for found in through_kernels.values() for ref in found.refs),
+            *_wheels_source(pipeline, spec, username, wheel_versions),
+        ],
         model_sources=list(models.values()),
-        where=f"stage {number} {METADATA_FILE}",
+        where=f"{cell} {METADATA_FILE}",
     )
     files = {METADATA_FILE: metadata_bytes(meta), code_file: code}
     return RenderedKernel(
-        stage=number, kernel_id=meta["id"], code_file=code_file, files=files, params=tuple(params)
+        stage=number, kernel_id=meta["id"], code_file=code_file, files=files, params=tuple(params), cell=cell
     )
 
 
@@ -237,7 +329,8 @@ def _wheels_source(
 
 
 def write_kernels(kernels: Iterable[RenderedKernel], out: Path) -> list[Path]:
-    """Write `out/stageN/` for each kernel; on failure nothing under `out` changes."""
+    """Write `out/stageN/` (`out/stageN-<cell>/`) for each kernel; on failure nothing
+    under `out` changes."""
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -245,7 +338,7 @@ def write_kernels(kernels: Iterable[RenderedKernel], out: Path) -> list[Path]:
         with tempfile.TemporaryDirectory(dir=out, prefix=".render-") as tmp:
             staged = []
             for kernel in kernels:
-                folder = Path(tmp) / f"stage{kernel.stage}"
+                folder = Path(tmp) / kernel.folder
                 folder.mkdir()
                 for name, data in kernel.files.items():
                     (folder / name).write_bytes(data)
@@ -269,19 +362,24 @@ def render_stages(
     overrides: Overrides | None = None,
     extra: Mapping[int, Iterable[ParamValue]] | None = None,
     accelerators: Mapping[int, str] | None = None,
-    kernel_versions: Mapping[int, int] | None = None,
+    kernel_versions: Mapping[str, int] | None = None,
     wheel_versions: Mapping[str, int] | None = None,
     model_versions: Mapping[str, int] | None = None,
+    matrix: MatrixOptions | None = None,
+    only: Sequence[Cell] | None = None,
 ) -> list[RenderedKernel]:
-    """Render stages in memory; every problem is raised before anything is written.
+    """Render the stages' kernels in memory, one per cell of a matrix stage; every problem
+    is raised before anything is written.
 
     `overrides` are the `--set` values routed to their stages (`Project.overrides`),
     `extra` the values other stages' outputs give, `accelerators` the machine shapes
-    that replace declared ones; `kernel_versions` names the output version each
-    `via = "kernel"` input reads, `wheel_versions` that of each wheel house (by slug),
-    `model_versions` that of each `via = "model"` input (by dataset slug).
+    that replace declared ones, `matrix` the `--matrix` values (`Project.matrix_options`);
+    `kernel_versions` names the output version each `via = "kernel"` input reads (by cell
+    key), `wheel_versions` that of each wheel house (by slug), `model_versions` that of
+    each `via = "model"` input (by dataset slug). `only` renders just those cells.
     """
     chosen = project.profile(profile)
+    cells = stage_cells(project, stages, profile=chosen, matrix=matrix)
     return [
         render_stage(
             project.pipeline,
@@ -292,12 +390,29 @@ def render_stages(
                 profile=chosen,
                 texts=(overrides or {}).get(number),
                 extra=(extra or {}).get(number, ()),
+                cell=cell,
             ),
             profile=chosen,
             session=project.session(number, (accelerators or {}).get(number)),
             kernel_versions=kernel_versions,
             wheel_versions=wheel_versions,
             model_versions=model_versions,
+            cell=cell,
+            cells=cells,
         )
         for number in stages
+        for cell in cells[number]
+        if only is None or cell in only
     ]
+
+
+def stage_cells(
+    project: Project, stages: Iterable[int], *, profile: str | None = None, matrix: MatrixOptions | None = None
+) -> dict[int, list[Cell]]:
+    """The cells of `stages` and of every stage whose files they read."""
+    pipeline = project.pipeline
+    wanted = set(stages)
+    for number in list(wanted):
+        for slug in pipeline.stage(number).dataset_sources:
+            wanted |= set(pipeline.datasets[slug].stages)
+    return {n: project.cells(n, profile=profile, options=(matrix or {}).get(n)) for n in sorted(wanted)}

@@ -12,10 +12,8 @@ from typing import Any
 
 from slugify import slugify
 
-from kernelgen.spec.machine import accelerator
-from kernelgen.errors import AcceleratorError
-from kernelgen.errors import MetadataError
-from kernelgen.spec.machine import SESSION_CAP_HOURS, DockerPinning
+from kernelgen.errors import AcceleratorError, MetadataError
+from kernelgen.spec.machine import SESSION_CAP_HOURS, DockerPinning, accelerator
 
 LANGUAGES = ("python", "r", "rmarkdown")
 KERNEL_TYPES = ("script", "notebook")

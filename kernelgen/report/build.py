@@ -91,10 +91,10 @@ def _changes_panel(folder: WorkFolder) -> Panel:
             (Note(f"No earlier chain run is recorded here ({PREVIOUS_STATE_FILE} is kept when `kernelgen chain` starts)."),),
         )
     changes = compare_states(folder.previous, folder.state, folder.stages)
-    rows = [(f"stage {c.number}", c.what) for c in changes]
+    rows = [(c.label, c.what) for c in changes]
     blocks: list[Block] = [Table.of(("stage", "this run"), rows)]
     params = [
-        (f"stage {c.number}", p.name, _value(p.before), _value(p.after), p.source)
+        (c.label, p.name, _value(p.before), _value(p.after), p.source)
         for c in changes
         for p in c.params
     ]
@@ -102,8 +102,8 @@ def _changes_panel(folder: WorkFolder) -> Panel:
         blocks.append(Table.of(("stage", "parameter", "before", "now", "now from"), params, "Parameters that changed"))
     else:
         blocks.append(Note("No parameter changed."))
-    rerun = [c.number for c in changes if c.rerun]
-    intro = f"Stages run again: {', '.join(map(str, rerun))}." if rerun else "No stage ran again."
+    rerun = [c.label.removeprefix("stage ") for c in changes if c.rerun]
+    intro = f"Stages run again: {', '.join(rerun)}." if rerun else "No stage ran again."
     return Panel(key, title, tuple(blocks), intro)
 
 
@@ -114,16 +114,16 @@ def _value(value: object) -> str:
 def _curves_panel(folder: WorkFolder) -> Panel | None:
     blocks: list[Block] = []
     plotted = has_matplotlib()
-    for number, facts in folder.stages.items():
+    for facts in (c for f in folder.stages.values() for c in (f.cells or (f,))):
         path = facts.outputs / HISTORY_FILE
         if not path.is_file():
             continue
         try:
             history = read_history(path)
         except (OSError, ValueError, UnicodeDecodeError) as exc:
-            blocks.append(Note(f"stage {number}: {HISTORY_FILE} cannot be read ({exc})", "missing"))
+            blocks.append(Note(f"{facts.label}: {HISTORY_FILE} cannot be read ({exc})", "missing"))
             continue
-        title = f"Stage {number}: {facts.title}"
+        title = f"{facts.label.capitalize()}: {facts.title}"
         chart = history_chart(history, title) if plotted else None
         if chart is not None:
             blocks.append(chart)
@@ -151,7 +151,7 @@ def _runs_panel(folder: WorkFolder, validation: str | None) -> tuple[Panel | Non
         return None, []
     rows = []
     for run in reversed(runs):
-        stages = ", ".join(f"{n} {phase}" for n, phase in run.stages.items())
+        stages = ", ".join(f"{key} {phase}" for key, phase in run.stages.items())
         public = "" if run.public_score is None else f"{run.public_score:.5f}"
         rows.append((run.id, run.started, run.outcome or "did not end", run.command, stages, f"{run.gpu_hours:.2f}", public))
     blocks: list[Block] = [
@@ -176,12 +176,13 @@ def _runs_panel(folder: WorkFolder, validation: str | None) -> tuple[Panel | Non
 
 def _params_panel(folder: WorkFolder) -> Panel:
     blocks: list[Block] = []
-    for number, facts in folder.stages.items():
+    for facts in (c for f in folder.stages.values() for c in (f.cells or (f,))):
+        label = facts.label.capitalize()
         if facts.params:
             rows = [(p.name, _value(p.value), p.source) for p in facts.params]
-            blocks.append(Table.of(("parameter", "value", "from"), rows, f"Stage {number}: {facts.title}"))
+            blocks.append(Table.of(("parameter", "value", "from"), rows, f"{label}: {facts.title}"))
         else:
-            blocks.append(Note(f"Stage {number}: no parameters recorded (it has not been pushed from here)."))
+            blocks.append(Note(f"{label}: no parameters recorded (it has not been pushed from here)."))
     return Panel(
         "parameters",
         "Parameters",

@@ -25,6 +25,11 @@ class StageChange:
     number: int
     what: str
     params: tuple[ParamChange, ...] = ()
+    cell: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"stage {self.number} {self.cell}" if self.cell else f"stage {self.number}"
 
     @property
     def rerun(self) -> bool:
@@ -67,9 +72,11 @@ def _params(before: StageRecord | None, after: StageRecord | None) -> tuple[Para
 
 
 def compare_states(previous: ChainState, current: ChainState, stages: Iterable[int]) -> list[StageChange]:
-    """Per stage: whether it ran again, and which of its parameters changed."""
+    """Per stage (per cell of a matrix stage): whether it ran again, and which of its
+    parameters changed."""
     found = []
     for number in stages:
-        before, after = previous.stages.get(number), current.stages.get(number)
-        found.append(StageChange(number, _what(before, after), _params(before, after)))
+        for cell in current.cells_of(number):
+            before, after = previous.find(cell), current.find(cell)
+            found.append(StageChange(number, _what(before, after), _params(before, after), cell.name))
     return found

@@ -72,6 +72,17 @@ def _rows(stages: Mapping[int, StageFacts], direct: Mapping[int, list[int]]) -> 
     return row
 
 
+def _cell_lines(facts: StageFacts) -> str:
+    """A matrix stage's box lists its cells, each with where it stands."""
+    return "".join(f"\n{c.cell}: {c.phase.value}" for c in facts.cells)
+
+
+def _cell_alt(facts: StageFacts) -> str:
+    if not facts.cells:
+        return ""
+    return f" ({len(facts.cells)} cells: {', '.join(f'{c.cell} {c.phase.value}' for c in facts.cells)})"
+
+
 def stage_graph(stages: Mapping[int, StageFacts]) -> Figure | None:
     """Stages as boxes coloured by status, arrows from what each needs directly."""
     if not stages:
@@ -80,7 +91,10 @@ def stage_graph(stages: Mapping[int, StageFacts]) -> Figure | None:
     direct = _direct_needs(stages)
     rows = _rows(stages, direct)
     width, height = max(level.values()) + 1, max(rows.values()) + 1
-    fig = new_figure(max(2.6 * width, 5.0), 1.25 * height + 0.4)
+    # A matrix stage's box is a line taller per cell; rows move apart to make room.
+    extra = max(len(f.cells) for f in stages.values())
+    spacing = 1.0 + 0.18 * extra
+    fig = new_figure(max(2.6 * width, 5.0), 1.25 * height * spacing + 0.4)
     if fig is None:
         return None
     ax = fig.add_subplot()
@@ -91,8 +105,8 @@ def stage_graph(stages: Mapping[int, StageFacts]) -> Figure | None:
         version = f" v{facts.version}" if facts.version is not None else ""
         boxes[number] = ax.text(
             level[number],
-            -rows[number],
-            f"stage {number}{version}\n{title}\n{facts.phase.value}",
+            -rows[number] * spacing,
+            f"stage {number}{version}\n{title}\n{facts.phase.value}{_cell_lines(facts)}",
             ha="center",
             va="center",
             fontsize=8.5,
@@ -115,8 +129,8 @@ def stage_graph(stages: Mapping[int, StageFacts]) -> Figure | None:
                     },
                 )
     ax.set_xlim(-0.6, width - 0.4)
-    ax.set_ylim(-height + 0.45, 0.55)
-    names = ", ".join(f"stage {n}: {f.phase.value}" for n, f in stages.items())
+    ax.set_ylim(-(height - 1) * spacing - 0.55 * spacing, 0.55 * spacing)
+    names = ", ".join(f"stage {n}: {f.phase.value}{_cell_alt(f)}" for n, f in stages.items())
     return figure_block(fig, alt=f"Stage graph. {names}")
 
 

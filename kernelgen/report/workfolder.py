@@ -20,6 +20,7 @@ from kernelgen.files import log_tail
 from kernelgen.run.state import STATE_FILE, ChainState, Phase, StageRecord
 from kernelgen.run.workspace import WorkPaths
 from kernelgen.spec.machine import AcceleratorKind
+from kernelgen.spec.matrix import Cell
 from kernelgen.spec.pipeline import Pipeline, StageSpec
 
 UNKNOWN_SOURCE = "not recorded"
@@ -61,6 +62,14 @@ class StageFacts:
     log_tail: str = ""
     missing: tuple[str, ...] = ()
     run_seconds: float | None = None
+    cell: str = ""
+    cells: tuple[StageFacts, ...] = ()
+    """For a matrix stage, each cell's own facts; the stage's are theirs together."""
+
+    @property
+    def label(self) -> str:
+        """`stage 4`, or `stage 4 fold-0` for one cell of a matrix stage."""
+        return f"stage {self.number} {self.cell}" if self.cell else f"stage {self.number}"
 
     @property
     def seconds(self) -> float | None:
@@ -74,6 +83,9 @@ class StageFacts:
 
         A polled time longer than the push-to-end span belongs to an earlier run.
         """
+        if self.cells:
+            hours = [c.gpu_hours for c in self.cells if c.gpu_hours is not None]
+            return sum(hours) if hours else None
         seconds = self.seconds
         if seconds is None:
             return None
@@ -102,9 +114,11 @@ class WorkFolder:
         return WorkPaths(self.path)
 
     def latest_run(self) -> list[StageFacts]:
-        """The timed stages of the latest chain run: those it did not find unchanged.
-        When it ran none, every timed stage (their runs made the outputs there are)."""
-        timed = [f for f in self.stages.values() if f.seconds is not None]
+        """The timed kernels of the latest chain run (each cell of a matrix stage apart):
+        those it did not find unchanged. When it ran none, every timed kernel (their runs
+        made the outputs there are)."""
+        kernels = [c for f in self.stages.values() for c in (f.cells or (f,))]
+        timed = [f for f in kernels if f.seconds is not None]
         return [f for f in timed if f.phase is not Phase.UNCHANGED] or timed
 
 
@@ -158,6 +172,67 @@ def _missing(number: int, phase: Phase, record: StageRecord | None, outputs: Pat
     return found
 
 
+def _cell_facts(
+    spec: StageSpec,
+    needs: tuple[int, ...],
+    cell: Cell,
+    record: StageRecord | None,
+    before: StageRecord | None,
+    need_phases: list[Phase],
+    folder: Path,
+) -> StageFacts:
+    phase = _phase(record, before, need_phases)
+    params: tuple[ParamRow, ...] = ()
+    if record is not None:
+        params = tuple(
+            ParamRow(name, value, record.sources.get(name, UNKNOWN_SOURCE)) for name, value in record.params.items()
+        )
+    return StageFacts(
+        number=spec.number,
+        title=spec.title,
+        phase=phase,
+        needs=needs,
+        accelerator=declared_accelerator(spec),
+        gpu=uses_gpu(spec),
+        outputs=folder,
+        kernel=record.kernel if record else "",
+        version=record.version if record else None,
+        url=record.url if record else "",
+        started=parse_timestamp(record.started) if record else None,
+        ended=parse_timestamp(record.ended) if record else None,
+        message=record.message if record else "",
+        params=params,
+        log_tail=_log_tail(folder, record.kernel) if record and phase.failed else "",
+        missing=tuple(_missing(spec.number, phase, record, folder, needs)),
+        run_seconds=record.run_seconds if record and record.ended else None,
+        cell=cell.name,
+    )
+
+
+def _together(spec: StageSpec, needs: tuple[int, ...], folder: Path, cells: list[StageFacts]) -> StageFacts:
+    """A matrix stage's facts from its cells': where it stands, its span of time, and
+    what each cell lacks under the cell's name."""
+    started = [c.started for c in cells if c.started is not None]
+    ended = [c.ended for c in cells if c.ended is not None]
+    messages = [f"{c.cell}: {c.message}" for c in cells if c.message]
+    return StageFacts(
+        number=spec.number,
+        title=spec.title,
+        phase=Phase.together(c.phase for c in cells),
+        needs=needs,
+        accelerator=declared_accelerator(spec),
+        gpu=uses_gpu(spec),
+        outputs=folder,
+        started=min(started) if len(started) == len(cells) else None,
+        ended=max(ended) if len(ended) == len(cells) else None,
+        message="; ".join(messages),
+        params=cells[0].params,
+        log_tail="\n".join(f"[{c.cell}]\n{c.log_tail}" for c in cells if c.log_tail),
+        missing=tuple(f"{c.cell}: {m}" for c in cells for m in c.missing),
+        cells=tuple(cells),
+    )
+
+
 def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
     paths = WorkPaths(workdir.resolve())
     path = paths.root
@@ -166,44 +241,35 @@ def read_work_folder(pipeline: Pipeline, workdir: Path) -> WorkFolder:
     if state is None and not problems:
         problems.append(f"no {STATE_FILE} in {path}: nothing has run in this work folder (or --workdir names another)")
     previous = _read_state(paths.previous_state, problems, paths.previous_state.name)
-    records = state.stages if state else {}
-    before = previous.stages if previous else {}
+    ran = set(state.stages) | set(state.matrices) if state else set()
     stages: dict[int, StageFacts] = {}
     # Stages past the default chain (`[chain] last`) show only once they have run here.
-    shown = [n for n in pipeline.order() if n in pipeline.default_stages or n in records]
+    shown = [n for n in pipeline.order() if n in pipeline.default_stages or n in ran]
     for number in shown:
         spec = pipeline.stage(number)
         needs = pipeline.dependencies[number]
-        record = records.get(number)
-        phase = _phase(record, before.get(number), [stages[n].phase for n in needs if n in stages])
-        folder = paths.outputs(number)
-        params = ()
-        if record is not None:
-            params = tuple(
-                ParamRow(name, value, record.sources.get(name, UNKNOWN_SOURCE)) for name, value in record.params.items()
+        need_phases = [stages[n].phase for n in needs if n in stages]
+        cells = state.cells_of(number) if state else [Cell(number)]
+        facts = [
+            _cell_facts(
+                spec,
+                needs,
+                cell,
+                state.find(cell) if state else None,
+                previous.find(cell) if previous else None,
+                need_phases,
+                paths.cell_outputs(cell),
             )
-        stages[number] = StageFacts(
-            number=number,
-            title=spec.title,
-            phase=phase,
-            needs=needs,
-            accelerator=declared_accelerator(spec),
-            gpu=uses_gpu(spec),
-            outputs=folder,
-            kernel=record.kernel if record else "",
-            version=record.version if record else None,
-            url=record.url if record else "",
-            started=parse_timestamp(record.started) if record else None,
-            ended=parse_timestamp(record.ended) if record else None,
-            message=record.message if record else "",
-            params=params,
-            log_tail=_log_tail(folder, record.kernel) if record and phase.failed else "",
-            missing=tuple(_missing(number, phase, record, folder, needs)),
-            run_seconds=record.run_seconds if record and record.ended else None,
-        )
+            for cell in cells
+        ]
+        stages[number] = _together(spec, needs, paths.outputs(number), facts) if cells[0].values else facts[0]
+
+    def outputs_of(number: int) -> list[tuple[str, Path]]:
+        return [(cell.name, paths.cell_outputs(cell)) for cell in (state.cells_of(number) if state else [Cell(number)])]
+
     for slug, dataset in pipeline.datasets.items():
         if all(stages[n].phase.done for n in dataset.stages):
-            absent = missing_files(dataset, paths.outputs)
+            absent = missing_files(dataset, outputs_of)
             if absent:
                 names = ", ".join(str(p.relative_to(paths.outputs_root)) for p in absent)
                 problems.append(f"dataset {slug} is declared with files the outputs lack: {names}")

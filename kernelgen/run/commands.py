@@ -26,6 +26,7 @@ from kernelgen.errors import (
     KernelgenError,
     LedgerError,
     MissingOutputError,
+    ParameterError,
 )
 from kernelgen.files import log_tail
 from kernelgen.run.ledger import RunSummary, read_runs
@@ -35,8 +36,9 @@ from kernelgen.run.recording import RunRecorder
 from kernelgen.run.scheduler import LOCAL_OPTIONS, Chain, ChainOptions, ChainResult
 from kernelgen.run.state import Phase, SubmissionRecord
 from kernelgen.run.steps import Steps
-from kernelgen.run.workspace import Access, BackendKind, WorkPaths, Workspace
+from kernelgen.run.workspace import SUBMISSION_FILE, Access, BackendKind, WorkPaths, Workspace
 from kernelgen.spec.config import resolve_username
+from kernelgen.spec.matrix import Cell, pick_cells
 from kernelgen.spec.project import Project
 
 Say = Callable[[str], None]
@@ -66,26 +68,48 @@ def username(project: Project, user: str | None, *, local: bool) -> str:
 
 
 def render_kernels(
-    project: Project, stages: Sequence[int], out: Path, *, user: str | None, profile: str | None, sets: Iterable[str]
+    project: Project,
+    stages: Sequence[int],
+    out: Path,
+    *,
+    user: str | None,
+    profile: str | None,
+    sets: Iterable[str],
+    matrix: Iterable[str] = (),
 ) -> list[tuple[Path, RenderedKernel]]:
-    """`kernelgen render`: every stage rendered and checked in memory, then written together."""
+    """`kernelgen render`: every stage's kernels (one per cell of a matrix stage) rendered
+    and checked in memory, then written together."""
     kernels = render_stages(
         project,
         stages,
         username=resolve_username(user, project.config),
         profile=profile,
         overrides=project.overrides(sets, stages),
+        matrix=project.matrix_options(matrix, stages),
     )
     return list(zip(write_kernels(kernels, out), kernels, strict=True))
 
 
 @dataclass(frozen=True)
 class Pushed:
-    """What `push` did: the push, and with --wait where the run's files and log went."""
+    """What `push` did for one kernel: the push, and with --wait where the run's files
+    and log went."""
 
+    cell: Cell
     push: PushResult
     outputs: Path | None = None
     files: int = 0
+
+
+def parse_cell(items: Iterable[str]) -> dict[str, str]:
+    """`--cell fold=2` (repeatable): the matrix values naming the cells to take."""
+    chosen = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ParameterError(f"--cell {item!r}: expected FIELD=VALUE")
+        chosen[name.strip()] = value.strip()
+    return chosen
 
 
 def push_stage(
@@ -97,64 +121,81 @@ def push_stage(
     user: str | None = None,
     profile: str | None = None,
     sets: Iterable[str] = (),
+    matrix: Iterable[str] = (),
+    cell: Iterable[str] = (),
     accelerator: str | None = None,
     wait: bool = False,
     timeout: float | None = None,
     timing: Timing | None = None,
     say: Say = print,
     warn: Say = warn_on_stderr,
-) -> Pushed:
-    """`kernelgen push`: render and check stage `stage` (taking what earlier stages left
-    in the work folder where it can), hold the folder, push, and with `wait` follow the
-    run (its latest log line at each poll) and download its outputs and whole log.
+) -> list[Pushed]:
+    """`kernelgen push`: render and check stage `stage`'s kernels (every cell of a matrix
+    stage, or those `cell` names), taking what earlier stages left in the work folder
+    where it can; hold the folder, push, and with `wait` follow each run (its latest log
+    line at each poll) and download its outputs and whole log.
 
-    Raises KernelFailedError, with the log's tail, when the followed run fails.
+    Raises KernelFailedError, with the log's tail, when a followed run fails.
     """
     number = project.pipeline.stage(stage).number
     accelerators = project.accelerators([accelerator] if accelerator else [], [number])
     overrides = project.overrides(sets, [number])
+    matrices = project.matrix_options(matrix, [number])
     chosen = run_profile(project, profile, local=local)
     name = username(project, user, local=local)
-    render_stages(project, [number], username=name, profile=chosen, overrides=overrides, accelerators=accelerators)
+    picked = parse_cell(cell)
+    pick_cells(project.cells(number, profile=chosen, options=matrices.get(number)), picked, stage=number)
+    render_stages(
+        project, [number], username=name, profile=chosen, overrides=overrides, accelerators=accelerators, matrix=matrices
+    )
     with Workspace.open(project, workdir, backend=backend_kind(local), command="push", timing=timing, notify=say) as ws:
-        steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=accelerators)
-        steps.settle(number)
-        pushed = steps.push(steps.render(number, required=False))
-        say(f"stage {number}: pushed {pushed.kernel} version {pushed.version}")
-        say(pushed.url)
+        steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=accelerators, matrix=matrices)
+        cells = steps.cell(number, picked)
+        steps.remember_matrix([number])
+        done = []
+        for target in cells:
+            steps.settle(target)
+            pushed = steps.push(steps.render(target, required=False))
+            say(f"{target}: pushed {pushed.kernel} version {pushed.version}")
+            say(pushed.url)
+            done.append(Pushed(target, pushed))
         if not wait:
-            return Pushed(pushed)
+            return done
         recorder = RunRecorder(steps, "push", warn)
         recorder.started()
-        final = _follow(steps, number, timeout, say)
-        dest, output = steps.collect(number)
-        say(f"stage {number}: {len(output.files)} output files and the log in {dest}")
-        recorder.stage_ended(number, Phase.of(final.status))
-        recorder.ended("complete" if final.status is RunStatus.COMPLETE else "failed")
-        if final.status is not RunStatus.COMPLETE:
-            raise KernelFailedError(
-                f"ended in {final.status.value}: {final.message}",
-                stage=number,
-                status=final.status.value,
-                log_tail=log_tail(output.log),
-            )
-        return Pushed(pushed, dest, len(output.files))
+        collected = []
+        for item in done:
+            final = _follow(steps, item.cell, timeout, say)
+            dest, output = steps.collect(item.cell)
+            say(f"{item.cell}: {len(output.files)} output files and the log in {dest}")
+            recorder.stage_ended(item.cell, Phase.of(final.status))
+            if final.status is not RunStatus.COMPLETE:
+                recorder.ended("failed")
+                raise KernelFailedError(
+                    f"{item.cell.name + ' ' if item.cell.values else ''}ended in {final.status.value}: {final.message}",
+                    stage=number,
+                    status=final.status.value,
+                    log_tail=log_tail(output.log),
+                )
+            collected.append(Pushed(item.cell, item.push, dest, len(output.files)))
+        recorder.ended("complete")
+        return collected
 
 
-def _follow(steps: Steps, number: int, timeout: float | None, say: Say) -> KernelState:
-    """Wait for stage `number`'s run to end, saying each new state or log line."""
+def _follow(steps: Steps, cell: Cell, timeout: float | None, say: Say) -> KernelState:
+    """Wait for the cell's run to end, saying each new state or log line."""
     seen: list[RunStatus] = []
 
     def on_poll(state: KernelState, elapsed: float) -> None:
-        line = latest(steps.log_lines(number))
+        line = latest(steps.log_lines(cell))
         if not seen or seen[-1] is not state.status or line:
             seen.append(state.status)
             shown = f" - {line}" if line else ""
-            say(f"stage {number}: {state.status.value} [{format_elapsed(elapsed)}]{shown}")
+            say(f"{cell}: {state.status.value} [{format_elapsed(elapsed)}]{shown}")
 
-    limit = timeout if timeout is not None else steps.session(number).wait_seconds()
+    limit = timeout if timeout is not None else steps.session(cell.stage).wait_seconds()
     try:
-        return steps.wait(number, timeout=limit, on_poll=on_poll)
+        return steps.wait(cell, timeout=limit, on_poll=on_poll)
     finally:
         steps.stop_following()
 
@@ -167,6 +208,7 @@ class StatusRow:
     version: int | None
     status: str
     message: str
+    cell: str = ""
 
 
 NOT_PUSHED = "not pushed"
@@ -184,29 +226,48 @@ def stage_status(
         rows = []
         for number in stages:
             spec = project.pipeline.stage(number)
-            record = ws.state.stages.get(number)
-            if record is None or not record.kernel or record.version is None:
-                rows.append(StatusRow(number, spec.title, "", None, NOT_PUSHED, ""))
-                continue
-            try:
-                live = steps.poll(number)
-            except BackendError as exc:
-                known = record.status.value if record.status else "unknown"
-                rows.append(StatusRow(number, spec.title, record.kernel, record.version, known, str(exc)))
-                continue
-            rows.append(StatusRow(number, spec.title, record.kernel, record.version, live.status.value, live.message))
+            for cell in ws.state.cells_of(number):
+                title = spec.title
+                record = ws.state.find(cell)
+                if record is None or not record.kernel or record.version is None:
+                    rows.append(StatusRow(number, title, "", None, NOT_PUSHED, "", cell.name))
+                    continue
+                try:
+                    live = steps.poll(cell)
+                except BackendError as exc:
+                    known = record.status.value if record.status else "unknown"
+                    rows.append(StatusRow(number, title, record.kernel, record.version, known, str(exc), cell.name))
+                    continue
+                rows.append(
+                    StatusRow(number, title, record.kernel, record.version, live.status.value, live.message, cell.name)
+                )
         return ws.backend.name, rows
 
 
 def collect_output(
-    project: Project, workdir: Path, stage: int, out: Path | None, *, local: bool, timing: Timing | None = None
-) -> tuple[Path, int]:
+    project: Project,
+    workdir: Path,
+    stage: int,
+    out: Path | None,
+    *,
+    local: bool,
+    cell: Iterable[str] = (),
+    timing: Timing | None = None,
+) -> list[tuple[Cell, Path, int]]:
     """`kernelgen output`: download a stage's output files and whole log (into the work
-    folder's outputs unless `out`); returns where, and how many files."""
+    folder's outputs unless `out`; a folder per cell there for a matrix stage, or only
+    the cells `cell` names); returns each cell, where its files went, and how many."""
     number = project.pipeline.stage(stage).number
+    picked = parse_cell(cell)
     with Workspace.open(project, workdir, backend=backend_kind(local), command="output", timing=timing) as ws:
-        dest, fetched = Steps(ws, username=LOCAL_USER).collect(number, out)
-        return dest, len(fetched.files)
+        steps = Steps(ws, username=LOCAL_USER)
+        cells = pick_cells(ws.state.cells_of(number), picked, stage=number)
+        found = []
+        for target in cells:
+            dest = out / target.name if out is not None and target.values else out
+            where, fetched = steps.collect(target, dest)
+            found.append((target, where, len(fetched.files)))
+        return found
 
 
 def publish_dataset(
@@ -266,6 +327,7 @@ def run_chain(
     user: str | None = None,
     profile: str | None = None,
     sets: Iterable[str] = (),
+    matrix: Iterable[str] = (),
     timing: Timing | None = None,
     reporter: Reporter,
     write_report: Callable[[Path], Path],
@@ -283,6 +345,7 @@ def run_chain(
     selected = [n for n in numbers if lo <= n <= hi]
     machines = project.accelerators(accelerators, selected)
     overrides = project.overrides(sets, selected)
+    matrices = project.matrix_options(matrix, selected)
     chosen = run_profile(project, profile, local=local)
     name = username(project, user, local=local)
     options = replace(LOCAL_OPTIONS if local else ChainOptions(), jobs=jobs, ignore_quota=ignore_quota)
@@ -294,7 +357,7 @@ def run_chain(
         project, workdir, backend=backend_kind(local), command="chain", timing=timing,
         jobs=jobs, jupyter_kernel=jupyter_kernel, notify=say,
     ) as ws:
-        steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=machines)
+        steps = Steps(ws, username=name, profile=chosen, overrides=overrides, accelerators=machines, matrix=matrices)
         recorder = RunRecorder(steps, "chain", warn)
         try:
             result = Chain(steps, options=options, reporter=reporter, recorder=recorder).run(
@@ -385,16 +448,21 @@ def competition_of(project: Project, competition: str | None, stage: int) -> str
     return sources[0]
 
 
-def submitted_stage(project: Project, paths: WorkPaths, stage: int | None) -> int:
-    """The stage to submit: `stage`, else the last stage with a submission.csv collected."""
-    if stage is not None:
-        return project.pipeline.stage(stage).number
-    found = [n for n in project.pipeline.stages if paths.submission(n).is_file()]
-    if not found:
-        raise MissingOutputError(
-            f"no stage in {paths.root} has a submission.csv to submit; run the chain first"
-        )
-    return found[-1]
+def submitted_cell(project: Project, ws: Workspace, stage: int | None, cell: Iterable[str]) -> Cell:
+    """The kernel to submit: stage `stage`'s (the cell `cell` names, for a matrix stage),
+    else the last stage's that left a submission.csv."""
+    state, paths = ws.state, ws.paths
+    if stage is None:
+        found = [c for n in project.pipeline.stages for c in state.cells_of(n) if (paths.cell_outputs(c) / SUBMISSION_FILE).is_file()]
+        if not found:
+            raise MissingOutputError(f"no stage in {paths.root} has a submission.csv to submit; run the chain first")
+        stage = found[-1].stage
+    number = project.pipeline.stage(stage).number
+    cells = pick_cells(state.cells_of(number), parse_cell(cell), stage=number)
+    if len(cells) > 1:
+        names = ", ".join(c.name for c in cells)
+        raise ParameterError(f"runs as a matrix ({names}): name the cell to submit with --cell", stage=number)
+    return cells[0]
 
 
 def submit_stage(
@@ -402,6 +470,7 @@ def submit_stage(
     workdir: Path,
     *,
     stage: int | None = None,
+    cell: Iterable[str] = (),
     competition: str | None = None,
     local: bool = False,
     wait: bool = True,
@@ -411,20 +480,21 @@ def submit_stage(
     warn: Say = warn_on_stderr,
 ) -> SubmissionRecord:
     """`kernelgen submit`: submit a stage's collected version (the last stage that left a
-    submission.csv by default), then follow it until Kaggle scores it (unless not `wait`);
-    the score is kept in the work folder's state and ledger. Returns the submission."""
+    submission.csv by default; one cell of a matrix stage), then follow it until Kaggle
+    scores it (unless not `wait`); the score is kept in the work folder's state and
+    ledger. Returns the submission."""
     with Workspace.open(
         project, workdir, backend=backend_kind(local), command="submit", timing=timing, notify=say
     ) as ws:
-        number = submitted_stage(project, ws.paths, stage)
-        comp = competition_of(project, competition, number)
+        target = submitted_cell(project, ws, stage, cell)
+        comp = competition_of(project, competition, target.stage)
         steps = Steps(ws, username=LOCAL_USER)
         recorder = RunRecorder(steps, "submit", warn)
         recorder.started()
-        recorder.stage_ended(number, Phase.UNCHANGED)
+        recorder.stage_ended(target, Phase.UNCHANGED)
         try:
             entry = steps.submit_for_score(
-                number, comp, timeout=timeout if wait else None, say=say, recorded=recorder.submitted
+                target, comp, timeout=timeout if wait else None, say=say, recorded=recorder.submitted
             )
         except KernelgenError:
             recorder.ended("failed")

@@ -90,16 +90,60 @@ MIGRATIONS: tuple[str, ...] = (
         private_score REAL
     );
     """,
+    # 3: a row per cell of a matrix stage (the cell's name; empty for other stages)
+    """
+    CREATE TABLE stages_by_cell (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage INTEGER NOT NULL,
+        cell TEXT NOT NULL DEFAULT '',
+        phase TEXT NOT NULL,
+        kernel TEXT NOT NULL,
+        version INTEGER,
+        accelerator TEXT NOT NULL,
+        pinning TEXT NOT NULL,
+        run_seconds REAL,
+        gpu_hours REAL,
+        PRIMARY KEY (run_id, stage, cell)
+    );
+    INSERT INTO stages_by_cell (run_id, stage, phase, kernel, version, accelerator, pinning, run_seconds, gpu_hours)
+        SELECT run_id, stage, phase, kernel, version, accelerator, pinning, run_seconds, gpu_hours FROM stages;
+    DROP TABLE stages;
+    ALTER TABLE stages_by_cell RENAME TO stages;
+    CREATE TABLE params_by_cell (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage INTEGER NOT NULL,
+        cell TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        source TEXT NOT NULL,
+        PRIMARY KEY (run_id, stage, cell, name)
+    );
+    INSERT INTO params_by_cell (run_id, stage, name, value, source) SELECT run_id, stage, name, value, source FROM params;
+    DROP TABLE params;
+    ALTER TABLE params_by_cell RENAME TO params;
+    CREATE TABLE inputs_by_cell (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        stage INTEGER NOT NULL,
+        cell TEXT NOT NULL DEFAULT '',
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        PRIMARY KEY (run_id, stage, cell, kind, ref)
+    );
+    INSERT INTO inputs_by_cell (run_id, stage, kind, ref) SELECT run_id, stage, kind, ref FROM inputs;
+    DROP TABLE inputs;
+    ALTER TABLE inputs_by_cell RENAME TO inputs;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass(frozen=True)
 class StageEntry:
-    """What one stage of a run was and did."""
+    """What one stage (one cell of a matrix stage, named by `cell`) of a run was and did."""
 
     stage: int
     phase: str
+    cell: str = ""
     kernel: str = ""
     version: int | None = None
     accelerator: str = ""
@@ -134,7 +178,7 @@ class RunSummary:
     profile: str
     git_commit: str | None
     git_dirty: bool | None
-    stages: dict[int, str]
+    stages: dict[str, str]
     params: dict[str, Any]
     sources: dict[str, str]
     inputs: dict[str, list[str]]
@@ -157,7 +201,7 @@ class RunSummary:
             "profile": self.profile,
             "git_commit": self.git_commit,
             "git_dirty": self.git_dirty,
-            "stages": {str(k): v for k, v in self.stages.items()},
+            "stages": dict(self.stages),
             "params": self.params,
             "sources": self.sources,
             "inputs": self.inputs,
@@ -220,9 +264,20 @@ def git_state(folder: Path) -> tuple[str | None, bool | None]:
     return commit.stdout.strip(), bool(status.stdout.strip()) if status.returncode == 0 else None
 
 
-def read_metrics(folder: Path, stage: int, warn: Callable[[str], None]) -> dict[str, float]:
-    """`metrics.json` of a stage's outputs as `stageN.<name>` -> number; what is not a
-    flat object of finite numbers is left out with a warning."""
+def entry_name(stage: int, cell: str, name: str) -> str:
+    """How the ledger names a stage's parameter or metric: `stage4.epochs`, or
+    `stage4.fold-0.epochs` for a cell of a matrix stage."""
+    return f"stage{stage}.{cell}.{name}" if cell else f"stage{stage}.{name}"
+
+
+def stage_key(stage: int, cell: str) -> str:
+    """A stage's key among a run's stages: `4`, or `4/fold-0` for a cell."""
+    return f"{stage}/{cell}" if cell else str(stage)
+
+
+def read_metrics(folder: Path, stage: int, warn: Callable[[str], None], cell: str = "") -> dict[str, float]:
+    """`metrics.json` of a stage's (or cell's) outputs as `stageN.<name>` (`stageN.<cell>.<name>`)
+    -> number; what is not a flat object of finite numbers is left out with a warning."""
     path = folder / METRICS_FILE
     if not path.is_file():
         return {}
@@ -239,7 +294,7 @@ def read_metrics(folder: Path, stage: int, warn: Callable[[str], None]) -> dict[
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             warn(f"{path}: {name!r} is not a finite number; left out")
             continue
-        found[f"stage{stage}.{name}"] = float(value)
+        found[entry_name(stage, cell, name)] = float(value)
     return found
 
 
@@ -291,19 +346,32 @@ class Ledger:
         run = self._run()
         statements = [
             (
-                "INSERT INTO stages (run_id, stage, phase, kernel, version, accelerator, pinning, "
-                "run_seconds, gpu_hours) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run, entry.stage, entry.phase, entry.kernel, entry.version, entry.accelerator, entry.pinning,
-                 entry.run_seconds, entry.gpu_hours),
+                "INSERT INTO stages (run_id, stage, cell, phase, kernel, version, accelerator, pinning, "
+                "run_seconds, gpu_hours) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run, entry.stage, entry.cell, entry.phase, entry.kernel, entry.version, entry.accelerator,
+                 entry.pinning, entry.run_seconds, entry.gpu_hours),
             ),
             *[
-                ("INSERT INTO params VALUES (?, ?, ?, ?, ?)", (run, entry.stage, name, _value(v), source))
+                (
+                    "INSERT INTO params (run_id, stage, cell, name, value, source) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run, entry.stage, entry.cell, name, _value(v), source),
+                )
                 for name, (v, source) in sorted(entry.params.items())
             ],
-            *[("INSERT OR IGNORE INTO inputs VALUES (?, ?, ?, ?)", (run, entry.stage, kind, ref)) for kind, ref in entry.inputs],
-            *[("INSERT INTO metrics VALUES (?, ?, ?)", (run, name, v)) for name, v in sorted(entry.metrics.items())],
+            *[
+                (
+                    "INSERT OR IGNORE INTO inputs (run_id, stage, cell, kind, ref) VALUES (?, ?, ?, ?, ?)",
+                    (run, entry.stage, entry.cell, kind, ref),
+                )
+                for kind, ref in entry.inputs
+            ],
         ]
         self._write(statements)
+        self.metrics(entry.metrics)
+
+    def metrics(self, values: Mapping[str, float]) -> None:
+        """Record metrics of this run by their full names (`stage4.val_dice`)."""
+        self._write([("INSERT INTO metrics VALUES (?, ?, ?)", (self._run(), name, v)) for name, v in sorted(values.items())])
 
     def submission(self, entry: SubmissionEntry, *, seen: str) -> None:
         self._write(
@@ -332,29 +400,32 @@ def read_runs(path: Path) -> list[RunSummary]:
     with closing(_connect(path, read_only=True)) as db:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         try:
-            return _summaries(db, has_submissions=version >= 2)
+            return _summaries(db, has_submissions=version >= 2, has_cells=version >= 3)
         except sqlite3.Error as exc:
             raise LedgerError(f"{path}: not a readable ledger ({exc})") from None
 
 
-def _summaries(db: sqlite3.Connection, *, has_submissions: bool) -> list[RunSummary]:
+def _summaries(db: sqlite3.Connection, *, has_submissions: bool, has_cells: bool) -> list[RunSummary]:
     runs = db.execute(
         "SELECT r.id, r.started, e.ended, e.outcome, r.command, r.backend, r.profile, r.git_commit, r.git_dirty "
         "FROM runs r LEFT JOIN run_ends e ON e.run_id = r.id ORDER BY r.id"
     ).fetchall()
-    stages: dict[int, dict[int, str]] = {}
+    cell = "cell" if has_cells else "''"
+    stages: dict[int, dict[str, str]] = {}
     hours: dict[int, float] = {}
-    for run_id, stage, phase, gpu_hours in db.execute("SELECT run_id, stage, phase, gpu_hours FROM stages ORDER BY stage"):
-        stages.setdefault(run_id, {})[stage] = phase
+    for run_id, stage, name, phase, gpu_hours in db.execute(
+        f"SELECT run_id, stage, {cell}, phase, gpu_hours FROM stages ORDER BY stage, {cell}"
+    ):
+        stages.setdefault(run_id, {})[stage_key(stage, name)] = phase
         hours[run_id] = hours.get(run_id, 0.0) + (gpu_hours or 0.0)
     params: dict[int, dict[str, Any]] = {}
     sources: dict[int, dict[str, str]] = {}
-    for run_id, stage, name, value, source in db.execute("SELECT run_id, stage, name, value, source FROM params"):
-        params.setdefault(run_id, {})[f"stage{stage}.{name}"] = json.loads(value)
-        sources.setdefault(run_id, {})[f"stage{stage}.{name}"] = source
+    for run_id, stage, where, name, value, source in db.execute(f"SELECT run_id, stage, {cell}, name, value, source FROM params"):
+        params.setdefault(run_id, {})[entry_name(stage, where, name)] = json.loads(value)
+        sources.setdefault(run_id, {})[entry_name(stage, where, name)] = source
     inputs: dict[int, dict[str, list[str]]] = {}
-    for run_id, stage, kind, ref in db.execute("SELECT run_id, stage, kind, ref FROM inputs ORDER BY kind, ref"):
-        inputs.setdefault(run_id, {}).setdefault(f"stage{stage}", []).append(f"{kind}:{ref}")
+    for run_id, stage, where, kind, ref in db.execute(f"SELECT run_id, stage, {cell}, kind, ref FROM inputs ORDER BY kind, ref"):
+        inputs.setdefault(run_id, {}).setdefault(f"stage{stage_key(stage, where)}", []).append(f"{kind}:{ref}")
     metrics: dict[int, dict[str, float]] = {}
     for run_id, name, value in db.execute("SELECT run_id, name, value FROM metrics ORDER BY name"):
         metrics.setdefault(run_id, {})[name] = value

@@ -18,6 +18,12 @@ class StageRow:
     elapsed: float
     note: str = ""
     log: str = ""
+    cell: str = ""
+
+    @property
+    def label(self) -> str:
+        """`stage 4`, or `stage 4 fold-0` for a cell of a matrix stage."""
+        return f"stage {self.stage} {self.cell}" if self.cell else f"stage {self.stage}"
 
     @property
     def last_line(self) -> str:
@@ -39,16 +45,16 @@ class PlainReporter:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
-        self._seen: dict[int, tuple[str, int | None, str]] = {}
+        self._seen: dict[str, tuple[str, int | None, str]] = {}
 
     def update(self, rows: list[StageRow]) -> None:
         for row in rows:
             key = (row.status, row.version, row.last_line)
-            if self._seen.get(row.stage) != key:
-                self._seen[row.stage] = key
+            if self._seen.get(row.label) != key:
+                self._seen[row.label] = key
                 version = f" v{row.version}" if row.version is not None else ""
                 extra = f" - {row.last_line}" if row.last_line else ""
-                print(f"stage {row.stage}{version}: {row.status} [{format_elapsed(row.elapsed)}]{extra}", file=self.stream, flush=True)
+                print(f"{row.label}{version}: {row.status} [{format_elapsed(row.elapsed)}]{extra}", file=self.stream, flush=True)
 
     def message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -77,7 +83,7 @@ class LiveReporter:
         styles = {"complete": "green", "unchanged": "green", "error": "red", "cancelled": "red", "blocked": "yellow", "running": "cyan"}
         for row in rows:
             table.add_row(
-                str(row.stage),
+                row.label.removeprefix("stage "),
                 row.title,
                 f"[{styles.get(row.status, 'white')}]{row.status}[/]",
                 "" if row.version is None else str(row.version),

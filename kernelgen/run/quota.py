@@ -8,7 +8,7 @@ or the estimate its TOML declares) and refuses when that is more than is left.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -17,6 +17,7 @@ from kernelgen.backends.base import GpuQuota
 from kernelgen.errors import QuotaError
 from kernelgen.run.state import StageRecord
 from kernelgen.spec.machine import AcceleratorKind, Session
+from kernelgen.spec.matrix import Cell
 from kernelgen.spec.pipeline import StageSpec
 
 
@@ -33,11 +34,13 @@ class StageEstimate:
     stage: int
     hours: float
     basis: Basis
+    cell: str = ""
 
     def describe(self) -> str:
+        what = f"stage {self.stage} {self.cell}" if self.cell else f"stage {self.stage}"
         if self.basis is Basis.NONE:
-            return f"stage {self.stage}: no estimate (declare gpu_hours in its TOML)"
-        return f"stage {self.stage}: {self.hours:.2f} h ({self.basis.value})"
+            return f"{what}: no estimate (declare gpu_hours in its TOML)"
+        return f"{what}: {self.hours:.2f} h ({self.basis.value})"
 
 
 @dataclass(frozen=True)
@@ -53,24 +56,25 @@ class GpuEstimate:
 
 
 def estimate_gpu_hours(
-    specs: Iterable[StageSpec],
+    kernels: Iterable[tuple[StageSpec, Cell]],
     sessions: Mapping[int, Session],
-    records: Mapping[int, StageRecord],
+    records: Callable[[Cell], StageRecord | None],
     profile: str,
 ) -> GpuEstimate:
-    """GPU hours of the stages `specs` that run on a GPU: the last run's time when it ran
-    with the same profile, else the declared `gpu_hours`, else nothing."""
+    """GPU hours of the kernels (each a stage and one of its cells) that run on a GPU:
+    the cell's last run time when it ran with the same profile, else the stage's declared
+    `gpu_hours` (each cell of a matrix stage counts in full), else nothing."""
     found = []
-    for spec in specs:
+    for spec, cell in kernels:
         if sessions[spec.number].kind is not AcceleratorKind.GPU:
             continue
-        record = records.get(spec.number)
+        record = records(cell)
         if record is not None and record.run_seconds is not None and record.run_profile == profile:
-            found.append(StageEstimate(spec.number, record.run_seconds / 3600, Basis.LAST_RUN))
+            found.append(StageEstimate(spec.number, record.run_seconds / 3600, Basis.LAST_RUN, cell.name))
         elif spec.gpu_hours is not None:
-            found.append(StageEstimate(spec.number, spec.gpu_hours, Basis.DECLARED))
+            found.append(StageEstimate(spec.number, spec.gpu_hours, Basis.DECLARED, cell.name))
         else:
-            found.append(StageEstimate(spec.number, 0.0, Basis.NONE))
+            found.append(StageEstimate(spec.number, 0.0, Basis.NONE, cell.name))
     return GpuEstimate(tuple(found))
 
 

@@ -7,7 +7,7 @@ line says so and the run goes on unrecorded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from kernelgen.clock import timestamp
 from kernelgen.run.ledger import (
@@ -15,12 +15,14 @@ from kernelgen.run.ledger import (
     LedgerError,
     StageEntry,
     SubmissionEntry,
+    entry_name,
     git_state,
     read_metrics,
 )
 from kernelgen.run.state import Phase, SubmissionRecord
 from kernelgen.run.steps import Steps
 from kernelgen.spec.machine import AcceleratorKind
+from kernelgen.spec.matrix import Cell
 
 SOURCE_KINDS = (("dataset_sources", "dataset"), ("kernel_sources", "kernel"), ("model_sources", "model"),
                 ("competition_sources", "competition"))
@@ -36,7 +38,8 @@ class RunRecorder:
         self._warn = warn
         self._ledger: Ledger | None = None
         self._path = steps.paths.ledger
-        self._recorded: set[int] = set()
+        self._recorded: set[Cell] = set()
+        self._cell_metrics: dict[int, list[dict[str, float]]] = {}
 
     def _now(self) -> str:
         return timestamp(self.steps.timing.now())
@@ -62,15 +65,30 @@ class RunRecorder:
         except LedgerError as exc:
             self._fail(exc)
 
-    def stage_ended(self, number: int, phase: Phase) -> None:
-        """Record stage `number` as this run leaves it (once a run)."""
-        if self._ledger is None or number in self._recorded:
+    def stage_ended(self, cell: Cell, phase: Phase) -> None:
+        """Record a stage's kernel (a cell's, for a matrix stage) as this run leaves it
+        (once a run). Once every cell of a matrix stage has its metrics, the stage gets
+        each metric's mean over its cells under the stage's own name."""
+        if self._ledger is None or cell in self._recorded:
             return
-        self._recorded.add(number)
+        self._recorded.add(cell)
         try:
-            self._ledger.stage(self._entry(number, phase))
+            entry = self._entry(cell, phase)
+            self._ledger.stage(entry)
+            if cell.values and entry.metrics:
+                self._mean_over_cells(cell, entry.metrics)
         except LedgerError as exc:
             self._fail(exc)
+
+    def _mean_over_cells(self, cell: Cell, metrics: Mapping[str, float]) -> None:
+        prefix = f"stage{cell.stage}.{cell.name}."
+        found = self._cell_metrics.setdefault(cell.stage, [])
+        found.append({name.removeprefix(prefix): value for name, value in metrics.items()})
+        if len(found) != len(self.steps.cells(cell.stage)) or self._ledger is None:
+            return
+        shared = set.intersection(*(set(m) for m in found))
+        means = {entry_name(cell.stage, "", name): sum(m[name] for m in found) / len(found) for name in sorted(shared)}
+        self._ledger.metrics(means)
 
     def submitted(self, entry: SubmissionRecord) -> None:
         if self._ledger is None:
@@ -95,9 +113,10 @@ class RunRecorder:
                 self._ledger.close()
                 self._ledger = None
 
-    def _entry(self, number: int, phase: Phase) -> StageEntry:
+    def _entry(self, cell: Cell, phase: Phase) -> StageEntry:
         steps = self.steps
-        record = steps.state.stages.get(number)
+        number = cell.stage
+        record = steps.state.find(cell)
         session = steps.session(number)
         ran = phase in (Phase.COMPLETE, Phase.ERROR, Phase.CANCELLED)
         seconds = record.run_seconds if record is not None and ran else None
@@ -105,6 +124,7 @@ class RunRecorder:
         return StageEntry(
             stage=number,
             phase=phase.value,
+            cell=cell.name,
             kernel=record.kernel if record else "",
             version=record.version if record else None,
             accelerator=session.accelerator or "",
@@ -112,13 +132,13 @@ class RunRecorder:
             run_seconds=seconds,
             gpu_hours=(seconds / 3600 if gpu and seconds is not None else 0.0) if ran else 0.0,
             params={name: (value, record.sources.get(name, "")) for name, value in record.params.items()} if record else {},
-            inputs=self._inputs(number),
-            metrics=read_metrics(steps.paths.outputs(number), number, self._warn) if phase.done else {},
+            inputs=self._inputs(cell),
+            metrics=read_metrics(steps.paths.cell_outputs(cell), number, self._warn, cell.name) if phase.done else {},
         )
 
-    def _inputs(self, number: int) -> list[tuple[str, str]]:
-        """What the stage's kernel read, as its pushed metadata names it (versions included)."""
-        meta = self.steps.paths.kernels / f"stage{number}" / "kernel-metadata.json"
+    def _inputs(self, cell: Cell) -> list[tuple[str, str]]:
+        """What the kernel read, as its pushed metadata names it (versions included)."""
+        meta = self.steps.paths.kernels / cell.folder / "kernel-metadata.json"
         if not meta.is_file():
             return []
         raw = json.loads(meta.read_text(encoding="utf-8"))

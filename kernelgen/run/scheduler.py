@@ -36,15 +36,22 @@ from kernelgen.run.state import Phase, SubmissionRecord
 from kernelgen.run.steps import Adopted, Steps
 from kernelgen.run.workspace import SUBMISSION_FILE
 from kernelgen.spec.machine import QUEUE_ALLOWANCE_SECONDS, AcceleratorKind
+from kernelgen.spec.matrix import Cell
 from kernelgen.spec.pipeline import Via
 
 
 @dataclass(frozen=True)
 class StageNode:
-    number: int
+    """A stage's kernel: one cell of it, for a matrix stage."""
+
+    cell: Cell
+
+    @property
+    def number(self) -> int:
+        return self.cell.stage
 
     def __str__(self) -> str:
-        return f"stage {self.number}"
+        return str(self.cell)
 
 
 @dataclass(frozen=True)
@@ -120,7 +127,7 @@ class Recorder(Protocol):
 
     def started(self) -> None: ...
 
-    def stage_ended(self, number: int, phase: Phase) -> None: ...
+    def stage_ended(self, cell: Cell, phase: Phase) -> None: ...
 
     def submitted(self, entry: SubmissionRecord) -> None: ...
 
@@ -129,10 +136,14 @@ class Recorder(Protocol):
 
 @dataclass
 class ChainResult:
+    """How each selected stage ended (a matrix stage: as its cells together, see
+    `Phase.together`), each cell by its key, and the last stage's submission."""
+
     stages: dict[int, Phase]
     submission: Path | None = None
     polls: dict[int, int] = field(default_factory=dict)
     failed: list[int] = field(default_factory=list)
+    cells: dict[str, Phase] = field(default_factory=dict)
 
 
 class Chain:
@@ -167,20 +178,25 @@ class Chain:
         for number in selected:
             spec = self.pipeline.stage(number)
             needs: set[Node] = {DatasetNode(slug) for slug in spec.dataset_sources}
-            needs |= {StageNode(ref.stage) for ref in spec.params_from.values() if ref.stage in chosen}
+            needs |= {node for ref in spec.params_from.values() if ref.stage in chosen for node in self._nodes(ref.stage)}
             needs |= {WheelsNode(house.slug) for house in self.steps.wheel_houses([number])}
-            graph[StageNode(number)] = needs
+            for node in self._nodes(number):
+                graph[node] = set(needs)
         for node in [n for needs in graph.values() for n in needs if isinstance(n, DatasetNode)]:
             producers = self.pipeline.datasets[node.slug].stages
-            graph[node] = {StageNode(s) for s in producers if s in chosen}
+            graph[node] = {stage for s in producers if s in chosen for stage in self._nodes(s)}
         for slug in self._houses:
             graph[WheelsNode(slug)] = set()
         return graph
 
+    def _nodes(self, number: int) -> list[StageNode]:
+        """Stage `number`'s kernels in the graph: one per cell."""
+        return [StageNode(cell) for cell in self.steps.cells(number)]
+
     def _estimate(self, node: Node) -> float:
         """Seconds a node is expected to take, to put the longest remaining path first."""
         if isinstance(node, StageNode):
-            record = self.state.stages.get(node.number)
+            record = self.state.find(node.cell)
             if record is not None and record.run_seconds:
                 return record.run_seconds
             hours = self.pipeline.stage(node.number).gpu_hours
@@ -208,15 +224,19 @@ class Chain:
                     )
 
     def _complete_here(self, number: int) -> bool:
-        record = self.state.stages.get(number)
-        return bool(record and record.status is RunStatus.COMPLETE and self.steps.has_outputs(number))
+        """Every cell of stage `number` completed from here and left its outputs."""
+        for cell in self.steps.cells(number):
+            record = self.state.find(cell)
+            if not (record and record.status is RunStatus.COMPLETE and self.steps.has_outputs(cell)):
+                return False
+        return True
 
     def _settle(self, graph: Mapping[Node, set[Node]]) -> None:
         """Take what the last command pushed or published without recording it."""
         for node in graph:
             adopted: Adopted | None = None
             if isinstance(node, StageNode):
-                adopted = self.steps.settle(node.number)
+                adopted = self.steps.settle(node.cell)
             elif isinstance(node, WheelsNode):
                 adopted = self.steps.settle_wheels(self._houses[node.slug])
             elif self.pipeline.datasets[node.slug].via is Via.DATASET:
@@ -224,27 +244,33 @@ class Chain:
             if adopted is not None:
                 self._note(f"{adopted.what}: version {adopted.version} was made before the last run stopped; following it")
 
-    def _to_push(self, selected: Sequence[int], keys: Mapping[int, str]) -> list[int]:
-        """Stages this run will push: changed ones and everything after them, less those
-        already running (their time is reserved in the quota already)."""
+    def _to_push(self, selected: Sequence[int], keys: Mapping[Cell, str]) -> list[Cell]:
+        """Kernels this run will push: changed cells and every cell of the stages after
+        them, less those already running (their time is reserved in the quota already)."""
         rerun: set[int] = set()
+        pushing = []
         for number in selected:
             upstream = any(d in rerun for d in self.pipeline.dependencies[number])
-            if upstream or not self.steps.is_done(number, keys[number]):
+            changed = [c for c in self.steps.cells(number) if upstream or not self.steps.is_done(c, keys[c])]
+            if changed:
                 rerun.add(number)
-        return [n for n in selected if n in rerun and not self.steps.is_running(n, keys[n])]
+            pushing += [c for c in changed if not self.steps.is_running(c, keys[c])]
+        return pushing
 
-    def _check_quota(self, selected: Sequence[int], keys: Mapping[int, str]) -> None:
+    def _check_quota(self, selected: Sequence[int], keys: Mapping[Cell, str]) -> None:
         """Refuse, before any push, to start GPU work the week's quota cannot cover."""
         pushing = self._to_push(selected, keys)
-        sessions = {n: self.steps.session(n) for n in pushing}
+        sessions = {c.stage: self.steps.session(c.stage) for c in pushing}
         if not any(s.kind is AcceleratorKind.GPU for s in sessions.values()):
             return
         quota = self.steps.backend.quota()
         if quota is None:
             return
         estimate = estimate_gpu_hours(
-            [self.pipeline.stage(n) for n in sorted(pushing)], sessions, self.state.stages, self.steps.profile_name
+            [(self.pipeline.stage(c.stage), c) for c in sorted(pushing)],
+            sessions,
+            self.state.find,
+            self.steps.profile_name,
         )
         self._note(f"GPU quota: {describe_quota(quota)}")
         self._note(f"GPU hours this run needs: about {estimate.describe()}")
@@ -258,10 +284,12 @@ class Chain:
         graph = self._graph = self.graph(selected)
         self._settle(graph)
         keys = {}
-        for number in selected:  # every stage renders (parameters checked) before anything is pushed
-            keys[number] = self.steps.key(self.steps.render(number, required=False))
+        for number in selected:  # every kernel renders (parameters checked) before anything is pushed
+            for cell in self.steps.cells(number):
+                keys[cell] = self.steps.key(self.steps.render(cell, required=False))
         self._check_quota(selected, keys)
         self.state.keep_previous()
+        self.steps.remember_matrix(selected)
         if self.recorder is not None:
             self.recorder.started()
         heights = self._heights(graph)
@@ -300,7 +328,7 @@ class Chain:
     def _record(self, task: _Task) -> None:
         """A stage node ended (done, failed or blocked): the ledger gets it."""
         if self.recorder is not None and isinstance(task.node, StageNode):
-            self.recorder.stage_ended(task.node.number, task.phase)
+            self.recorder.stage_ended(task.node.cell, task.phase)
 
     def _record_end(self, outcome: str) -> None:
         if self.recorder is not None:
@@ -330,7 +358,7 @@ class Chain:
         if self.options.stage_timeout is not None:
             return self.options.stage_timeout
         if isinstance(task.node, StageNode):
-            session = self.steps.session(task.node.number)
+            session = self.steps.session(task.node.cell.stage)
         else:
             session = self._houses[task.node.slug].session  # type: ignore[union-attr]
         return session.wait_seconds(self.options.queue_allowance)
@@ -348,27 +376,27 @@ class Chain:
         """Start the node; True when it is done at once (unchanged, reused, linked)."""
         node = task.node
         if isinstance(node, StageNode):
-            return self._start_stage(task, node.number, now)
+            return self._start_stage(task, node.cell, now)
         if isinstance(node, WheelsNode):
             return self._start_wheels(task, self._houses[node.slug], now)
         return self._start_dataset(task, node.slug, now)
 
-    def _start_stage(self, task: _Task, number: int, now: float) -> bool:
-        kernel = self.steps.render(number)
+    def _start_stage(self, task: _Task, cell: Cell, now: float) -> bool:
+        kernel = self.steps.render(cell)
         key = self.steps.key(kernel)
-        record = self.steps.record(number)
-        if self.steps.is_done(number, key):
+        record = self.steps.record(cell)
+        if self.steps.is_done(cell, key):
             task.phase, task.version = Phase.UNCHANGED, record.version
-            self._note(f"stage {number}: unchanged since version {record.version}, skipped")
+            self._note(f"{cell}: unchanged since version {record.version}, skipped")
             return True
-        if self.steps.is_running(number, key):
+        if self.steps.is_running(cell, key):
             assert record.status is not None
             self._begin(task, now, Phase.of(record.status), record.version)
-            self._note(f"stage {number}: resuming version {record.version} ({record.status.value})")
+            self._note(f"{cell}: resuming version {record.version} ({record.status.value})")
             return False
         pushed = self.steps.push(kernel)
         self._begin(task, now, Phase.QUEUED, pushed.version)
-        self._note(f"stage {number}: pushed {pushed.kernel} version {pushed.version} {pushed.url}")
+        self._note(f"{cell}: pushed {pushed.kernel} version {pushed.version} {pushed.url}")
         return False
 
     def _start_wheels(self, task: _Task, house: WheelHouse, now: float) -> bool:
@@ -441,25 +469,25 @@ class Chain:
     def _poll_kernel(self, task: _Task, now: float) -> bool:
         node = task.node
         if isinstance(node, StageNode):
-            state = self.steps.poll(node.number)
+            state = self.steps.poll(node.cell)
         else:
             state = self.steps.poll_wheels(self._houses[node.slug])  # type: ignore[union-attr]
         if state.status is RunStatus.LOST:
             return self._push_again(task, state, now)
         task.phase = Phase.of(state.status)
         if isinstance(node, StageNode) and state.status is RunStatus.RUNNING:
-            task.log = latest(self.steps.log_lines(node.number)) or task.log
+            task.log = latest(self.steps.log_lines(node.cell)) or task.log
         if state.status is RunStatus.COMPLETE:
             task.ended, task.log = now, ""
             if isinstance(node, StageNode):
-                self.steps.collect(node.number)
+                self.steps.collect(node.cell)
             else:
                 self._note(f"{node}: built version {task.version}")
             return True
         if state.status.finished:
             tail = ""
             if isinstance(node, StageNode):
-                _, output = self.steps.collect(node.number)
+                _, output = self.steps.collect(node.cell)
                 tail = log_tail(output.log)
             self._fail(task, now, task.phase, state.message or f"ended in {state.status.value}", tail)
         elif task.started is not None and now - task.started > self._kernel_timeout(task):
@@ -478,7 +506,7 @@ class Chain:
         self._note(f"{task.node}: version {task.version} was lost ({state.message}); pushing it again")
         node = task.node
         if isinstance(node, StageNode):
-            pushed = self.steps.push(self.steps.render(node.number))
+            pushed = self.steps.push(self.steps.render(node.cell))
         else:
             pushed = self.steps.push_wheels(self._houses[node.slug])  # type: ignore[union-attr]
         self._begin(task, now, Phase.QUEUED, pushed.version)
@@ -546,48 +574,59 @@ class Chain:
 
     def _rows(self, now: float) -> list[StageRow]:
         rows = []
-        for node, task in sorted(self.tasks.items(), key=lambda item: str(item[0])):
-            if not isinstance(node, StageNode):
-                continue
+        stages = sorted((n for n in self.tasks if isinstance(n, StageNode)), key=lambda n: n.cell)
+        for node in stages:
+            task = self.tasks[node]
             end = task.ended if task.ended is not None else now
             elapsed = end - task.started if task.started is not None else 0.0
             title = self.pipeline.stage(node.number).title
-            rows.append(StageRow(node.number, title, task.phase.value, task.version, elapsed, task.note, task.log))
-        return sorted(rows, key=lambda row: row.stage)
+            rows.append(
+                StageRow(node.number, title, task.phase.value, task.version, elapsed, task.note, task.log, node.cell.name)
+            )
+        return rows
 
     def _finish(self, selected: list[int], *, submit: bool, competition: str | None) -> ChainResult:
-        stages = {n.number: t for n, t in self.tasks.items() if isinstance(n, StageNode)}
+        cells = {n.cell: t for n, t in self.tasks.items() if isinstance(n, StageNode)}
+        of_stage = {n: [cells[c] for c in self.steps.cells(n)] for n in selected}
         result = ChainResult(
-            stages={n: stages[n].phase for n in selected},
-            polls={n: stages[n].polls for n in selected},
-            failed=[n for n in selected if stages[n].phase.failed],
+            stages={n: Phase.together(t.phase for t in of_stage[n]) for n in selected},
+            polls={n: sum(t.polls for t in of_stage[n]) for n in selected},
+            cells={c.key: t.phase for c, t in sorted(cells.items())},
         )
+        result.failed = [n for n in selected if result.stages[n].failed]
         failed = [t for t in self.tasks.values() if t.phase.failed]
         if failed:
-            first = next((stages[n] for n in result.failed), failed[0])
+            first = next((t for n in result.failed for t in of_stage[n] if t.phase.failed), failed[0])
             if isinstance(first.node, StageNode):
-                number = first.node.number
+                cell = first.node.cell
+                title = self.pipeline.stage(cell.stage).title
                 raise KernelFailedError(
-                    f"{self.pipeline.stage(number).title} ended in {first.phase.value}: {first.note}; "
-                    f"log in {self.paths.outputs(number)}",
-                    stage=number,
+                    f"{title}{' ' + cell.name if cell.values else ''} ended in {first.phase.value}: {first.note}; "
+                    f"log in {self.paths.cell_outputs(cell)}",
+                    stage=cell.stage,
                     status=first.phase.value,
                     log_tail=first.log_tail,
                 )
             raise ChainError(f"{first.node}: {first.note}")
-        blocked = [n for n in selected if stages[n].phase is Phase.BLOCKED]
+        blocked = [n for n in selected if result.stages[n] is Phase.BLOCKED]
         if blocked:
-            raise ChainError(f"stages {blocked} could not start: {stages[blocked[0]].note}")
+            note = next(t.note for t in of_stage[blocked[0]] if t.phase is Phase.BLOCKED)
+            raise ChainError(f"stages {blocked} could not start: {note}")
         last = selected[-1]
-        candidate = self.paths.submission(last)
-        result.submission = candidate if candidate.is_file() else None
+        (final, *others) = self.steps.cells(last)
+        candidate = self.paths.cell_outputs(final) / SUBMISSION_FILE
+        result.submission = candidate if candidate.is_file() and not others else None
         if submit:
+            if others:
+                raise ChainError(
+                    f"stage {last} runs as a matrix: submit one cell's version with kernelgen submit --stage {last} --cell ..."
+                )
             if result.submission is None:
                 raise ChainError(f"stage {last} left no {SUBMISSION_FILE} to submit")
             comp = competition or self.pipeline.stage(last).competition_sources[0]
             recorder = self.recorder
             self.steps.submit_for_score(
-                last,
+                final,
                 comp,
                 timeout=self.options.score_timeout,
                 say=self._note,

@@ -9,6 +9,7 @@ between asks the backend whether the version came to be, rather than making anot
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from kernelgen.backends.base import DatasetStatus, RunStatus, SubmissionStatus
 from kernelgen.errors import WorkFolderError
 from kernelgen.files import write_atomic, write_json_atomic
+from kernelgen.spec.matrix import Cell
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
@@ -51,6 +53,19 @@ class Phase(str, Enum):
     @property
     def failed(self) -> bool:
         return self in (Phase.ERROR, Phase.CANCELLED)
+
+    @classmethod
+    def together(cls, phases: Iterable[Phase]) -> Phase:
+        """Where a matrix stage stands, from its cells': the first failure, else blocked,
+        else still going, else unchanged when every cell is, else complete."""
+        seen = list(phases)
+        for phase in seen:
+            if phase.failed:
+                return phase
+        for phase in (Phase.BLOCKED, Phase.RUNNING, Phase.QUEUED, Phase.WAITING):
+            if phase in seen:
+                return phase
+        return Phase.UNCHANGED if all(p is Phase.UNCHANGED for p in seen) else Phase.COMPLETE
 
 
 class Intent(str, Enum):
@@ -183,6 +198,8 @@ class ChainState:
     datasets: dict[str, DatasetRecord] = field(default_factory=dict)
     wheels: dict[str, StageRecord] = field(default_factory=dict)
     submissions: list[SubmissionRecord] = field(default_factory=list)
+    cells: dict[str, StageRecord] = field(default_factory=dict)
+    matrices: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     frozen: bool = False
 
     @classmethod
@@ -201,6 +218,8 @@ class ChainState:
                 datasets={k: DatasetRecord.from_json(v) for k, v in raw["datasets"].items()},
                 wheels={k: StageRecord.from_json(v) for k, v in raw.get("wheels", {}).items()},
                 submissions=[SubmissionRecord.from_json(v) for v in raw.get("submissions", [])],
+                cells={k: StageRecord.from_json(v) for k, v in raw.get("cells", {}).items()},
+                matrices={int(k): list(v) for k, v in raw.get("matrices", {}).items()},
                 frozen=frozen,
             )
         except (ValueError, KeyError, TypeError) as exc:
@@ -225,6 +244,24 @@ class ChainState:
     def stage(self, number: int) -> StageRecord:
         return self.stages.setdefault(number, StageRecord())
 
+    def record(self, cell: Cell) -> StageRecord:
+        """The record of a cell's kernel: its stage's, for a stage without a matrix."""
+        if not cell.values:
+            return self.stage(cell.stage)
+        return self.cells.setdefault(cell.key, StageRecord())
+
+    def find(self, cell: Cell) -> StageRecord | None:
+        """The cell's record, None when it never ran from here."""
+        return self.cells.get(cell.key) if cell.values else self.stages.get(cell.stage)
+
+    def cells_of(self, number: int) -> list[Cell]:
+        """The cells stage `number` last ran with from here (one, without values, for a
+        stage without a matrix)."""
+        matrix = self.matrices.get(number)
+        if not matrix:
+            return [Cell(number)]
+        return [Cell(number, tuple(values.items())) for values in matrix]
+
     def dataset(self, slug: str) -> DatasetRecord:
         return self.datasets.setdefault(slug, DatasetRecord())
 
@@ -240,5 +277,7 @@ class ChainState:
                 "datasets": {k: asdict(v) for k, v in sorted(self.datasets.items())},
                 "wheels": {k: asdict(v) for k, v in sorted(self.wheels.items())},
                 "submissions": [asdict(v) for v in self.submissions],
+                "cells": {k: asdict(v) for k, v in sorted(self.cells.items())},
+                "matrices": {str(k): v for k, v in sorted(self.matrices.items())},
             },
         )

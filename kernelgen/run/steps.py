@@ -4,15 +4,15 @@ here, and records what it did in the work folder's state, so `push --wait` follo
 `chain` sees the push as the chain's own and `status` shows what either did.
 
 A kernel run is followed through its record in the state: a stage's
-(`state.stages[n]`) or a wheel house's (`state.wheels[slug]`). Pushing and polling
-are the same for both.
+(`state.stages[n]`), a matrix stage's cell's (`state.cells["4/fold-0"]`) or a wheel
+house's (`state.wheels[slug]`). Pushing and polling are the same for all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from kernelgen.errors import (
     DatasetFailedError,
     MissingOutputError,
     NotPushedError,
+    ParameterError,
     SubmissionFailedError,
     UnknownDatasetError,
 )
@@ -43,6 +44,7 @@ from kernelgen.run.livelog import LogFollower
 from kernelgen.run.state import DatasetRecord, Intent, StageRecord, SubmissionRecord
 from kernelgen.run.workspace import SUBMISSION_FILE, Workspace
 from kernelgen.spec.machine import Session
+from kernelgen.spec.matrix import Cell, MatrixOptions, pick_cells
 from kernelgen.spec.params import ParamValue
 from kernelgen.spec.pipeline import DatasetSpec, Via
 from kernelgen.spec.project import Overrides
@@ -70,6 +72,7 @@ class Steps:
         profile: str | None = None,
         overrides: Overrides | None = None,
         accelerators: Mapping[int, str] | None = None,
+        matrix: MatrixOptions | None = None,
     ) -> None:
         self.workspace = workspace
         self.project = workspace.project
@@ -82,6 +85,8 @@ class Steps:
         self.profile = profile
         self.overrides = dict(overrides or {})
         self.accelerators = dict(accelerators or {})
+        self.matrix = dict(matrix or {})
+        self._cells: dict[int, list[Cell]] = {}
         self._seen: dict[str, RunStatus] = {}
         self._run_start: dict[str, float] = {}
         self._logs: dict[str, tuple[str, LogFollower]] = {}
@@ -97,6 +102,31 @@ class Steps:
     def _now(self) -> str:
         return timestamp(self.timing.now())
 
+    def cells(self, number: int) -> list[Cell]:
+        """Stage `number`'s kernels: one per cell of its matrix (`--matrix`, else the
+        profile's, else the declared one), one for a stage without."""
+        if number not in self._cells:
+            self._cells[number] = self.project.cells(number, profile=self.profile, options=self.matrix.get(number))
+        return self._cells[number]
+
+    def cell(self, number: int, chosen: Mapping[str, str] | None = None) -> list[Cell]:
+        """The cells of stage `number` whose values match `chosen` (all without it)."""
+        return pick_cells(self.cells(number), chosen, stage=number)
+
+    def outputs_of(self, number: int) -> list[tuple[str, Path]]:
+        """Stage `number`'s output folders, each with its folder in a dataset."""
+        return [(cell.name, self.paths.cell_outputs(cell)) for cell in self.cells(number)]
+
+    def remember_matrix(self, numbers: Sequence[int]) -> None:
+        """Record the cells these stages run with, for `status` and the report."""
+        for number in numbers:
+            cells = self.cells(number)
+            if cells[0].values:
+                self.state.matrices[number] = [cell.as_dict() for cell in cells]
+            else:
+                self.state.matrices.pop(number, None)
+        self.state.save()
+
     # -- rendering ---------------------------------------------------------------------
     def chained_params(self, number: int, *, required: bool) -> list[ParamValue]:
         """Parameters of stage `number` taken from other stages' downloaded outputs.
@@ -106,6 +136,12 @@ class Steps:
         """
         found = []
         for name, ref in self.pipeline.stage(number).params_from.items():
+            if self.cells(ref.stage)[0].values:
+                raise ParameterError(
+                    f"{name} is taken from stage {ref.stage}'s {ref.file}, but stage {ref.stage} runs as a matrix "
+                    "(one file per cell)",
+                    stage=number,
+                )
             path = self.paths.outputs(ref.stage) / ref.file
             if not path.is_file():
                 if required:
@@ -120,23 +156,25 @@ class Steps:
             found.append(ParamValue(name, value, f"from stage {ref.stage}{version}"))
         return found
 
-    def kernel_versions(self, number: int, *, required: bool) -> dict[int, int]:
-        """The collected run of each stage whose kernel output stage `number` reads
-        (`via = "kernel"`): stage -> version. A stage without a complete run is an
-        error when `required`, and read at its latest version otherwise."""
+    def kernel_versions(self, number: int, *, required: bool) -> dict[str, int]:
+        """The collected run of each kernel whose output stage `number` reads (`via =
+        "kernel"`; every cell's, for a matrix stage): cell key -> version. A kernel
+        without a complete run is an error when `required`, and read at its latest
+        version otherwise."""
         versions = {}
         for slug in self.pipeline.stage(number).dataset_sources:
             dataset = self.pipeline.datasets[slug]
             if dataset.via is not Via.KERNEL:
                 continue
-            record = self.state.stages.get(dataset.producer)
-            if record is not None and record.version is not None and record.status is RunStatus.COMPLETE:
-                versions[dataset.producer] = record.version
-            elif required:
-                raise MissingOutputError(
-                    f"stage {number} reads {slug} from stage {dataset.producer}'s kernel output, "
-                    f"which has no complete run in {self.paths.root}"
-                )
+            for cell in self.cells(dataset.producer):
+                record = self.state.find(cell)
+                if record is not None and record.version is not None and record.status is RunStatus.COMPLETE:
+                    versions[cell.key] = record.version
+                elif required:
+                    raise MissingOutputError(
+                        f"stage {number} reads {slug} from {cell}'s kernel output, "
+                        f"which has no complete run in {self.paths.root}"
+                    )
         return versions
 
     def wheel_versions(self) -> dict[str, int]:
@@ -161,7 +199,8 @@ class Steps:
                 versions[slug] = record.version
         return versions
 
-    def render(self, number: int, *, required: bool = True) -> RenderedKernel:
+    def render(self, cell: Cell, *, required: bool = True) -> RenderedKernel:
+        number = cell.stage
         return render_stages(
             self.project,
             [number],
@@ -173,6 +212,8 @@ class Steps:
             kernel_versions=self.kernel_versions(number, required=required),
             wheel_versions=self.wheel_versions(),
             model_versions=self.model_versions(number),
+            matrix=self.matrix,
+            only=[cell],
         )[0]
 
     def key(self, kernel: RenderedKernel) -> str:
@@ -182,26 +223,26 @@ class Steps:
             hasher.update(f"{slug}:{self.state.dataset(slug).digest}".encode())
         return hasher.hexdigest()
 
-    # -- kernel runs, a stage's or a wheel house's ----------------------------------------
-    def record(self, number: int) -> StageRecord:
-        return self.state.stage(number)
+    # -- kernel runs, a stage cell's or a wheel house's -------------------------------------
+    def record(self, cell: Cell) -> StageRecord:
+        return self.state.record(cell)
 
-    def pushed(self, number: int) -> StageRecord:
-        record = self.state.stages.get(number)
+    def pushed(self, cell: Cell) -> StageRecord:
+        record = self.state.find(cell)
         if record is None or not record.kernel or (record.version is None and record.intent is Intent.PUSH):
-            raise NotPushedError(number, self.paths.root)
+            raise NotPushedError(cell.stage, self.paths.root, cell=cell.name)
         return record
 
-    def has_outputs(self, number: int) -> bool:
-        return self.paths.outputs(number).is_dir()
+    def has_outputs(self, cell: Cell) -> bool:
+        return self.paths.cell_outputs(cell).is_dir()
 
-    def is_done(self, number: int, key: str) -> bool:
-        """Stage `number` completed with exactly this key and its outputs are here."""
-        record = self.record(number)
-        return record.key == key and record.status is RunStatus.COMPLETE and self.has_outputs(number)
+    def is_done(self, cell: Cell, key: str) -> bool:
+        """The cell completed with exactly this key and its outputs are here."""
+        record = self.record(cell)
+        return record.key == key and record.status is RunStatus.COMPLETE and self.has_outputs(cell)
 
-    def is_running(self, number: int, key: str) -> bool:
-        record = self.record(number)
+    def is_running(self, cell: Cell, key: str) -> bool:
+        record = self.record(cell)
         return record.key == key and record.version is not None and record.status in (RunStatus.QUEUED, RunStatus.RUNNING)
 
     def _push(self, name: str, record: StageRecord, *, key: str, kernel_id: str, folder: Path) -> PushResult:
@@ -229,10 +270,10 @@ class Steps:
         self.state.save()
         return None
 
-    def settle(self, number: int) -> Adopted | None:
-        """A push of stage `number` interrupted before its version was recorded, settled."""
-        record = self.state.stages.get(number)
-        return self._settle(record, f"stage {number}") if record is not None else None
+    def settle(self, cell: Cell) -> Adopted | None:
+        """A push of the cell interrupted before its version was recorded, settled."""
+        record = self.state.find(cell)
+        return self._settle(record, str(cell)) if record is not None else None
 
     def push(self, kernel: RenderedKernel) -> PushResult:
         """Write the kernel folder, push it, and record the run as the one to follow."""
@@ -248,8 +289,9 @@ class Steps:
                 f"{self.paths.root}; publish it first (kernelgen publish {unpinned[0]}, or run the chain)"
             )
         folder = write_kernels([kernel], self.paths.kernels)[0]
-        record = self.record(kernel.stage)
-        pushed = self._push(f"stage{kernel.stage}", record, key=self.key(kernel), kernel_id=kernel.kernel_id, folder=folder)
+        cell = kernel.cell or Cell(kernel.stage)
+        record = self.record(cell)
+        pushed = self._push(f"stage{cell.key}", record, key=self.key(kernel), kernel_id=kernel.kernel_id, folder=folder)
         record.params = {p.name: p.value for p in kernel.params}
         record.sources = {p.name: p.source for p in kernel.params}
         self.state.save()
@@ -264,13 +306,13 @@ class Steps:
             self._stop_following(name)
         return live
 
-    def poll(self, number: int) -> KernelState:
-        return self._poll(f"stage{number}", self.pushed(number))
+    def poll(self, cell: Cell) -> KernelState:
+        return self._poll(f"stage{cell.key}", self.pushed(cell))
 
-    def log_lines(self, number: int) -> list[str]:
-        """Log lines the stage's run printed since the last call, while it is running."""
-        record = self.pushed(number)
-        name = f"stage{number}"
+    def log_lines(self, cell: Cell) -> list[str]:
+        """Log lines the cell's run printed since the last call, while it is running."""
+        record = self.pushed(cell)
+        name = f"stage{cell.key}"
         if record.status is not RunStatus.RUNNING:
             return []
         current = self._logs.get(name)
@@ -303,16 +345,16 @@ class Steps:
 
     def wait(
         self,
-        number: int,
+        cell: Cell,
         *,
         timeout: float,
         backoff: Backoff = KERNEL_BACKOFF,
         on_poll: Callable[[KernelState, float], None] | None = None,
     ) -> KernelState:
         """Poll until the run ends; every state seen is recorded."""
-        record = self.pushed(number)
+        record = self.pushed(cell)
         return poll_until(
-            lambda: self.poll(number),
+            lambda: self.poll(cell),
             lambda state: state.status.finished,
             timeout=timeout,
             backoff=backoff,
@@ -323,13 +365,13 @@ class Steps:
             describe=lambda state: state.status.value,
         )
 
-    def collect(self, number: int, dest: Path | None = None) -> tuple[Path, KernelOutput]:
+    def collect(self, cell: Cell, dest: Path | None = None) -> tuple[Path, KernelOutput]:
         """Download the run's files and log; into the work folder's outputs unless `dest`.
 
         The outputs folder is replaced only once the download is whole.
         """
-        record = self.pushed(number)
-        target = (dest or self.paths.outputs(number)).resolve()
+        record = self.pushed(cell)
+        target = (dest or self.paths.cell_outputs(cell)).resolve()
         with staged_dir(target) as scratch:
             output = self.backend.output(record.ref, scratch)
             files = [target / path.relative_to(scratch) for path in output.files]
@@ -377,11 +419,15 @@ class Steps:
         return self.pipeline.datasets[slug]
 
     def missing(self, spec: DatasetSpec) -> list[Path]:
-        return missing_files(spec, self.paths.outputs)
+        return missing_files(spec, self.outputs_of)
 
     def _producer_ref(self, spec: DatasetSpec) -> str:
-        record = self.state.stages.get(spec.producer)
-        return record.ref if record is not None and record.kernel else ""
+        """The producing kernel's run (`owner/slug/version`; each cell's, comma-separated,
+        for a matrix stage); empty when one never ran from here."""
+        records = [self.state.find(cell) for cell in self.cells(spec.producer)]
+        if any(record is None or not record.kernel for record in records):
+            return ""
+        return ",".join(record.ref for record in records if record is not None)
 
     def _complete_spec(self, slug: str) -> DatasetSpec:
         spec = self.dataset_spec(slug)
@@ -397,7 +443,7 @@ class Steps:
         ref = self._producer_ref(spec)
         if not ref:
             raise NotPushedError(spec.producer, self.paths.root)
-        digest = files_digest(spec, self.paths.outputs)
+        digest = files_digest(spec, self.outputs_of)
         record = self.state.dataset(slug)
         if (record.digest, record.dataset, record.status) == (digest, ref, DatasetStatus.READY):
             return None
@@ -430,7 +476,7 @@ class Steps:
                 f"dataset {slug} is read from stage {spec.producer}'s kernel output (via = \"kernel\"): "
                 "there is nothing to publish"
             )
-        digest = files_digest(spec, self.paths.outputs)
+        digest = files_digest(spec, self.outputs_of)
         target = (
             spec.model_instance(self.username)
             if spec.via is Via.MODEL
@@ -440,7 +486,7 @@ class Steps:
         held = record.status in (DatasetStatus.READY, DatasetStatus.PROCESSING)
         if (record.digest, record.dataset) == (digest, target) and held:
             return None
-        folder = build_dataset(spec, self.paths.outputs, self.paths.datasets, username=self.username)
+        folder = build_dataset(spec, self.outputs_of, self.paths.datasets, username=self.username)
         if spec.via is Via.MODEL:
             prior = self.backend.model_version(target)
             record.mark_publishing(digest=digest, dataset=target, prior_version=prior)
@@ -497,38 +543,32 @@ class Steps:
         return status
 
     # -- submissions ----------------------------------------------------------------------
-    def submit(self, number: int, competition: str, message: str) -> tuple[SubmissionRecord, str]:
-        """Submit stage `number`'s collected version to `competition`; the submission is
+    def submit(self, cell: Cell, competition: str, message: str) -> tuple[SubmissionRecord, str]:
+        """Submit the cell's collected version to `competition`; the submission is
         recorded in the state with that version. Returns it and the backend's message."""
-        record = self.pushed(number)
-        if record.status is not RunStatus.COMPLETE or not self.paths.submission(number).is_file():
-            raise MissingOutputError(
-                f"stage {number} has no complete run with a {SUBMISSION_FILE} in {self.paths.root} to submit"
-            )
-        submitted = self.backend.submit(
-            competition, record.kernel, record.version or 0, SUBMISSION_FILE, message
-        )
-        entry = SubmissionRecord(
-            competition, record.kernel, record.version, submitted.ref, self._now()
-        )
+        record = self.pushed(cell)
+        if record.status is not RunStatus.COMPLETE or not (self.paths.cell_outputs(cell) / SUBMISSION_FILE).is_file():
+            raise MissingOutputError(f"{cell} has no complete run with a {SUBMISSION_FILE} in {self.paths.root} to submit")
+        submitted = self.backend.submit(competition, record.kernel, record.version or 0, SUBMISSION_FILE, message)
+        entry = SubmissionRecord(competition, record.kernel, record.version, submitted.ref, self._now())
         self.state.submissions.append(entry)
         self.state.save()
         return entry, submitted.message
 
     def submit_for_score(
         self,
-        number: int,
+        cell: Cell,
         competition: str,
         *,
         timeout: float | None,
         say: Callable[[str], None],
         recorded: Callable[[SubmissionRecord], None],
     ) -> SubmissionRecord:
-        """Submit stage `number`'s collected version, then wait up to `timeout` seconds for
-        its score (not at all when None). `say` gets each line to show; `recorded` gets the
+        """Submit the cell's collected version, then wait up to `timeout` seconds for its
+        score (not at all when None). `say` gets each line to show; `recorded` gets the
         submission when it is made and again once it is scored or has failed."""
-        record = self.pushed(number)
-        entry, message = self.submit(number, competition, f"kernelgen: {record.kernel} version {record.version}")
+        record = self.pushed(cell)
+        entry, message = self.submit(cell, competition, f"kernelgen: {record.kernel} version {record.version}")
         say(message)
         recorded(entry)
         if timeout is None or entry.ref is None:

@@ -23,6 +23,7 @@ from kernelgen.run.ledger import LEDGER_FILE
 from kernelgen.run.localdata import LOCAL_DATA_DIR, local_competition_data
 from kernelgen.run.lock import WorkLock
 from kernelgen.run.state import PREVIOUS_STATE_FILE, STATE_FILE, ChainState
+from kernelgen.spec.matrix import Cell
 from kernelgen.spec.project import Project
 
 REPORT_FILE = "report.html"
@@ -54,6 +55,12 @@ class WorkPaths:
     def outputs(self, stage: int) -> Path:
         """The downloaded outputs (and log) of stage `stage`'s collected run."""
         return self.outputs_root / f"stage{stage}"
+
+    def cell_outputs(self, cell: Cell) -> Path:
+        """The outputs of one cell's collected run: its stage's folder, or a folder per
+        cell inside it for a matrix stage (`outputs/stage4/fold-0`)."""
+        folder = self.outputs(cell.stage)
+        return folder / cell.name if cell.values else folder
 
     def submission(self, stage: int) -> Path:
         """Where a stage's `submission.csv` lands, if it writes one."""

@@ -24,6 +24,7 @@ from kernelgen.spec.machine import (
     accelerator,
     check_timeout_hours,
 )
+from kernelgen.spec.matrix import MATRIX_KEY, Matrix, parse_matrix
 from kernelgen.spec.resources import bundled_project
 from kernelgen.spec.tomlfile import read_toml
 
@@ -54,6 +55,7 @@ _STAGE_KEYS: dict[str, type | tuple[type, ...]] = {
     "pip": list,
     "params_from": dict,
     "profiles": dict,
+    "matrix": dict,
 }
 _REQUIRED_STAGE_KEYS = ("stage", "module", "title")
 
@@ -93,6 +95,8 @@ class StageSpec:
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     session: Session = field(default_factory=Session)
     gpu_hours: float | None = None
+    matrix: Matrix = ()
+    profile_matrices: Mapping[str, Matrix] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -190,6 +194,11 @@ class Pipeline:
         """What `kernelgen chain` runs without --to: every stage up to [chain] last, if set."""
         last = self.default_last if self.default_last is not None else max(self.stages)
         return [n for n in self.stages if n <= last]
+
+    @property
+    def profile_names(self) -> set[str]:
+        """The profiles the stages declare (`[profiles.NAME]` in a stage's metadata)."""
+        return {name for spec in self.stages.values() for name in (*spec.profiles, *spec.profile_matrices)}
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -327,10 +336,15 @@ def _parse_stage(path: Path, number: int) -> StageSpec:
                 where=path,
             )
         params_from[name] = ParamFrom(item["stage"], item["file"], item["key"])
-    profiles = raw.get("profiles", {})
-    for profile, values in profiles.items():
+    profiles = {}
+    profile_matrices = {}
+    for profile, values in raw.get("profiles", {}).items():
         if not isinstance(values, dict):
             raise MetadataError(f"profiles.{profile} must be a table of parameter values", where=path)
+        profiles[profile] = {k: v for k, v in values.items() if k != MATRIX_KEY}
+        if MATRIX_KEY in values:
+            label = f"profiles.{profile}.{MATRIX_KEY}"
+            profile_matrices[profile] = parse_matrix(values[MATRIX_KEY], label=label, where=path)
     session, gpu_hours = _parse_session(raw, path)
     return StageSpec(
         number=number,
@@ -346,9 +360,11 @@ def _parse_stage(path: Path, number: int) -> StageSpec:
         dataset_sources=_str_list(raw.get("dataset_sources", []), "dataset_sources", path),
         pip=tuple(pip),
         params_from=params_from,
-        profiles={k: dict(v) for k, v in profiles.items()},
+        profiles=profiles,
         session=session,
         gpu_hours=gpu_hours,
+        matrix=parse_matrix(raw[MATRIX_KEY], label=MATRIX_KEY, where=path) if MATRIX_KEY in raw else (),
+        profile_matrices=profile_matrices,
     )
 
 

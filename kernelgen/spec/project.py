@@ -7,14 +7,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kernelgen.errors import AcceleratorError, ConfigError
+from kernelgen.errors import AcceleratorError, ConfigError, ParameterError
 from kernelgen.spec.config import BUILTIN_PROFILES, Config, load_config
 from kernelgen.spec.machine import Session, accelerator
+from kernelgen.spec.matrix import (
+    Cell,
+    Matrix,
+    MatrixOptions,
+    cells_of,
+    check_matrix,
+    parse_matrix_options,
+    route_matrix_options,
+)
 from kernelgen.spec.params import (
+    ParamField,
     ParamValue,
     assign_overrides,
     check_values,
+    coerce_value,
     parse_overrides,
+    parse_text,
     read_param_fields,
     resolve_params,
 )
@@ -74,6 +86,10 @@ class Project:
             named[number] = shape
         return {**chosen, **named}
 
+    def matrix_options(self, items: Iterable[str], stages: Sequence[int]) -> MatrixOptions:
+        """`--matrix stageN.FIELD=V1,V2` values routed to `stages` (each must be selected)."""
+        return route_matrix_options(parse_matrix_options(items), stages, self.pipeline.stages)
+
     def params(
         self,
         number: int,
@@ -81,19 +97,60 @@ class Project:
         profile: str | None = None,
         texts: Mapping[str, str] | None = None,
         extra: Iterable[ParamValue] = (),
+        cell: Cell | None = None,
     ) -> list[ParamValue]:
-        """Stage `number`'s resolved parameters, checked by building its `Params` with them."""
+        """Stage `number`'s resolved parameters, checked by building its `Params` with them;
+        a matrix cell's values come last, as the `matrix` source."""
         spec = self.pipeline.stage(number)
         source = self.pipeline.module_path(spec.module)
         params = resolve_params(
             read_param_fields(source, spec.number),
             stage=spec.number,
-            layers=profile_layers(spec, self.config, self.profile(profile)),
+            layers=profile_layers(spec, self.config, self.profile(profile), declared=self.pipeline.profile_names),
             texts=texts,
             extra=extra,
         )
+        if cell is not None and cell.values:
+            given = dict(cell.values)
+            clash = sorted(set(given) & set(texts or {}))
+            if clash:
+                raise ParameterError(
+                    f"--set {clash[0]} and the matrix over {clash[0]} disagree; give its values with --matrix",
+                    stage=number,
+                )
+            params = [ParamValue(p.name, given[p.name], "matrix") if p.name in given else p for p in params]
         check_values(source, {p.name: p.value for p in params}, spec.number)
         return params
+
+    def matrix(self, number: int, *, profile: str | None = None, options: Mapping[str, Sequence[str]] | None = None) -> Matrix:
+        """Stage `number`'s matrix, each value of its field's type: `--matrix` values when
+        given, else the profile's matrix, else the declared one (none: `()`)."""
+        spec = self.pipeline.stage(number)
+        fields = {f.name: f for f in read_param_fields(self.pipeline.module_path(spec.module), number)}
+
+        def field(name: str, where: str) -> ParamField:
+            if name not in fields:
+                raise ParameterError(f"{where}: the stage's Params has no field {name!r}", stage=number, valid=sorted(fields))
+            return fields[name]
+
+        if options:
+            typed = tuple(
+                (name, tuple(parse_text(text, field(name, "--matrix").type, name=name, stage=number) for text in texts))
+                for name, texts in options.items()
+            )
+        else:
+            chosen = self.profile(profile)
+            declared = spec.profile_matrices.get(chosen, spec.matrix)
+            where = f"[profiles.{chosen}.matrix]" if chosen in spec.profile_matrices else "[matrix]"
+            typed = tuple(
+                (name, tuple(coerce_value(value, field(name, where).type, name=name, stage=number) for value in values))
+                for name, values in declared
+            )
+        return check_matrix(typed, stage=number)
+
+    def cells(self, number: int, *, profile: str | None = None, options: Mapping[str, Sequence[str]] | None = None) -> list[Cell]:
+        """Stage `number`'s kernels: one per cell of its matrix, one for a stage without."""
+        return cells_of(number, self.matrix(number, profile=profile, options=options))
 
     def session(self, number: int, accelerator: str | None = None) -> Session:
         """Stage `number`'s session settings, on `accelerator` when one is given."""
@@ -101,9 +158,12 @@ class Project:
         return declared.with_accelerator(accelerator, stage=number) if accelerator else declared
 
 
-def profile_layers(spec: StageSpec, config: Config, profile: str) -> list[tuple[str, dict]]:
-    """Typed parameter layers for one stage: built-in profile, config profile, config overrides."""
-    known = set(BUILTIN_PROFILES) | set(config.profiles)
+def profile_layers(
+    spec: StageSpec, config: Config, profile: str, *, declared: Iterable[str] = ()
+) -> list[tuple[str, dict]]:
+    """Typed parameter layers for one stage: built-in profile, config profile, config
+    overrides. A profile is known when built in, in the config, or `declared` by a stage."""
+    known = set(BUILTIN_PROFILES) | set(config.profiles) | set(declared)
     if profile not in known:
         raise ConfigError(f"unknown profile {profile!r}; known: {', '.join(sorted(known))}")
     layers: list[tuple[str, dict]] = []
