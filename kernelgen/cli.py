@@ -187,7 +187,7 @@ def run(
     "sets",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A generator option (for the bundled pipeline: n_train, n_test, seed, fmt, height, width). Repeatable.",
+    help="A generator option (for the bundled pipeline: n_train, n_test, seed, fmt, height, width, defects). Repeatable.",
 )
 @with_project
 def synth(out: Path, sets: tuple[str, ...], project: Project) -> None:

@@ -36,6 +36,11 @@ from stages.lib.rle import rle_encode
 from stages.lib.severstal import CLASS_IDS, COMPETITION, IMAGE_HEIGHT, IMAGE_WIDTH
 
 FORMATS = ("new", "old")
+# "real": every class's mask areas as in the real train set. "large": the same classes and
+# looks, each drawn from the part of its real areas at or above _LARGE_FLOOR pixels, so
+# a classifier that sees the image at 64x64 (the learning tests) still sees its defects.
+DEFECT_SIZES = ("real", "large")
+_LARGE_FLOOR = 5000.0  # pixels at 256x1600
 
 
 @dataclass(frozen=True)
@@ -152,15 +157,17 @@ def generate(
     height: int = IMAGE_HEIGHT,
     width: int = IMAGE_WIDTH,
     progress: Callable[[int, int], None] | None = None,
+    defects: str = "real",
 ) -> SynthDataset:
     """Write a synthetic competition folder under ``out`` and return where things are.
 
     ``out`` must not exist or be empty. The data is built in a temporary sibling folder
     and renamed into place at the end, so a failure leaves nothing half-written.
     ``progress(done, total)`` is called after each image. Defect areas follow the real
-    train set at 256x1600; other sizes scale them with the image.
+    train set at 256x1600 (``defects="large"``: its masks of 5,000 pixels and more);
+    other sizes scale them with the image.
     """
-    _validate(n_train=n_train, n_test=n_test, seed=seed, fmt=fmt, height=height, width=width)
+    _validate(n_train=n_train, n_test=n_test, seed=seed, fmt=fmt, height=height, width=width, defects=defects)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out}: exists and is not an empty folder; refusing to write into it")
@@ -169,7 +176,7 @@ def generate(
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
-        _write_dataset(tmp, n_train, n_test, seed, fmt, _Scale(height, width), progress)
+        _write_dataset(tmp, n_train, n_test, seed, fmt, _Scale(height, width), defects, progress)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -181,26 +188,33 @@ def generate(
 
 
 def train_defects(
-    n_train: int, *, seed: int = 0, height: int = IMAGE_HEIGHT, width: int = IMAGE_WIDTH
+    n_train: int,
+    *,
+    seed: int = 0,
+    height: int = IMAGE_HEIGHT,
+    width: int = IMAGE_WIDTH,
+    defects: str = "real",
 ) -> Iterator[list[tuple[int, np.ndarray]]]:
     """The train images' defects as ``generate`` draws them, without drawing the images.
 
     Yields, for each train image in the order of their ids, its ``(class_id, mask)``
     pairs (none for a defect-free image): the masks that ``generate(out,
-    n_train=n_train, seed=seed, height=height, width=width)`` writes, whatever
+    n_train=n_train, seed=seed, height=height, width=width, defects=defects)`` writes, whatever
     ``n_test``. Each image's stream draws its defects before its pixels, so the
     generator's figures can be measured on hundreds of images in a second.
     """
-    _validate(n_train=n_train, n_test=1, seed=seed, fmt="new", height=height, width=width)
+    _validate(n_train=n_train, n_test=1, seed=seed, fmt="new", height=height, width=width, defects=defects)
     scale = _Scale(height, width)
-    plans = _class_plans(np.random.default_rng([seed, _TRAIN_STREAM, 0]), n_train)
+    plans = _class_plans(np.random.default_rng([seed, _TRAIN_STREAM, 0]), n_train, defects)
     for index, plan in enumerate(plans):
         rng = np.random.default_rng([seed, _TRAIN_STREAM, index + 1])
-        defects = _draw_defects(rng, plan, scale, _steel_columns(rng, scale))
-        yield [(d.class_id, d.mask) for d in sorted(defects, key=lambda d: d.class_id)]
+        drawn = _draw_defects(rng, plan, scale, _steel_columns(rng, scale))
+        yield [(d.class_id, d.mask) for d in sorted(drawn, key=lambda d: d.class_id)]
 
 
-def _validate(*, n_train: int, n_test: int, seed: int, fmt: str, height: int, width: int) -> None:
+def _validate(
+    *, n_train: int, n_test: int, seed: int, fmt: str, height: int, width: int, defects: str
+) -> None:
     for name, value, low in (
         ("n_train", n_train, 1),
         ("n_test", n_test, 1),
@@ -214,6 +228,8 @@ def _validate(*, n_train: int, n_test: int, seed: int, fmt: str, height: int, wi
             raise ValueError(f"{name} must be at least {low}, got {value}")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if defects not in DEFECT_SIZES:
+        raise ValueError(f"defects must be one of {', '.join(DEFECT_SIZES)}, got {defects!r}")
 
 
 def _write_dataset(
@@ -223,6 +239,7 @@ def _write_dataset(
     seed: int,
     fmt: str,
     scale: _Scale,
+    defects: str,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     comp = root / "input" / COMPETITION
@@ -239,12 +256,12 @@ def _write_dataset(
         ("train", train_ids, train_dir, _TRAIN_STREAM),
         ("test", test_ids, test_dir, _TEST_STREAM),
     ):
-        plans = _class_plans(np.random.default_rng([seed, stream, 0]), len(split_ids))
+        plans = _class_plans(np.random.default_rng([seed, stream, 0]), len(split_ids), defects)
         for index, (image_id, plan) in enumerate(zip(split_ids, plans, strict=True)):
             rng = np.random.default_rng([seed, stream, index + 1])
-            pixels, defects = _draw_image(rng, plan, scale)
+            pixels, drawn = _draw_image(rng, plan, scale)
             _save_jpeg(pixels, folder / image_id)
-            for defect in sorted(defects, key=lambda d: d.class_id):
+            for defect in sorted(drawn, key=lambda d: d.class_id):
                 labels[split].append((image_id, defect.class_id, rle_encode(defect.mask)))
             done += 1
             if progress is not None:
@@ -268,7 +285,7 @@ def _image_ids(seed: int, count: int) -> list[str]:
     return ids
 
 
-def _class_plans(rng: np.random.Generator, n: int) -> list[tuple[_Planned, ...]]:
+def _class_plans(rng: np.random.Generator, n: int, defects: str) -> list[tuple[_Planned, ...]]:
     """What each image carries: the real defect-free share, class mix and co-occurrence.
 
     Counts are set rather than drawn (the defect-free images, the two-class images, the
@@ -276,7 +293,8 @@ def _class_plans(rng: np.random.Generator, n: int) -> list[tuple[_Planned, ...]]
     of at least eight images (four defective) shows every class. Two-class images pair
     classes in proportion to their counts. Each class's area quantiles are stratified:
     its k masks take one quantile from each k-th of (0, 1), so small splits still span
-    the real range of sizes. The order of the images is shuffled.
+    the real range of sizes (with ``defects="large"``, the range from 5,000 pixels up).
+    The order of the images is shuffled.
     """
     n_defective = max(1, round(n * (1 - _DEFECT_FREE_SHARE)))
     n_pairs = round(n_defective * _TWO_CLASS_SHARE)
@@ -294,10 +312,11 @@ def _class_plans(rng: np.random.Generator, n: int) -> list[tuple[_Planned, ...]]
     sets.extend((CLASS_IDS[i],) for i in range(len(left)) for _ in range(int(left[i])))
     sets.extend(() for _ in range(n - n_defective))
     sets = [sets[i] for i in rng.permutation(n)]
-    quantiles = {
-        class_id: list((rng.permutation(int(k)) + rng.random(int(k))) / max(k, 1))
-        for class_id, k in zip(CLASS_IDS, counts, strict=True)
-    }
+    quantiles = {}
+    for class_id, k in zip(CLASS_IDS, counts, strict=True):
+        floor = _floor_of(class_id, defects)
+        strata = (rng.permutation(int(k)) + rng.random(int(k))) / max(k, 1)
+        quantiles[class_id] = list(floor + (1 - floor) * strata)
     return [tuple(_Planned(c, quantiles[c].pop()) for c in classes) for classes in sets]
 
 
@@ -333,6 +352,17 @@ def _area_of(class_id: int, quantile: float) -> float:
     if z > zs[-1]:
         return math.exp(logs[-1] + (z - zs[-1]) * (logs[-1] - logs[-2]) / (zs[-1] - zs[-2]))
     return math.exp(float(np.interp(z, zs, logs)))
+
+
+def _floor_of(class_id: int, defects: str) -> float:
+    """The lowest quantile the preset draws of the class: 0, or where "large" begins."""
+    if defects == "real":
+        return 0.0
+    low, high = 0.0, 1.0
+    for _ in range(40):  # _area_of rises with the quantile; halve until it meets the floor
+        middle = (low + high) / 2
+        low, high = (middle, high) if _area_of(class_id, middle) < _LARGE_FLOOR else (low, middle)
+    return high
 
 
 # ---------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def test_every_class_shows_up_from_24_images() -> None:
     two_class = 0
     for seed in range(30):
         for n, defect_free in ((8, 4), (24, 11), (48, 23)):  # 47% of n, rounded
-            plans = synth._class_plans(np.random.default_rng(seed), n)
+            plans = synth._class_plans(np.random.default_rng(seed), n, "real")
             assert len(plans) == n
             assert {p.class_id for plan in plans for p in plan} == {1, 2, 3, 4}
             assert sum(not plan for plan in plans) == defect_free
@@ -295,14 +295,14 @@ class Figures:
     most_classes: int
 
 
-def measure(n_images: int, seed: int) -> Figures:
+def measure(n_images: int, seed: int, defects: str = "real") -> Figures:
     """The generator's figures on its train images, in the table's terms."""
     areas: dict[int, list[int]] = {c: [] for c in REAL_QUARTILES}
     spans: dict[int, list[int]] = {c: [] for c in REAL_QUARTILES}
     classes_per_image = []
-    for defects in synth.train_defects(n_images, seed=seed):
-        classes_per_image.append(len(defects))
-        for class_id, mask in defects:
+    for image in synth.train_defects(n_images, seed=seed, defects=defects):
+        classes_per_image.append(len(image))
+        for class_id, mask in image:
             columns = np.flatnonzero(mask.any(axis=0))
             areas[class_id].append(int(mask.sum()))
             spans[class_id].append(int(columns[-1] - columns[0] + 1))
@@ -388,6 +388,19 @@ def test_other_sizes_scale_the_areas() -> None:
         assert 1 / 1.2 <= ratio <= 1.2, (class_id, ratio)
 
 
+def test_large_preset_keeps_the_mix_and_draws_the_real_areas_from_5000_pixels_up() -> None:
+    """defects="large": the same images and classes, each class's masks from the top of
+    its real range, so none of class 1, 3 or 4 is under 3,500 pixels (class 2's thin
+    scratches stop at the image height: most of them, not all)."""
+    real, large = measure(200, DRIFT_SEED), measure(200, DRIFT_SEED, defects="large")
+    assert large.class_shares == real.class_shares and large.defect_free == real.defect_free
+    for class_id in (1, 3, 4):
+        assert large.under_3500[class_id] == 0.0, class_id
+    assert large.under_3500[2] < real.under_3500[2] / 2
+    for class_id in REAL_QUARTILES:
+        assert large.quartiles[class_id][1] > real.quartiles[class_id][1], class_id
+
+
 def test_refuses_non_empty_output_and_leaves_it_alone(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()
@@ -419,6 +432,7 @@ def test_accepts_an_existing_empty_folder(tmp_path: Path) -> None:
         ({"n_train": 2.5}, "n_train"),
         ({"height": 8}, "height"),
         ({"width": 100}, "width"),
+        ({"defects": "small"}, "defects must be one of real, large"),
     ],
 )
 def test_rejects_bad_arguments(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
