@@ -3,9 +3,12 @@
 # A UNet with a ResNet18 encoder paints the four defect classes on every
 # 256x1600 test image. Training follows the 2019 solution: BCE with logits,
 # Adam, learning rate cut on validation-loss plateaus, gradient accumulation
-# to an effective batch of 32, an 80/20 split stratified by how many defect
+# to an effective batch of 32, a validation split stratified by how many defect
 # classes an image has, and the checkpoint with the lowest validation loss
-# kept as `model.pth`. On test images each class keeps only connected regions
+# kept as `model.pth`. The split is fold `fold` of `n_folds` stratified folds
+# of the train images; the default, fold 0 of 5, is the 2019 solution's 80/20
+# split. Run once per fold (a matrix over `fold`), the folds' models make an
+# ensemble that stage 6 averages, each image validated by exactly one of them. On test images each class keeps only connected regions
 # larger than `min_size` pixels: small blobs are mostly false positives, and
 # a false positive on an empty (image, class) pair scores 0. Once the test
 # images are predicted, `model.pth` also records the post-processing used
@@ -27,7 +30,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kernelgen.runtime import Layout
+from kernelgen.runtime import InputError, Layout
+from stages.lib.folds import fold_split
 from stages.lib.metrics import write_metrics
 from stages.lib.seg.checkpoint import record_prediction
 from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
@@ -38,12 +42,11 @@ from stages.lib.seg.postprocess import PostProcess, per_class
 from stages.lib.seg.predict import predict
 from stages.lib.seg.train import fit
 from stages.lib.seg.tune import describe, tune_on_split
-from stages.lib.segdata import SteelSegDataset, stratified_split
+from stages.lib.segdata import SteelSegDataset
 from stages.lib.severstal import CLASS_IDS
 from stages.lib.submission import fill_submission, write_submission
 from stages.lib.traincsv import defect_count_per_image
 
-VAL_FRACTION = 0.2
 # What Params accepts. Literals in this module, because the render-time check builds
 # Params with nothing else of it: no library module is imported there.
 # The encoder halves the training height and width five times.
@@ -88,7 +91,9 @@ class Params:
     over horizontal ("h") or horizontal and vertical ("hv") flips;
     `pretrained`: ImageNet encoder weights (need internet); `amp`: mixed
     precision, used on CUDA only; `workers`: data-loader processes (0 loads
-    in the main process). Values are checked when `Params` is built, so a bad
+    in the main process); `fold`/`n_folds`: validate on fold `fold` of
+    `n_folds` stratified folds of the train images and train on the others
+    (fold 0 of 5 is the 2019 80/20 split). Values are checked when `Params` is built, so a bad
     one stops the render, before any kernel starts.
     """
 
@@ -117,6 +122,8 @@ class Params:
     tta: str = "none"
     min_area: int = 0
     min_areas: tuple[int, ...] = ()
+    fold: int = 0
+    n_folds: int = 5
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -165,6 +172,12 @@ class Params:
                 f"pixel_threshold must be between 0 and 1 (exclusive), "
                 f"got {self.pixel_threshold}"
             )
+        if self.n_folds < 2:
+            raise ValueError(f"n_folds must be at least 2, got {self.n_folds}")
+        if not 0 <= self.fold < self.n_folds:
+            raise ValueError(
+                f"fold must be between 0 and n_folds - 1 ({self.n_folds - 1}), got {self.fold}"
+            )
         if not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
 
@@ -184,13 +197,21 @@ class Params:
 
 # %% [markdown]
 # ## Run
-# Check every input, build the network, train with a validation pass after each
+# Check every input, split the train images into this fold's training and
+# validation parts, build the network, train with a validation pass after each
 # epoch, then predict the test images with the best (or averaged) weights and the
 # post-processing, searched on the validation split when `tune_postprocess` is set.
 
 # %%
 def run(params: Params, layout: Layout) -> None:
     data = read_competition(layout)
+    strata = defect_count_per_image(data.defect_rows, data.train_names).tolist()
+    train_ids, val_ids = fold_split(data.train_names, strata, params.fold, params.n_folds, params.seed)
+    if not val_ids:
+        raise InputError(
+            f"{data.train_dir}: {len(data.train_names)} train images are too few for "
+            f"{params.n_folds} folds (fold {params.fold} would have no validation image)"
+        )
     torch.manual_seed(params.seed)
     device = pick_device()
     setup = DeviceSetup.create(device, params.amp, params.batch_size, params.accumulate_to)
@@ -201,8 +222,6 @@ def run(params: Params, layout: Layout) -> None:
     working = layout.working
     draw_network(model, setup, working / "Unet_visualization.svg")
 
-    strata = defect_count_per_image(data.defect_rows, data.train_names).tolist()
-    train_ids, val_ids = stratified_split(data.train_names, strata, VAL_FRACTION, params.seed)
     size, source = (params.train_height, params.train_width), str(data.train_csv)
 
     def loader(folder: Path, names: list[str], labelled: bool, seed: int | None = None) -> DataLoader:
@@ -213,7 +232,8 @@ def run(params: Params, layout: Layout) -> None:
     train_loader = loader(data.train_dir, train_ids, labelled=True, seed=params.seed)
     val_loader = loader(data.train_dir, val_ids, labelled=True)
     print(
-        f"stage 4: {len(train_ids)} train / {len(val_ids)} validation images at "
+        f"stage 4, fold {params.fold} of {params.n_folds}: {len(train_ids)} train / "
+        f"{len(val_ids)} validation images at "
         f"{size[0]}x{size[1]}, device {device.type}, amp {setup.amp}, "
         f"batch {params.batch_size} x {setup.accum_steps} accumulated, "
         f"pretrained {params.pretrained}"

@@ -24,6 +24,7 @@ from scipy import ndimage
 
 from kernelgen.runtime import InputError, Layout
 from kernelgen.spec.params import check_values
+from stages.lib.folds import fold_split, stratified_folds
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
 from stages.lib.seg.checkpoint import load_segmenter
@@ -39,7 +40,6 @@ from stages.lib.segdata import (
     decode_masks,
     list_images,
     resize_nearest,
-    stratified_split,
 )
 from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
@@ -133,18 +133,58 @@ def data_copy(small_data: SynthDataset, tmp_path: Path) -> Path:
 # Pure pieces
 
 
-def test_stratified_split_keeps_strata_and_is_deterministic() -> None:
+def holdout_split_before_folds(
+    names: list[str], strata: list[int], val_fraction: float, seed: int
+) -> tuple[list[str], list[str]]:
+    """Stage 4's 80/20 split as it was made before it had folds (the 2019 rule, kept here
+    as the reference that fold 0 of 5 must reproduce)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(strata)
+    values, counts = np.unique(labels, return_counts=True)
+    n_val = int(np.ceil(len(names) * val_fraction - 1e-9))
+    exact = counts * (n_val / max(len(names), 1))
+    take = np.floor(exact).astype(np.int64)
+    remainder = exact - take
+    order = np.lexsort((rng.random(values.size), -remainder))
+    for index in order[: n_val - int(take.sum())]:
+        take[index] += 1
+    val_mask = np.zeros(len(names), dtype=bool)
+    for value, count in zip(values, take, strict=True):
+        members = np.flatnonzero(labels == value)
+        val_mask[rng.permutation(members)[:count]] = True
+    return [n for n, v in zip(names, val_mask, strict=True) if not v], [n for n, v in zip(names, val_mask, strict=True) if v]
+
+
+def test_fold_0_of_5_is_the_80_20_split_stage_4_made_before_folds() -> None:
+    rng = np.random.default_rng(17)
+    cases = [(12568, [5902, 6239, 425, 2], 69)]  # the real train set's strata, the default seed
+    cases += [(0, rng.integers(1, 60, int(rng.integers(1, 5))).tolist(), int(rng.integers(2**32))) for _ in range(200)]
+    for _, counts, seed in cases:
+        strata = np.repeat(np.arange(len(counts)), counts)
+        strata = rng.permutation(strata).tolist()
+        names = [f"{i:05d}.jpg" for i in range(len(strata))]
+        assert fold_split(names, strata, 0, 5, seed) == holdout_split_before_folds(names, strata, 0.2, seed)
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 5])
+def test_folds_partition_the_images_and_keep_each_stratum_share(n_folds: int) -> None:
     names = [f"{i:03d}.jpg" for i in range(103)]
     strata = [0] * 50 + [1] * 40 + [2] * 10 + [3] * 3
-    train, val = stratified_split(names, strata, 0.2, seed=69)
-    assert len(val) == 21 and len(train) == 82
-    assert sorted(train + val) == names
+    splits = [fold_split(names, strata, fold, n_folds, seed=69) for fold in range(n_folds)]
+    vals = [val for _, val in splits]
+    assert sorted(name for val in vals for name in val) == names  # each image validated once
+    for train, val in splits:
+        assert sorted(train + val) == names and not set(train) & set(val)
+    sizes = sorted(len(val) for val in vals)
+    assert sizes[-1] - sizes[0] <= 1
     by_name = dict(zip(names, strata, strict=True))
-    for value, count in zip((0, 1, 2, 3), (50, 40, 10, 3), strict=True):
-        in_val = sum(by_name[n] == value for n in val)
-        assert abs(in_val - count * 21 / 103) < 1.0
-    assert stratified_split(names, strata, 0.2, seed=69) == (train, val)
-    assert stratified_split(names, strata, 0.2, seed=70)[1] != val
+    for val in vals:
+        for value, count in zip((0, 1, 2, 3), (50, 40, 10, 3), strict=True):
+            in_val = sum(by_name[n] == value for n in val)
+            assert abs(in_val - count * len(val) / 103) < 1.0
+    assert [fold_split(names, strata, f, n_folds, seed=69) for f in range(n_folds)] == splits
+    assert fold_split(names, strata, 0, n_folds, seed=70)[1] != vals[0]
+    assert list(stratified_folds(strata, n_folds, 69)).count(n_folds - 1) == len(vals[-1])
 
 
 def test_remove_small_keeps_only_regions_larger_than_min_size() -> None:
@@ -415,6 +455,13 @@ def test_missing_train_csv(data_copy: Path) -> None:
     _run_expecting(data_copy, r"train\.csv")
 
 
+def test_more_folds_than_images_is_refused(data_copy: Path) -> None:
+    _run_expecting(
+        data_copy, r"8 train images are too few for 9 folds \(fold 8 would have no validation image\)",
+        replace(smoke_params(), epochs=1, fold=8, n_folds=9),
+    )
+
+
 def test_unreachable_pretrained_weights_say_how_to_go_on(
     data_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -461,6 +508,10 @@ MULTIPLE = "must be a positive multiple of 32 (the encoder halves it five times)
         ("pixel_threshold", math.nan, "must be between 0 and 1 (exclusive)"),
         ("seed", -1, "must be between 0 and 18446744073709551615"),
         ("seed", 2**64, "must be between 0 and 18446744073709551615"),
+        ("n_folds", 1, "must be at least 2"),
+        ("n_folds", 0, "must be at least 2"),
+        ("fold", 5, "must be between 0 and n_folds - 1 (4)"),
+        ("fold", -1, "must be between 0 and n_folds - 1 (4)"),
     ],
 )
 def test_bad_parameter_is_refused_naming_it(
@@ -487,6 +538,8 @@ def test_bad_parameter_is_refused_naming_it(
         ("pixel_threshold", 0.01),
         ("pixel_threshold", 0.99),
         ("seed", 0),
+        ("fold", 4),
+        ("n_folds", 2),
     ],
 )
 def test_edge_values_are_accepted(params: type, name: str, value: object) -> None:
@@ -547,3 +600,6 @@ def test_per_class_options_render_as_lists_and_comma_strings_are_refused() -> No
 def test_renderer_checks_values_with_this_params() -> None:
     assert_renderer_checks("stages.stage4_segmentation", 4, {"train_width": 400}, "train_width must be a positive multiple of 32")
     check_values(source_of("stages.stage4_segmentation"), stage_profile(4, "best"), 4)
+    assert_renderer_checks(
+        "stages.stage4_segmentation", 4, {"fold": 3, "n_folds": 3}, "fold must be between 0 and n_folds - 1 (2), got 3"
+    )

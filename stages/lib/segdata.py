@@ -100,37 +100,6 @@ def defects_by_image(
     return grouped
 
 
-def stratified_split(
-    names: Sequence[str], strata: Sequence[int], val_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """Split into (train, validation) keeping each stratum's share in both parts.
-
-    The validation size is ceil(n * val_fraction); each stratum gets its
-    floor share and the leftover places go to the strata with the largest
-    remainders, so small strata are neither lost nor over-sampled. Within a
-    stratum the pick is a seeded permutation: the same seed gives the same split.
-    """
-    if len(names) != len(strata):
-        raise ValueError("names and strata differ in length")
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(strata)
-    values, counts = np.unique(labels, return_counts=True)
-    n_val = int(np.ceil(len(names) * val_fraction - 1e-9))
-    exact = counts * (n_val / max(len(names), 1))
-    take = np.floor(exact).astype(np.int64)
-    remainder = exact - take
-    order = np.lexsort((rng.random(values.size), -remainder))
-    for index in order[: n_val - int(take.sum())]:
-        take[index] += 1
-    val_mask = np.zeros(len(names), dtype=bool)
-    for value, count in zip(values, take, strict=True):
-        members = np.flatnonzero(labels == value)
-        val_mask[rng.permutation(members)[:count]] = True
-    train = [name for name, is_val in zip(names, val_mask, strict=True) if not is_val]
-    val = [name for name, is_val in zip(names, val_mask, strict=True) if is_val]
-    return train, val
-
-
 def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize of (..., H, W) masks by index sampling (no interpolation)."""
     src_h, src_w = masks.shape[-2:]
