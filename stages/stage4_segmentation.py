@@ -5,16 +5,23 @@
 # Adam, learning rate cut on validation-loss plateaus, gradient accumulation
 # to an effective batch of 32, a validation split stratified by how many defect
 # classes an image has, and the checkpoint with the lowest validation loss
-# kept as `model.pth`. The split is fold `fold` of `n_folds` stratified folds
-# of the train images; the default, fold 0 of 5, is the 2019 solution's 80/20
-# split. Run once per fold (a matrix over `fold`), the folds' models make an
-# ensemble that stage 6 averages, each image validated by exactly one of them. On test images each class keeps only connected regions
+# kept as `model.pth`. On test images each class keeps only connected regions
 # larger than `min_size` pixels: small blobs are mostly false positives, and
-# a false positive on an empty (image, class) pair scores 0. Once the test
-# images are predicted, `model.pth` also records the post-processing used
-# (`postprocess`: per-class pixel thresholds and minimum sizes) and, with
-# `average_best`, holds the averaged weights, so an inference kernel that loads
-# it predicts exactly what this stage did.
+# a false positive on an empty (image, class) pair scores 0.
+#
+# The validation split is fold `fold` of `n_folds` stratified folds of the
+# train images; the default, fold 0 of 5, is the 2019 solution's 80/20 split.
+# Run once per fold (a matrix over `fold`), the folds' models make an ensemble
+# that stage 6 averages and whose masks stage 5 puts to a vote; every train
+# image is validated by exactly one of them.
+#
+# Once the test images are predicted, `model.pth` also records the
+# post-processing used (`postprocess`: per-class pixel thresholds and minimum
+# sizes) and, with `average_best`, holds the averaged weights, so an inference
+# kernel that loads it predicts exactly what this stage did. With
+# `tune_postprocess` it also holds the search's statistics on this fold's
+# validation split (`search`), from which stage 6 chooses the post-processing
+# of an ensemble of folds.
 #
 # The parts (input checks, device set-up, network, training, validation,
 # post-processing and its search, prediction, checkpoint, plots) are the modules
@@ -37,11 +44,12 @@ from stages.lib.seg.checkpoint import record_prediction
 from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
 from stages.lib.seg.inputs import read_competition
 from stages.lib.seg.model import build_unet, cpu_state
+from stages.lib.seg.oof import validation_stats
 from stages.lib.seg.plots import draw_network, plot_curves
 from stages.lib.seg.postprocess import PostProcess, per_class
 from stages.lib.seg.predict import predict
 from stages.lib.seg.train import fit
-from stages.lib.seg.tune import describe, tune_on_split
+from stages.lib.seg.tune import describe
 from stages.lib.segdata import SteelSegDataset
 from stages.lib.severstal import CLASS_IDS
 from stages.lib.submission import fill_submission, write_submission
@@ -265,19 +273,21 @@ def run(params: Params, layout: Layout) -> None:
         per_class(params.min_sizes, params.min_size),
         per_class(params.min_areas, params.min_area),
     )
+    search = None
     if params.tune_postprocess:
         prefer = (params.pixel_threshold, params.min_size, params.min_area)
-        chosen = tune_on_split(
+        search = validation_stats(
             model, setup, data.train_dir, val_ids, data.defects, source, size,
             params.batch_size, params.workers, params.tta, prefer,
         )
+        chosen = search.chosen()
         (working / "postprocess.json").write_text(json.dumps(chosen, indent=2) + "\n")
         post = PostProcess.chosen(chosen)
         print("postprocess.json (tuned on the validation split): " + describe(chosen))
     encoded = predict(
         model, test_loader, setup, post.pixel_thresholds, post.min_sizes, params.tta, post.min_areas
     )
-    record_prediction(checkpoint, post, cpu_state(model) if averaged else None, averaged)
+    record_prediction(checkpoint, post, cpu_state(model) if averaged else None, averaged, search)
     best_epoch = trained.history.loc[trained.history["val_loss"].idxmin()]
     figures = {"val_dice": float(best_epoch["dice"])}
     if params.tune_postprocess:

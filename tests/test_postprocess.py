@@ -14,8 +14,15 @@ import numpy as np
 import pytest
 
 from stages.lib.metrics import batch_dice
+from stages.lib.seg.oof import SearchStats
 from stages.lib.seg.postprocess import PostProcess, drop_small_totals, per_class, remove_small
-from stages.lib.seg.tune import search_postprocess, tune_class
+from stages.lib.seg.tune import (
+    TUNE_MIN_AREAS,
+    TUNE_MIN_SIZES,
+    TUNE_THRESHOLDS,
+    search_postprocess,
+    tune_class,
+)
 from stages.stage4_segmentation import Params
 from tests.stage_params import params_alone
 
@@ -197,3 +204,58 @@ def test_total_area_search_finds_a_planted_area_rule() -> None:
     assert (found[2], found[3]) == (300, pytest.approx(1.0))
     without = tune_class(probs, truth, min_sizes=(0,), min_areas=(0,))[3]
     assert without < 0.8
+
+
+# ---------------------------------------------------------------------------------------
+# The search from statistics that add up over folds
+
+
+def test_statistics_of_one_split_choose_what_the_search_on_its_maps_chooses() -> None:
+    probs, truth = planted_maps(20, seed=11)
+    as_uint8 = np.round(probs * 255).astype(np.uint8)
+    for maps in (probs, as_uint8):
+        for prefer in ((0.5, 3500, 0), (0.6, 600, 900)):
+            assert SearchStats.from_maps(maps, truth, prefer).chosen() == search_postprocess(maps, truth, prefer=prefer)
+
+
+def test_the_folds_statistics_added_up_choose_what_one_search_over_their_union_chooses() -> None:
+    """Three folds of unequal size, each summed up on its own; their sum gives the union's
+    choice and Dice, and the union's Dice is the mean of the folds' weighted by size."""
+    probs, truth = planted_maps(45, seed=12)
+    probs = np.round(probs * 255).astype(np.uint8)  # as stage 4 scores validation maps
+    cuts = [(0, 9), (9, 26), (26, 45)]
+    folds = [SearchStats.from_maps(probs[a:b], truth[a:b], (0.5, 3500, 0)) for a, b in cuts]
+    combined = folds[0] + folds[1] + folds[2]
+    assert combined.images == 45
+    union = search_postprocess(probs, truth)
+    chosen = combined.chosen()
+    for c in "1234":
+        assert {k: v for k, v in chosen[c].items() if k != "dice"} == {k: v for k, v in union[c].items() if k != "dice"}
+        assert chosen[c]["dice"] == pytest.approx(union[c]["dice"], abs=1e-12)
+    # Each fold alone chooses otherwise (a per-fold choice cannot stand in for the union).
+    rules = [{c: (e["pixel_threshold"], e["min_size"], e["min_area"]) for c, e in f.chosen().items()} for f in folds]
+    assert all(rule != {c: (e["pixel_threshold"], e["min_size"], e["min_area"]) for c, e in chosen.items()} for rule in rules)
+    weighted = sum(f.sums for f in folds) / 45
+    assert np.allclose(weighted, np.stack([tune_class(probs[:, c], truth[:, c])[4] for c in range(4)]))
+
+
+def test_statistics_survive_the_checkpoint_and_are_small(tmp_path) -> None:
+    import torch
+
+    probs, truth = planted_maps(6, seed=13)
+    stats = SearchStats.from_maps(probs, truth, (0.55, 600, 300))
+    torch.save({"search": stats.record()}, tmp_path / "model.pth")
+    loaded = SearchStats.from_record(torch.load(tmp_path / "model.pth", weights_only=True)["search"])
+    assert (loaded.images, loaded.prefer, loaded.grid()) == (6, (0.55, 600, 300), stats.grid())
+    assert np.array_equal(loaded.sums, stats.sums) and loaded.chosen() == stats.chosen()
+    # Whatever the number of images: 4 classes x the grid, in float64.
+    grid = len(TUNE_THRESHOLDS) * len(TUNE_MIN_SIZES) * len(TUNE_MIN_AREAS)
+    assert loaded.sums.nbytes == 4 * grid * 8 < 80_000
+
+
+def test_statistics_on_other_grids_do_not_add_up() -> None:
+    probs, truth = planted_maps(4, seed=14)
+    stats = SearchStats.from_maps(probs, truth)
+    other = SearchStats(stats.images, stats.sums[:, :, :, :3], stats.prefer, stats.thresholds, stats.min_sizes, (0, 1, 2))
+    with pytest.raises(ValueError, match="different grids"):
+        stats + other

@@ -30,6 +30,7 @@ from stages.lib.rle import rle_decode, rle_encode
 from stages.lib.seg.checkpoint import load_segmenter
 from stages.lib.seg.device import DeviceSetup, make_loader
 from stages.lib.seg.model import build_unet
+from stages.lib.seg.oof import SearchStats
 from stages.lib.seg.postprocess import remove_small
 from stages.lib.seg.predict import predict
 from stages.lib.seg.train import random_flip
@@ -390,6 +391,9 @@ def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Pat
         "min_sizes": [chosen[str(c)]["min_size"] for c in CLASS_IDS],
         "min_areas": [chosen[str(c)]["min_area"] for c in CLASS_IDS],
     }
+    # The search's statistics on the 2 validation images (fold 0 of 5 of 8) choose it again.
+    search = SearchStats.from_record(saved["search"])
+    assert search.images == 2 and search.chosen() == chosen
     sub = read_submission(working / "submission.csv").frame
     assert len(sub) == 3 * 4
 

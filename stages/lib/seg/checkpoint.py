@@ -3,7 +3,9 @@
 # Stage 4 saves its best epoch with the optimizer and its parameters; once the
 # test images are predicted, the file becomes the segmenter those masks came
 # from: the averaged weights when it averaged epochs, and the post-processing
-# it applied. An inference kernel that loads it predicts exactly what stage 4 did.
+# it applied (with, when it was searched, the search's statistics on the
+# validation split, which an ensemble of folds adds up). An inference kernel that
+# loads it predicts exactly what stage 4 did.
 
 # %%
 import os
@@ -16,6 +18,7 @@ from torch import nn
 
 from kernelgen.runtime import InputError
 from stages.lib.seg.model import build_unet
+from stages.lib.seg.oof import SearchStats
 from stages.lib.seg.postprocess import PostProcess, per_class
 
 # Stage 4's behaviour before these parameters existed, for checkpoints saved then.
@@ -34,22 +37,27 @@ def record_prediction(
     post: PostProcess,
     averaged_state: dict[str, torch.Tensor] | None = None,
     averaged_epochs: Sequence[int] = (),
+    search: SearchStats | None = None,
 ) -> None:
-    """Add the post-processing the test masks went through to the checkpoint at `path`;
-    when they came from averaged weights, those replace the best epoch's (and the
-    optimizer, which belongs to no averaged state, goes)."""
+    """Add the post-processing the test masks went through to the checkpoint at `path`,
+    and the statistics it was searched on, if it was; when the masks came from averaged
+    weights, those replace the best epoch's (and the optimizer, which belongs to no
+    averaged state, goes)."""
     final = torch.load(path, map_location="cpu", weights_only=True)
     if averaged_state is not None:
         final.pop("optimizer", None)
         final.update(state_dict=averaged_state, averaged_epochs=list(averaged_epochs))
     final["postprocess"] = post.record()
+    if search is not None:
+        final["search"] = search.record()
     save_checkpoint(path, final)
 
 
 @dataclass(frozen=True)
 class Segmenter:
     """Stage 4's network as it predicted: the size it ran at, its batch, flips and
-    precision, and the post-processing of its masks."""
+    precision, the post-processing of its masks and, when that was searched, the
+    search's statistics on its validation split."""
 
     model: nn.Module
     height: int
@@ -58,6 +66,7 @@ class Segmenter:
     tta: str
     amp: bool
     post: PostProcess
+    search: SearchStats | None = None
 
 
 def load_segmenter(path: Path, device: torch.device) -> Segmenter:
@@ -91,6 +100,7 @@ def load_segmenter(path: Path, device: torch.device) -> Segmenter:
             tta=str(settings["tta"]),
             amp=bool(settings["amp"]),
             post=post,
+            search=SearchStats.from_record(checkpoint["search"]) if "search" in checkpoint else None,
         )
     except InputError:
         raise

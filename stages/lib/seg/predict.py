@@ -2,11 +2,11 @@
 # ## Prediction at full size
 # Logits go back to 256x1600 (bilinear) before the sigmoid, whatever size the
 # network ran at; then the threshold, the region and area filters and the RLE.
-# For the post-processing search the probabilities themselves are kept, as
-# uint8, so a validation split of real size fits in memory.
+# For the post-processing search the probabilities themselves are handed on a
+# batch at a time, as uint8.
 
 # %%
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from stages.lib.rle import rle_encode
 from stages.lib.seg.device import DeviceSetup, prepare_images
 from stages.lib.seg.model import flip_logits
 from stages.lib.seg.postprocess import drop_small_totals, remove_small
-from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
+from stages.lib.severstal import IMAGE_SHAPE
 
 
 def _full_size_logits(
@@ -32,19 +32,15 @@ def _full_size_logits(
 
 def full_size_probs(
     model: nn.Module, loader: DataLoader, setup: DeviceSetup, tta: str = "none"
-) -> np.ndarray:
-    """Sigmoid maps at 256x1600 for every image of `loader` (items may carry masks),
-    as uint8 holding round(255 p)."""
+) -> Iterator[np.ndarray]:
+    """Per batch of `loader` (items may carry masks), the sigmoid maps at 256x1600 as
+    uint8 holding round(255 p)."""
     model.eval()
-    out: list[np.ndarray] = []
     with torch.no_grad():
         for batch in loader:
             images = batch[0] if isinstance(batch, (list, tuple)) else batch
             logits = _full_size_logits(model, images, setup, tta)
-            out.append(
-                torch.round(torch.sigmoid(logits) * 255).to(torch.uint8).cpu().numpy()
-            )
-    return np.concatenate(out) if out else np.zeros((0, len(CLASS_IDS), *IMAGE_SHAPE), np.uint8)
+            yield torch.round(torch.sigmoid(logits) * 255).to(torch.uint8).cpu().numpy()
 
 
 def predict(

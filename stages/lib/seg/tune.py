@@ -8,16 +8,11 @@
 
 # %%
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from stages.lib.seg.device import DeviceSetup, make_loader
 from stages.lib.seg.postprocess import label_planes
-from stages.lib.seg.predict import full_size_probs
-from stages.lib.segdata import SteelSegDataset, decode_masks
-from stages.lib.severstal import CLASS_IDS, IMAGE_SHAPE
+from stages.lib.severstal import CLASS_IDS
 
 # The search grid (per class): pixel thresholds, minimum component sizes and minimum
 # total areas (what is left of a class's mask on an image after the size filter).
@@ -29,28 +24,22 @@ TUNE_MIN_SIZES = (
 )
 
 
-def tune_class(
+def class_dice_sums(
     probs: np.ndarray,
     truth: np.ndarray,
     thresholds: Sequence[float] = TUNE_THRESHOLDS,
     min_sizes: Sequence[int] = TUNE_MIN_SIZES,
-    prefer: tuple[float, int, int] = (0.5, 3500, 0),
     min_areas: Sequence[int] = TUNE_MIN_AREAS,
-) -> tuple[float, int, int, float, np.ndarray]:
-    """Best (pixel threshold, min region size, min total area) for one class on validation maps.
+) -> np.ndarray:
+    """Per (threshold, min size, min area), the sum over images of one class's Dice.
 
     `probs` (N, H, W): probabilities in [0, 1], or uint8 holding round(255 p);
     `truth` (N, H, W) binary. Per threshold, regions are labelled once for all
     images; each region's size and overlap with the truth come from two
     bincounts, and every minimum size is then scored at once: per (size,
     image) predicted area and overlap are summed with one bincount, and every
-    minimum total area is a comparison on those sums. Returns the best
-    threshold, size, area, its mean Dice (1 for empty-empty pairs) and the
-    whole (threshold, size, area) score grid. When every entry scores the same
-    (e.g. no pixel predicted on the split) the entry nearest `prefer` (the
-    untuned rule) is kept; among other ties, the threshold and then the area
-    nearest `prefer`'s, and the middle of the tied sizes, away from the edges of
-    the plateau.
+    minimum total area is a comparison on those sums. A sum, not a mean, so the
+    sums of several sets of images add up to the sum of their union.
     """
     n = probs.shape[0]
     sizes_grid = np.asarray(min_sizes, dtype=np.int64)
@@ -58,7 +47,7 @@ def tune_class(
     truth = truth.astype(bool, copy=False)
     truth_area = truth.reshape(n, -1).sum(axis=1).astype(np.float64)
     scale = 255.0 if probs.dtype == np.uint8 else 1.0
-    grid = np.zeros((len(thresholds), sizes_grid.size, areas_grid.size), dtype=np.float64)
+    sums = np.zeros((len(thresholds), sizes_grid.size, areas_grid.size), dtype=np.float64)
     for row, threshold in enumerate(thresholds):
         pred = probs > threshold * scale
         labels, count = label_planes(pred)
@@ -81,7 +70,27 @@ def tune_class(
         total = np.where(whole, pred_area[None], 0.0) + truth_area
         inter_kept = np.where(whole, inter[None], 0.0)
         dice = np.where(total > 0, 2.0 * inter_kept / np.maximum(total, 1.0), 1.0)
-        grid[row] = dice.mean(axis=2).T
+        sums[row] = dice.sum(axis=2).T
+    return sums
+
+
+def pick(
+    grid: np.ndarray,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+    prefer: tuple[float, int, int] = (0.5, 3500, 0),
+    min_areas: Sequence[int] = TUNE_MIN_AREAS,
+) -> tuple[float, int, int, float]:
+    """The best (threshold, min size, min area) of a (threshold, size, area) grid of mean
+    Dice, and its score.
+
+    When every entry scores the same (e.g. no pixel predicted on the split) the
+    entry nearest `prefer` (the untuned rule) is kept; among other ties, the
+    threshold and then the area nearest `prefer`'s, and the middle of the tied
+    sizes, away from the edges of the plateau.
+    """
+    sizes_grid = np.asarray(min_sizes, dtype=np.int64)
+    areas_grid = np.asarray(min_areas, dtype=np.int64)
     tied = grid >= grid.max() - 1e-12
     threshold_grid = np.asarray(thresholds)
     if tied.all():  # nothing to learn from: keep the configured rule (nearest grid entry)
@@ -100,8 +109,25 @@ def tune_class(
         int(sizes_grid[col]),
         int(areas_grid[depth]),
         float(grid[row, col, depth]),
-        grid,
     )
+
+
+def tune_class(
+    probs: np.ndarray,
+    truth: np.ndarray,
+    thresholds: Sequence[float] = TUNE_THRESHOLDS,
+    min_sizes: Sequence[int] = TUNE_MIN_SIZES,
+    prefer: tuple[float, int, int] = (0.5, 3500, 0),
+    min_areas: Sequence[int] = TUNE_MIN_AREAS,
+) -> tuple[float, int, int, float, np.ndarray]:
+    """Best (pixel threshold, min region size, min total area) for one class on validation maps.
+
+    `probs` and `truth` as `class_dice_sums` takes them. Returns the best threshold,
+    size, area, its mean Dice (1 for empty-empty pairs) and the whole (threshold,
+    size, area) grid of mean Dice; ties are broken as `pick` breaks them.
+    """
+    grid = class_dice_sums(probs, truth, thresholds, min_sizes, min_areas) / probs.shape[0]
+    return (*pick(grid, thresholds, min_sizes, prefer, min_areas), grid)
 
 
 def search_postprocess(
@@ -118,43 +144,20 @@ def search_postprocess(
     Returns `{"1": {"pixel_threshold": t, "min_size": m, "min_area": a, "dice": d}, ...}`,
     the content of `postprocess.json`.
     """
-    chosen: dict[str, dict] = {}
-    for index, class_id in enumerate(CLASS_IDS[: probs.shape[1]]):
-        threshold, size, area, score, _ = tune_class(
-            probs[:, index], truth[:, index], thresholds, min_sizes, prefer, min_areas
-        )
-        chosen[str(class_id)] = {
-            "pixel_threshold": threshold,
-            "min_size": size,
-            "min_area": area,
-            "dice": score,
-        }
-    return chosen
+    picks = [
+        tune_class(probs[:, index], truth[:, index], thresholds, min_sizes, prefer, min_areas)[:4]
+        for index in range(probs.shape[1])
+    ]
+    return entries(picks)
 
 
-def tune_on_split(
-    model: nn.Module,
-    setup: DeviceSetup,
-    image_dir: Path,
-    names: Sequence[str],
-    defects: Mapping[str, list[tuple[int, str]]],
-    source: str,
-    size: tuple[int, int],
-    batch_size: int,
-    workers: int,
-    tta: str = "none",
-    prefer: tuple[float, int, int] = (0.5, 3500, 0),
-) -> dict[str, dict]:
-    """`search_postprocess` on `names` of `image_dir`, predicted at full size by `model` run
-    at `size`, against their masks (`defects` by image, read from `source`)."""
-    loader = make_loader(
-        SteelSegDataset(image_dir, list(names), *size), batch_size, workers, setup.device,
-        shuffle_seed=None,
-    )
-    probs = full_size_probs(model, loader, setup, tta)
-    del loader  # stops its worker processes before the search
-    truth = np.stack([decode_masks(defects.get(name, []), *IMAGE_SHAPE, source) for name in names])
-    return search_postprocess(probs, truth, prefer=prefer)
+def entries(picks: Sequence[tuple[float, int, int, float]]) -> dict[str, dict]:
+    """`postprocess.json`'s content from each class's (threshold, size, area, Dice), in class order."""
+    keys = ("pixel_threshold", "min_size", "min_area", "dice")
+    return {
+        str(class_id): dict(zip(keys, chosen, strict=True))
+        for class_id, chosen in zip(CLASS_IDS[: len(picks)], picks, strict=True)
+    }
 
 
 def describe(chosen: Mapping[str, Mapping[str, float]]) -> str:
