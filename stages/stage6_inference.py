@@ -9,6 +9,11 @@
 # 1's classifier (`model.h5`) and stage 3's threshold, and with a per-class
 # classifier the per-class gates. On the same models, thresholds and images its
 # submission is stage 5's, row for row.
+#
+# When stage 4 ran once per fold, every fold's model is loaded and the masks come
+# from the mean of their probabilities, with a post-processing chosen for the
+# ensemble: searched again on all folds' out-of-fold validation predictions when
+# each fold tuned its own, else per class the median of the folds' settings.
 
 # %%
 import time
@@ -30,9 +35,9 @@ from stages.lib.classifier import (
 from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.metrics import write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
-from stages.lib.seg.checkpoint import Segmenter, load_segmenter
 from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
-from stages.lib.seg.predict import predict
+from stages.lib.seg.ensemble import Ensemble, load_ensemble
+from stages.lib.seg.predict import predict_mean
 from stages.lib.segdata import SteelSegDataset, check_images, sample_test_names
 from stages.lib.severstal import COMPETITION
 from stages.lib.submission import fill_submission, write_submission
@@ -53,7 +58,8 @@ class Params:
     classifier batch; `workers`: data-loader processes for the segmenter (0 loads
     in the main process). The segmenter's input size, pixel thresholds, minimum
     region sizes and total areas, flips and batch size are the ones stage 4 trained
-    and predicted with, read from the checkpoint, so the post-processing is stage 4's."""
+    and predicted with, read from the checkpoint, so the post-processing is stage 4's
+    (with one checkpoint per fold, the ensemble's, chosen as above)."""
 
     threshold: float = 0.947
     class_thresholds: tuple[float, ...] = ()
@@ -83,25 +89,25 @@ class Params:
 
 # %% [markdown]
 # ## Models
-# The checkpoint carries stage 4's parameters beside the weights; they say at
+# Each checkpoint carries stage 4's parameters beside the weights; they say at
 # what size the network runs and how its output is post-processed.
 
 
 # %%
 def segment(
-    segmenter: Segmenter, test_dir: Path, names: list[str], workers: int, device: torch.device
+    ensemble: Ensemble, test_dir: Path, names: list[str], workers: int, device: torch.device
 ) -> list[list[str]]:
-    """Per image of `names`, the RLE of each class, exactly as stage 4 predicts."""
-    setup = DeviceSetup.create(device, segmenter.amp)
-    model = segmenter.model.to(memory_format=setup.memory_format)
+    """Per image of `names`, the RLE of each class from the ensemble's mean probabilities;
+    with one model, exactly as stage 4 predicts."""
+    first = ensemble.first
+    setup = DeviceSetup.create(device, first.amp)
+    members = [(s.model.to(memory_format=setup.memory_format), s.tta) for s in ensemble.segmenters]
     loader = make_loader(
-        SteelSegDataset(test_dir, names, segmenter.height, segmenter.width),
-        segmenter.batch_size, workers, device, shuffle_seed=None,
+        SteelSegDataset(test_dir, names, first.height, first.width),
+        first.batch_size, workers, device, shuffle_seed=None,
     )
-    post = segmenter.post
-    return predict(
-        model, loader, setup, post.pixel_thresholds, post.min_sizes, segmenter.tta, post.min_areas
-    )
+    post = ensemble.post
+    return predict_mean(members, loader, setup, post.pixel_thresholds, post.min_sizes, post.min_areas)
 
 
 def classify(model_path: Path, test_dir: Path, names: list[str], batch_size: int, tta: str) -> pd.DataFrame:
@@ -126,15 +132,22 @@ def run(params: Params, layout: Layout) -> None:
     comp = layout.input(COMPETITION)
     test_dir = comp / "test_images"
     sample_path = layout.input_file(COMPETITION, "sample_submission.csv")
-    segmenter_path = layout.input_file("stage4", "model.pth")
+    segmenter_paths = [folder / "model.pth" for _, folder in layout.cells("stage4")]
     classifier_path = layout.input_file("stage1", "model.h5")
     sample, names = sample_test_names(test_dir, sample_path)
     check_images(test_dir, names)
 
     device = pick_device()
     start = time.perf_counter()
-    segmenter = load_segmenter(segmenter_path, device)
-    encoded = segment(segmenter, test_dir, names, params.workers, device)
+    ensemble = load_ensemble(segmenter_paths, device)
+    if len(segmenter_paths) > 1:
+        post = ensemble.post
+        print(
+            f"ensemble of {len(segmenter_paths)} stage 4 models; post-processing {ensemble.rule}: "
+            f"pixel thresholds {list(post.pixel_thresholds)}, min sizes {list(post.min_sizes)}, "
+            f"min areas {list(post.min_areas)}"
+        )
+    encoded = segment(ensemble, test_dir, names, params.workers, device)
     seg_seconds = time.perf_counter() - start
     scores = classify(classifier_path, test_dir, names, params.classifier_batch_size, params.classifier_tta)
     total = time.perf_counter() - start

@@ -27,8 +27,8 @@ from kernelgen.spec.params import check_values
 from stages.lib.folds import fold_split, stratified_folds
 from stages.lib.metrics import mean_dice_rle
 from stages.lib.rle import rle_decode, rle_encode
-from stages.lib.seg.checkpoint import load_segmenter
 from stages.lib.seg.device import DeviceSetup, make_loader
+from stages.lib.seg.ensemble import load_ensemble
 from stages.lib.seg.model import build_unet
 from stages.lib.seg.oof import SearchStats
 from stages.lib.seg.postprocess import remove_small
@@ -399,8 +399,8 @@ def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Pat
 
     test_dir = small_data.competition_dir / "test_images"
     names = list(dict.fromkeys(sub["ImageId"]))
-    segmenter = load_segmenter(working / "model.pth", torch.device("cpu"))
-    encoded = segment(segmenter, test_dir, names, 0, torch.device("cpu"))
+    ensemble = load_ensemble([working / "model.pth"], torch.device("cpu"))
+    encoded = segment(ensemble, test_dir, names, 0, torch.device("cpu"))
     again = [rle for row in encoded for rle in row]
     assert again == [
         sub[(sub["ImageId"] == n) & (sub["ClassId"] == c)]["EncodedPixels"].item() for n in names for c in CLASS_IDS
