@@ -7,14 +7,21 @@
 # classes blanked. With a per-class classifier, `class_thresholds` also blanks
 # single classes: class c of an image whose `missing<c>` score is above the c-th
 # threshold. Everything else in the submission stays as it was.
+#
+# When stage 4 ran once per fold, each fold wrote its own submission; stage 5
+# takes their majority vote (`stages/lib/vote.py`: the pixels more than half of
+# the folds mark) and gates that. Stage 6 is where the folds are averaged as
+# probabilities, with a post-processing chosen for the ensemble.
 
 # %%
 from dataclasses import dataclass
 
 from kernelgen.runtime import Layout
+from stages.lib.cellfiles import cell_files
 from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.scores import CLASS_SCORE_COLUMNS, CLASS_SCORES_HINT, read_score_table
 from stages.lib.submission import read_submission, write_submission
+from stages.lib.vote import majority_vote
 
 # Per-class gates: one threshold for each of the four defect classes.
 CLASS_COUNT = 4
@@ -52,9 +59,12 @@ class Params:
 
 # %%
 def run(params: Params, layout: Layout) -> None:
-    sub_path = layout.input_file("stage4", "submission.csv")
+    sub_paths = cell_files(layout, "stage4", "submission.csv")
+    sub_path = sub_paths[0]
     score_path = layout.input_file("stage2", "test_missing_count.csv")
-    sub = read_submission(sub_path)
+    sub = majority_vote([read_submission(path) for path in sub_paths], sub_paths)
+    if len(sub_paths) > 1:
+        print(f"majority vote of {len(sub_paths)} stage 4 submissions (one per fold)")
     gates = tuple(params.class_thresholds)
     scores = read_score_table(
         score_path,

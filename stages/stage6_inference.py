@@ -25,6 +25,7 @@ import segmentation_models_pytorch  # noqa: F401  (torchvision must load before 
 import torch
 
 from kernelgen.runtime import InputError, Layout
+from stages.lib.cellfiles import cell_files
 from stages.lib.classifier import (
     check_classifier_images,
     classifier_image_dataset,
@@ -132,7 +133,7 @@ def run(params: Params, layout: Layout) -> None:
     comp = layout.input(COMPETITION)
     test_dir = comp / "test_images"
     sample_path = layout.input_file(COMPETITION, "sample_submission.csv")
-    segmenter_paths = [folder / "model.pth" for _, folder in layout.cells("stage4")]
+    segmenter_paths = cell_files(layout, "stage4", "model.pth")
     classifier_path = layout.input_file("stage1", "model.h5")
     sample, names = sample_test_names(test_dir, sample_path)
     check_images(test_dir, names)
