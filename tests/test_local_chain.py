@@ -126,3 +126,39 @@ def test_a_second_chain_with_other_epochs_is_a_second_run_in_the_ledger(
     assert diff.exit_code == 0 and "stage4.epochs" in diff.output
     html = (work / "report.html").read_text()
     assert '<section id="panel-runs">' in html and 'alt="Metrics across runs: ' in html
+
+
+@pytest.mark.slow
+def test_stage4_as_two_folds_gives_a_stage6_submission_from_both_models(
+    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chain --local --to 6 --matrix stage4.fold=0,1` on a copy of the session's chain:
+    stages 1-3 are unchanged, stage 4 trains one kernel per fold (two epochs each, to keep
+    the suite short), stage 5 votes their submissions and stage 6 predicts with both models."""
+    work = tmp_path / "work"
+    shutil.copytree(local_chain.workdir, work, symlinks=True)
+    monkeypatch.chdir(tmp_path)
+    args = ["chain", "--local", "--to", "6", "--workdir", str(work), "--matrix", "stage4.fold=0,1"]
+    args += ["--set", "stage4.epochs=2"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("unchanged") >= 3
+    for fold in (0, 1):
+        assert f"stage 4 fold-{fold}: pushed local/severstal-stage4-segmentation-fold-{fold} version 1" in result.output
+        assert (work / "outputs" / "stage4" / f"fold-{fold}" / "model.pth").is_file()
+    stage6 = work / "outputs" / "stage6" / "submission.csv"
+    assert result.output.strip().splitlines()[-1] == f"submission: {stage6}"
+
+    sample = read_submission(work / "synthetic-data" / "input" / "severstal-steel-defect-detection" / "sample_submission.csv")
+    for stage in (5, 6):
+        sub = read_submission(work / "outputs" / f"stage{stage}" / "submission.csv")
+        assert sub.fmt == sample.fmt
+        pd.testing.assert_frame_equal(sub.frame[["ImageId", "ClassId"]], sample.frame[["ImageId", "ClassId"]])
+    log6 = (work / "outputs" / "stage6" / "severstal-stage6-inference.log").read_text()
+    assert "ensemble of 2 stage 4 models; post-processing per class the median of 2 checkpoints' own" in log6
+    log5 = (work / "outputs" / "stage5" / "severstal-stage5-submission.log").read_text()
+    assert "majority vote of 2 stage 4 submissions" in log5
+    state = json.loads((work / "state.json").read_text())
+    assert sorted(state["cells"]) == ["4/fold-0", "4/fold-1"]
+    assert {cell["status"] for cell in state["cells"].values()} == {"complete"}
+    assert state["matrices"] == {"4": [{"fold": 0}, {"fold": 1}]}
