@@ -60,7 +60,7 @@ def with_project(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-profile_option = click.option("--profile", help="Parameter profile: full (seed values), smoke (tiny), or one of yours.")
+profile_option = click.option("--profile", help="Parameter profile: full (seed values), smoke (tiny), one the stages declare (bundled: best, kfold), or one of yours.")
 jupyter_kernel_option = click.option(
     "--jupyter-kernel",
     metavar="NAME",

@@ -79,10 +79,23 @@ def test_render_is_deterministic(stage: int) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", first.digest)
 
 
-@pytest.mark.parametrize("profile", ["full", "smoke", "best"])
+@pytest.mark.parametrize("profile", ["full", "smoke", "best", "kfold"])
 def test_every_stage_renders_in_every_built_in_profile(profile: str) -> None:
     kernels = render(project(), [1, 2, 3, 4, 5, 6], username=USER, profile=profile)
-    assert [k.stage for k in kernels] == [1, 2, 3, 4, 5, 6]
+    assert sorted({k.stage for k in kernels}) == [1, 2, 3, 4, 5, 6]
+
+
+def test_kfold_profile_is_best_with_stage4_as_five_folds() -> None:
+    pipeline = load_pipeline()
+    for number, spec in pipeline.stages.items():
+        assert spec.profiles.get("kfold", {}) == spec.profiles.get("best", {}), number
+    kernels = render(project(), [1, 2, 3, 4, 5, 6], username=USER, profile="kfold")
+    folders = [k.folder for k in kernels]
+    assert folders == ["stage1", "stage2", "stage3", *(f"stage4-fold-{k}" for k in range(5)), "stage5", "stage6"]
+    for k in range(5):
+        text = kernels[3 + k].files["stage4.ipynb"].decode()
+        assert f"fold = {k}  # matrix" in text and "n_folds = 5  # default" in text
+        assert "tune_postprocess = True  # profile kfold" in text
 
 
 def test_different_parameters_give_a_different_digest() -> None:
