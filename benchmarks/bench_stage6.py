@@ -28,12 +28,12 @@ from stages.lib.seg.ensemble import Ensemble, ensemble_of  # noqa: E402
 from stages.lib.seg.model import build_unet  # noqa: E402
 from stages.lib.seg.postprocess import PostProcess  # noqa: E402
 from stages.stage4_segmentation import Params as SegParams  # noqa: E402
-from stages.stage6_inference import classify, segment  # noqa: E402
+from stages.stage6_inference import classify  # noqa: E402
 from stages.synth import generate  # noqa: E402
 
 
 class AllDefect(torch.nn.Module):
-    """A stub network marking every pixel: times the CPU side of `segment` (decode,
+    """A stub network marking every pixel: times the CPU side of `Ensemble.segment` (decode,
     sigmoid, threshold, `remove_small`, RLE) at post-processing's worst case."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,13 +76,13 @@ def main() -> None:
         seg_best = cls_best = cpu_best = float("inf")
         for _ in range(args.repeat):
             start = time.perf_counter()
-            segment(segmenter(*models), test_dir, names, 0, device)
+            segmenter(*models).segment(test_dir, names, 0, device)
             middle = time.perf_counter()
             classify(classifier_path, test_dir, names, 32, "none")
             seg_best = min(seg_best, middle - start)
             cls_best = min(cls_best, time.perf_counter() - middle)
             start = time.perf_counter()
-            segment(segmenter(AllDefect()), test_dir, names, 0, device)
+            segmenter(AllDefect()).segment(test_dir, names, 0, device)
             cpu_best = min(cpu_best, time.perf_counter() - start)
     n = len(names)
     print(f"{n} images of 256x1600 on CPU, {args.threads} threads (best of {args.repeat}):")

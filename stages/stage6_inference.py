@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pandas as pd
 import segmentation_models_pytorch  # noqa: F401  (torchvision must load before TensorFlow: the other order crashes)
-import torch
 
 from kernelgen.runtime import InputError, Layout
 from stages.lib.cellfiles import cell_files
@@ -36,10 +35,9 @@ from stages.lib.classifier import (
 from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.metrics import write_metrics
 from stages.lib.scores import CLASS_SCORE_COLUMNS, score_table
-from stages.lib.seg.device import DeviceSetup, make_loader, pick_device
-from stages.lib.seg.ensemble import Ensemble, load_ensemble
-from stages.lib.seg.predict import predict_mean
-from stages.lib.segdata import SteelSegDataset, check_images, sample_test_names
+from stages.lib.seg.device import pick_device
+from stages.lib.seg.ensemble import load_ensemble
+from stages.lib.segdata import check_images, sample_test_names
 from stages.lib.severstal import COMPETITION
 from stages.lib.submission import fill_submission, write_submission
 
@@ -90,27 +88,12 @@ class Params:
 
 # %% [markdown]
 # ## Models
-# Each checkpoint carries stage 4's parameters beside the weights; they say at
-# what size the network runs and how its output is post-processed.
+# Each stage 4 checkpoint carries stage 4's parameters beside the weights; they
+# say at what size the network runs and how its output is post-processed
+# (`stages/lib/seg/ensemble.py`). The classifier scores as stage 1 does.
 
 
 # %%
-def segment(
-    ensemble: Ensemble, test_dir: Path, names: list[str], workers: int, device: torch.device
-) -> list[list[str]]:
-    """Per image of `names`, the RLE of each class from the ensemble's mean probabilities;
-    with one model, exactly as stage 4 predicts."""
-    first = ensemble.first
-    setup = DeviceSetup.create(device, first.amp)
-    members = [(s.model.to(memory_format=setup.memory_format), s.tta) for s in ensemble.segmenters]
-    loader = make_loader(
-        SteelSegDataset(test_dir, names, first.height, first.width),
-        first.batch_size, workers, device, shuffle_seed=None,
-    )
-    post = ensemble.post
-    return predict_mean(members, loader, setup, post.pixel_thresholds, post.min_sizes, post.min_areas)
-
-
 def classify(model_path: Path, test_dir: Path, names: list[str], batch_size: int, tta: str) -> pd.DataFrame:
     """Stage 1's scores for each image (`allMissing`, and `missing1`..`missing4` from
     the per-class head), indexed by ImageId, as stage 1 scores its test images."""
@@ -148,7 +131,7 @@ def run(params: Params, layout: Layout) -> None:
             f"pixel thresholds {list(post.pixel_thresholds)}, min sizes {list(post.min_sizes)}, "
             f"min areas {list(post.min_areas)}"
         )
-    encoded = segment(ensemble, test_dir, names, params.workers, device)
+    encoded = ensemble.segment(test_dir, names, params.workers, device)
     seg_seconds = time.perf_counter() - start
     scores = classify(classifier_path, test_dir, names, params.classifier_batch_size, params.classifier_tta)
     total = time.perf_counter() - start

@@ -21,7 +21,10 @@ import torch
 
 from kernelgen.runtime import InputError
 from stages.lib.seg.checkpoint import Segmenter, load_segmenter
+from stages.lib.seg.device import DeviceSetup, make_loader
 from stages.lib.seg.postprocess import PostProcess
+from stages.lib.seg.predict import predict_mean
+from stages.lib.segdata import SteelSegDataset
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,19 @@ class Ensemble:
     @property
     def first(self) -> Segmenter:
         return self.segmenters[0]
+
+    def segment(self, folder: Path, names: list[str], workers: int, device: torch.device) -> list[list[str]]:
+        """Per image of `names` in `folder`, the RLE of each class from the mean of the
+        models' probabilities; with one model, exactly as stage 4 predicts."""
+        first = self.first
+        setup = DeviceSetup.create(device, first.amp)
+        members = [(s.model.to(memory_format=setup.memory_format), s.tta) for s in self.segmenters]
+        loader = make_loader(
+            SteelSegDataset(folder, names, first.height, first.width),
+            first.batch_size, workers, device, shuffle_seed=None,
+        )
+        post = self.post
+        return predict_mean(members, loader, setup, post.pixel_thresholds, post.min_sizes, post.min_areas)
 
 
 def ensemble_of(segmenters: Sequence[Segmenter], paths: Sequence[Path] = ()) -> Ensemble:
