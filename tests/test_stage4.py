@@ -46,7 +46,6 @@ from stages.lib.severstal import CLASS_IDS, COMPETITION
 from stages.lib.submission import read_submission
 from stages.lib.traincsv import read_train_csv
 from stages.stage4_segmentation import Params, run
-from stages.stage6_inference import segment
 from stages.synth import SynthDataset, generate
 from tests.stage_params import (
     assert_refused,
@@ -400,7 +399,7 @@ def test_training_options_run_end_to_end(small_data: SynthDataset, tmp_path: Pat
     test_dir = small_data.competition_dir / "test_images"
     names = list(dict.fromkeys(sub["ImageId"]))
     ensemble = load_ensemble([working / "model.pth"], torch.device("cpu"))
-    encoded = segment(ensemble, test_dir, names, 0, torch.device("cpu"))
+    encoded = ensemble.segment(test_dir, names, 0, torch.device("cpu"))
     again = [rle for row in encoded for rle in row]
     assert again == [
         sub[(sub["ImageId"] == n) & (sub["ClassId"] == c)]["EncodedPixels"].item() for n in names for c in CLASS_IDS
