@@ -40,7 +40,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from bench_profiles import profile  # noqa: E402
+from bench_profiles import add_budget_arguments, budget, profile  # noqa: E402
 
 from kernelgen.runtime import Layout  # noqa: E402
 from stages.lib.metrics import mean_dice_rle  # noqa: E402
@@ -57,21 +57,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--profile", default="best", help="stage 4 profile: full, best, kfold, ...")
-    parser.add_argument("--n-train", type=int, default=64)
-    parser.add_argument("--n-test", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=3)
-    parser.add_argument("--height", type=int, default=64)
-    parser.add_argument("--width", type=int, default=384)
-    parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--threads", type=int, default=2)
+    add_budget_arguments(parser, threads=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    bench = {
-        "train_height": args.height, "train_width": args.width, "batch_size": 4,
-        "accumulate_to": 4, "epochs": args.epochs, "lr": 1e-3, "lr_patience": 100,
-        "pretrained": False, "workers": 0, "amp": False, "n_folds": args.folds,
-    }
+    bench = {**budget(args), "n_folds": args.folds}
     levers = profile(args.profile)
 
     with tempfile.TemporaryDirectory() as tmp:

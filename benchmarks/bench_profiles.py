@@ -74,25 +74,36 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, values
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_budget_arguments(parser: argparse.ArgumentParser, threads: int) -> None:
+    """The data and the training budget every stage 4 run of a benchmark shares."""
     parser.add_argument("--n-train", type=int, default=64)
     parser.add_argument("--n-test", type=int, default=48)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--epochs", type=int, default=14)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=threads)
+
+
+def budget(args: argparse.Namespace) -> dict:
+    """The `Params` values of that budget: size, batch, epochs, a fixed learning rate
+    schedule, no pretrained weights, CPU settings."""
+    return {
+        "train_height": args.height, "train_width": args.width, "batch_size": 4,
+        "accumulate_to": 4, "epochs": args.epochs, "lr": 1e-3, "lr_patience": 100,
+        "pretrained": False, "workers": 0, "amp": False,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_budget_arguments(parser, threads=1)
     parser.add_argument("--profiles", default="full,best")
     parser.add_argument("--variant", action="append", default=[])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    bench = {
-        "train_height": args.height, "train_width": args.width, "batch_size": 4,
-        "accumulate_to": 4, "epochs": args.epochs, "lr": 1e-3, "lr_patience": 100,
-        "pretrained": False, "workers": 0, "amp": False,
-    }
+    bench = budget(args)
     runs = [(name, profile(name)) for name in args.profiles.split(",") if name]
     runs += [parse_variant(text) for text in args.variant]
 

@@ -133,13 +133,13 @@ def test_stage4_as_two_folds_gives_a_stage6_submission_from_both_models(
     local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`chain --local --to 6 --matrix stage4.fold=0,1` on a copy of the session's chain:
-    stages 1-3 are unchanged, stage 4 trains one kernel per fold (two epochs each, to keep
+    stages 1-3 are unchanged, stage 4 trains one kernel per fold (one epoch each, to keep
     the suite short), stage 5 votes their submissions and stage 6 predicts with both models."""
     work = tmp_path / "work"
     shutil.copytree(local_chain.workdir, work, symlinks=True)
     monkeypatch.chdir(tmp_path)
     args = ["chain", "--local", "--to", "6", "--workdir", str(work), "--matrix", "stage4.fold=0,1"]
-    args += ["--set", "stage4.epochs=2"]
+    args += ["--set", "stage4.epochs=1"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.output.count("unchanged") >= 3
