@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -97,57 +98,44 @@ def test_stage6_reads_stage4_as_a_kaggle_model_and_matches_stage5_row_for_row(
     assert json.loads((work / "outputs" / "stage6" / "metrics.json").read_text())["images_per_second"] > 0
 
 
-@pytest.mark.slow
-def test_a_second_chain_with_other_epochs_is_a_second_run_in_the_ledger(
-    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ledger of the bundled pipeline: stage 4 retrained with 3 epochs is the newest run,
-    beside the session chain's first one, with the parameter changed and stage 4's
-    validation Dice of each."""
-    work = tmp_path / "work"
-    shutil.copytree(local_chain.workdir, work, symlinks=True)
-    monkeypatch.chdir(tmp_path)
-
-    def runs() -> list[dict]:
-        return json.loads(CliRunner().invoke(main, ["runs", "--json", "--workdir", str(work)]).output)
-
-    before = len(runs())
-    again = CliRunner().invoke(main, ["chain", "--local", "--workdir", str(work), "--set", "stage4.epochs=3"])
-    assert again.exit_code == 0, again.output
-    listed = runs()
-    newest, first = listed[0], listed[-1]
-    assert (newest["id"], first["id"], len(listed)) == (before + 1, 1, before + 1)
-    assert (first["params"]["stage4.epochs"], newest["params"]["stage4.epochs"]) == (6, 3)
-    assert newest["stages"]["4"] == "complete" and newest["stages"]["1"] == "unchanged"
-    for run in (first, newest):
-        assert isinstance(run["metrics"]["stage4.val_dice"], float)
-    assert {"stage1.val_auc", "stage1.val_accuracy", "stage3.threshold", "stage3.f1"} <= set(first["metrics"])
-    diff = CliRunner().invoke(main, ["runs", "diff", "1", str(newest["id"]), "--workdir", str(work)])
-    assert diff.exit_code == 0 and "stage4.epochs" in diff.output
-    html = (work / "report.html").read_text()
-    assert '<section id="panel-runs">' in html and 'alt="Metrics across runs: ' in html
+@dataclass(frozen=True)
+class FoldChain:
+    workdir: Path
+    first_runs: int  # ledger rows before this chain
+    output: str
 
 
-@pytest.mark.slow
-def test_stage4_as_two_folds_gives_a_stage6_submission_from_both_models(
-    local_chain: LocalChain, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture(scope="module")
+def fold_chain(local_chain: LocalChain, tmp_path_factory: pytest.TempPathFactory) -> FoldChain:
     """`chain --local --to 6 --matrix stage4.fold=0,1` on a copy of the session's chain:
     stages 1-3 are unchanged, stage 4 trains one kernel per fold (one epoch each, to keep
-    the suite short), stage 5 votes their submissions and stage 6 predicts with both models."""
-    work = tmp_path / "work"
+    the suite short), stage 5 votes their submissions and stage 6 predicts with both
+    models. The second run of its ledger."""
+    work = tmp_path_factory.mktemp("fold-chain") / "work"
     shutil.copytree(local_chain.workdir, work, symlinks=True)
-    monkeypatch.chdir(tmp_path)
+    before = len(runs(work))
     args = ["chain", "--local", "--to", "6", "--workdir", str(work), "--matrix", "stage4.fold=0,1"]
     args += ["--set", "stage4.epochs=1"]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work.parent)
+        result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert result.output.count("unchanged") >= 3
+    return FoldChain(work, before, result.output)
+
+
+def runs(work: Path) -> list[dict]:
+    return json.loads(CliRunner().invoke(main, ["runs", "--json", "--workdir", str(work)]).output)
+
+
+@pytest.mark.slow
+def test_stage4_as_two_folds_gives_a_stage6_submission_from_both_models(fold_chain: FoldChain) -> None:
+    work, output = fold_chain.workdir, fold_chain.output
+    assert output.count("unchanged") >= 3
     for fold in (0, 1):
-        assert f"stage 4 fold-{fold}: pushed local/severstal-stage4-segmentation-fold-{fold} version 1" in result.output
+        assert f"stage 4 fold-{fold}: pushed local/severstal-stage4-segmentation-fold-{fold} version 1" in output
         assert (work / "outputs" / "stage4" / f"fold-{fold}" / "model.pth").is_file()
     stage6 = work / "outputs" / "stage6" / "submission.csv"
-    assert result.output.strip().splitlines()[-1] == f"submission: {stage6}"
+    assert output.strip().splitlines()[-1] == f"submission: {stage6}"
 
     sample = read_submission(work / "synthetic-data" / "input" / "severstal-steel-defect-detection" / "sample_submission.csv")
     for stage in (5, 6):
@@ -162,3 +150,26 @@ def test_stage4_as_two_folds_gives_a_stage6_submission_from_both_models(
     assert sorted(state["cells"]) == ["4/fold-0", "4/fold-1"]
     assert {cell["status"] for cell in state["cells"].values()} == {"complete"}
     assert state["matrices"] == {"4": [{"fold": 0}, {"fold": 1}]}
+
+
+@pytest.mark.slow
+def test_a_second_chain_with_other_parameters_is_a_second_run_in_the_ledger(fold_chain: FoldChain) -> None:
+    """The ledger of the bundled pipeline: the two-fold chain is the newest run, beside the
+    session chain's first one, with stage 4's parameters per fold and its validation Dice
+    per fold and as their mean."""
+    work = fold_chain.workdir
+    listed = runs(work)
+    newest, first = listed[0], listed[-1]
+    assert (newest["id"], first["id"], len(listed)) == (fold_chain.first_runs + 1, 1, fold_chain.first_runs + 1)
+    assert (first["params"]["stage4.epochs"], newest["params"]["stage4.fold-1.epochs"]) == (6, 1)
+    assert newest["params"]["stage4.fold-1.fold"] == 1
+    assert newest["stages"]["4/fold-0"] == newest["stages"]["4/fold-1"] == "complete"
+    assert newest["stages"]["1"] == "unchanged"
+    assert isinstance(first["metrics"]["stage4.val_dice"], float)
+    folds = [newest["metrics"][f"stage4.fold-{k}.val_dice"] for k in (0, 1)]
+    assert newest["metrics"]["stage4.val_dice"] == pytest.approx(sum(folds) / 2)
+    assert {"stage1.val_auc", "stage1.val_accuracy", "stage3.threshold", "stage3.f1"} <= set(first["metrics"])
+    diff = CliRunner().invoke(main, ["runs", "diff", "1", str(newest["id"]), "--workdir", str(work)])
+    assert diff.exit_code == 0 and "stage4.fold-0.epochs" in diff.output
+    html = (work / "report.html").read_text()
+    assert '<section id="panel-runs">' in html and 'alt="Metrics across runs: ' in html
