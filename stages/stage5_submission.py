@@ -17,7 +17,6 @@
 from dataclasses import dataclass
 
 from kernelgen.runtime import Layout
-from stages.lib.cellfiles import cell_files
 from stages.lib.gates import blank_confident_classes, blank_confident_images
 from stages.lib.scores import CLASS_SCORE_COLUMNS, CLASS_SCORES_HINT, read_score_table
 from stages.lib.submission import read_submission, write_submission
@@ -59,7 +58,7 @@ class Params:
 
 # %%
 def run(params: Params, layout: Layout) -> None:
-    sub_paths = cell_files(layout, "stage4", "submission.csv")
+    sub_paths = layout.cell_files("stage4", "submission.csv")
     sub_path = sub_paths[0]
     score_path = layout.input_file("stage2", "test_missing_count.csv")
     sub = majority_vote([read_submission(path) for path in sub_paths], sub_paths)

@@ -24,7 +24,6 @@ import pandas as pd
 import segmentation_models_pytorch  # noqa: F401  (torchvision must load before TensorFlow: the other order crashes)
 
 from kernelgen.runtime import InputError, Layout
-from stages.lib.cellfiles import cell_files
 from stages.lib.classifier import (
     check_classifier_images,
     classifier_image_dataset,
@@ -116,7 +115,7 @@ def run(params: Params, layout: Layout) -> None:
     comp = layout.input(COMPETITION)
     test_dir = comp / "test_images"
     sample_path = layout.input_file(COMPETITION, "sample_submission.csv")
-    segmenter_paths = cell_files(layout, "stage4", "model.pth")
+    segmenter_paths = layout.cell_files("stage4", "model.pth")
     classifier_path = layout.input_file("stage1", "model.h5")
     sample, names = sample_test_names(test_dir, sample_path)
     check_images(test_dir, names)

@@ -222,3 +222,20 @@ def test_cells_read_through_kernels_are_one_kernel_output_per_cell(tmp_path: Pat
 def test_cells_of_a_plain_input_are_one_cell_without_values(tmp_path: Path) -> None:
     (tmp_path / "input" / "plain").mkdir(parents=True)
     assert Layout(tmp_path).cells("plain") == [({}, tmp_path / "input" / "plain")]
+
+
+def test_cell_files_are_one_file_of_every_cell_and_name_the_first_absent(tmp_path: Path) -> None:
+    base = tmp_path / "input" / "fits"
+    for fold in (0, 1, 2):
+        (base / f"fold-{fold}").mkdir(parents=True)
+        if fold != 1:
+            (base / f"fold-{fold}" / "model.json").write_text("{}")
+    (tmp_path / "input" / "plain").mkdir()
+    (tmp_path / "input" / "plain" / "model.json").write_text("{}")
+    layout = Layout(tmp_path, matrix={"fits": [{"fold": 0}, {"fold": 2}]})
+    assert layout.cell_files("fits", "model.json") == [base / "fold-0" / "model.json", base / "fold-2" / "model.json"]
+    assert layout.cell_files("plain", "model.json") == [tmp_path / "input" / "plain" / "model.json"]
+    gap = Layout(tmp_path, matrix={"fits": [{"fold": 0}, {"fold": 1}, {"fold": 2}]})
+    with pytest.raises(InputError) as caught:
+        gap.cell_files("fits", "model.json")
+    assert str(caught.value) == f"{base / 'fold-1' / 'model.json'}: file not found in input 'fits'"

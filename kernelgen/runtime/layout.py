@@ -144,7 +144,15 @@ class Layout:
 
     def input_file(self, slug: str, name: str) -> Path:
         """A file inside input `slug`, with an error naming the full path when absent."""
-        path = self.input(slug) / name
-        if not path.is_file():
-            raise InputError(f"{path}: file not found in input {slug!r}")
-        return path
+        return _existing_file(self.input(slug) / name, slug)
+
+    def cell_files(self, slug: str, name: str) -> list[Path]:
+        """File `name` of every cell of input `slug`, in cell order (one for an input not
+        made by a matrix stage), with an error naming the first one absent."""
+        return [_existing_file(folder / name, slug) for _, folder in self.cells(slug)]
+
+
+def _existing_file(path: Path, slug: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found in input {slug!r}")
+    return path
